@@ -1,0 +1,352 @@
+/**
+ * Pool configuration: one table of settings, read from CLI flags, environment variables and
+ * an optional JSONC file, in that order of precedence, over the defaults. Any invalid value
+ * stops the start with a message that names the setting and where it came from.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
+
+type Kind = "int" | "seconds" | "bool" | "string" | "enum";
+
+interface Setting {
+  /** Key in the config file and in `Config`. */
+  key: keyof Config;
+  flag: string;
+  env?: string;
+  kind: Kind;
+  default: unknown;
+  help: string;
+  min?: number;
+  max?: number;
+  choices?: readonly string[];
+}
+
+/** Every setting, its sources and its default. Durations are given in seconds. */
+export const SETTINGS: readonly Setting[] = [
+  {
+    key: "poolSize",
+    flag: "pool-size",
+    env: "PYODIDE_POOL_SIZE",
+    kind: "int",
+    default: 3,
+    min: 1,
+    max: 64,
+    help: "number of warm workers",
+  },
+  {
+    key: "workerRequestLimit",
+    flag: "worker-request-limit",
+    env: "PYODIDE_WORKER_REQUEST_LIMIT",
+    kind: "int",
+    default: 1000,
+    min: 1,
+    help: "requests a worker serves before it is recycled (jittered by up to 10%)",
+  },
+  {
+    key: "healthCheckInterval",
+    flag: "health-check-interval",
+    env: "PYODIDE_HEALTH_CHECK_INTERVAL",
+    kind: "seconds",
+    default: 30,
+    min: 0,
+    help: "seconds between health checks of idle workers; 0 disables them",
+  },
+  {
+    key: "healthCheckTimeout",
+    flag: "health-check-timeout",
+    env: "PYODIDE_HEALTH_CHECK_TIMEOUT",
+    kind: "seconds",
+    default: 10,
+    min: 0.1,
+    help: "seconds a health check may take before the worker is replaced",
+  },
+  {
+    key: "execTimeout",
+    flag: "exec-timeout",
+    env: "PYODIDE_EXEC_TIMEOUT",
+    kind: "seconds",
+    default: 30,
+    min: 0.001,
+    help: "default wall-clock limit of one execute, in seconds",
+  },
+  {
+    key: "maxExecTimeout",
+    flag: "max-exec-timeout",
+    env: "PYODIDE_MAX_EXEC_TIMEOUT",
+    kind: "seconds",
+    default: 600,
+    min: 0.001,
+    help: "cap on the timeout_ms a request may ask for, in seconds",
+  },
+  {
+    key: "timeoutGrace",
+    flag: "timeout-grace",
+    env: "PYODIDE_TIMEOUT_GRACE",
+    kind: "seconds",
+    default: 1,
+    min: 0.1,
+    help: "seconds past a timeout before an unresponsive worker is killed",
+  },
+  {
+    key: "initTimeout",
+    flag: "init-timeout",
+    env: "PYODIDE_INIT_TIMEOUT",
+    kind: "seconds",
+    default: 90,
+    min: 1,
+    help: "seconds a worker may take to load Pyodide",
+  },
+  {
+    key: "maxQueue",
+    flag: "max-queue",
+    env: "PYODIDE_MAX_QUEUE",
+    kind: "int",
+    default: 100,
+    min: 0,
+    help: "requests that may wait for a worker before -32000 overloaded",
+  },
+  {
+    key: "maxOutputBytes",
+    flag: "max-output-bytes",
+    env: "PYODIDE_MAX_OUTPUT_BYTES",
+    kind: "int",
+    default: 1 << 20,
+    min: 1,
+    help: "cap on stdout and on stderr of one execute, in bytes",
+  },
+  {
+    key: "maxLineBytes",
+    flag: "max-line-bytes",
+    env: "PYODIDE_MAX_LINE_BYTES",
+    kind: "int",
+    default: 16 << 20,
+    min: 1024,
+    help: "longest accepted JSON-RPC line, in bytes",
+  },
+  {
+    key: "usePool",
+    flag: "use-pool",
+    env: "PYODIDE_USE_POOL",
+    kind: "bool",
+    default: true,
+    help: "keep warm workers; false starts a fresh worker per request (slow baseline)",
+  },
+  {
+    key: "shutdownGrace",
+    flag: "shutdown-grace",
+    env: "PYODIDE_SHUTDOWN_GRACE",
+    kind: "seconds",
+    default: 10,
+    min: 0,
+    help: "seconds in-flight requests may finish during shutdown",
+  },
+  {
+    key: "allowShutdown",
+    flag: "allow-shutdown",
+    env: "PYODIDE_ALLOW_SHUTDOWN",
+    kind: "bool",
+    default: false,
+    help: "let clients call the shutdown method",
+  },
+  {
+    key: "logLevel",
+    flag: "log-level",
+    env: "PYODIDE_LOG_LEVEL",
+    kind: "enum",
+    default: "info",
+    choices: ["debug", "info", "warning", "error"],
+    help: "log level on stderr",
+  },
+  {
+    key: "logFormat",
+    flag: "log-format",
+    env: "PYODIDE_LOG_FORMAT",
+    kind: "enum",
+    default: "text",
+    choices: ["text", "json"],
+    help: "log line format on stderr",
+  },
+];
+
+export interface Config {
+  poolSize: number;
+  workerRequestLimit: number;
+  healthCheckInterval: number;
+  healthCheckTimeout: number;
+  execTimeout: number;
+  maxExecTimeout: number;
+  timeoutGrace: number;
+  initTimeout: number;
+  maxQueue: number;
+  maxOutputBytes: number;
+  maxLineBytes: number;
+  usePool: boolean;
+  shutdownGrace: number;
+  allowShutdown: boolean;
+  logLevel: "debug" | "info" | "warning" | "error";
+  logFormat: "text" | "json";
+}
+
+/** A setting with a bad value, or a bad flag or file: the start must stop. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/** The outcome of reading the command line: a config to run with, or help to print. */
+export type ConfigResult = { help: string } | { config: Config; configFile?: string };
+
+const CONFIG_FILE_ENV = "PYODIDE_POOL_CONFIG";
+
+function convert(setting: Setting, raw: unknown, source: string): unknown {
+  const fail = (expected: string): never => {
+    throw new ConfigError(
+      `invalid ${setting.key} (${source}): ${JSON.stringify(raw)} is not ${expected}`,
+    );
+  };
+  switch (setting.kind) {
+    case "bool":
+      if (typeof raw === "boolean") return raw;
+      if (raw === "true" || raw === "1") return true;
+      if (raw === "false" || raw === "0") return false;
+      return fail("true or false");
+    case "enum":
+      if (typeof raw === "string" && setting.choices!.includes(raw)) return raw;
+      return fail(`one of ${setting.choices!.join(", ")}`);
+    case "string":
+      if (typeof raw === "string" && raw !== "") return raw;
+      return fail("a non-empty string");
+    case "int":
+    case "seconds": {
+      const value = typeof raw === "number"
+        ? raw
+        : typeof raw === "string" && raw.trim() !== ""
+        ? Number(raw)
+        : NaN;
+      const integral = setting.kind === "int";
+      const what = integral ? "an integer" : "a number of seconds";
+      if (!Number.isFinite(value) || (integral && !Number.isInteger(value))) return fail(what);
+      if (setting.min !== undefined && value < setting.min) {
+        return fail(`${what} >= ${setting.min}`);
+      }
+      if (setting.max !== undefined && value > setting.max) {
+        return fail(`${what} <= ${setting.max}`);
+      }
+      return value;
+    }
+  }
+}
+
+/** The `--help` text, generated from the settings table. */
+export function helpText(): string {
+  const lines = [
+    "pyodide-pool: a pool of warm Pyodide interpreters behind JSON-RPC 2.0 on stdin/stdout.",
+    "",
+    "Usage: deno task start [options]",
+    "",
+    "Options (flags override environment variables, which override the config file):",
+    `  --config FILE                 JSONC config file with the keys below (env ${CONFIG_FILE_ENV})`,
+    "  -h, --help                    show this help",
+  ];
+  for (const s of SETTINGS) {
+    const flag = s.kind === "bool" ? `--${s.flag}[=false]` : `--${s.flag} VALUE`;
+    lines.push(`  ${flag.padEnd(30)}${s.help}`);
+    lines.push(
+      `  ${"".padEnd(30)}key ${s.key}, env ${s.env}, default ${JSON.stringify(s.default)}`,
+    );
+  }
+  return lines.join("\n");
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new ConfigError(`cannot read config file ${path}: ${(error as Error).message}`);
+  }
+  const errors: ParseError[] = [];
+  const value = parseJsonc(text, errors, { allowTrailingComma: true });
+  if (errors.length > 0) {
+    const first = errors[0];
+    throw new ConfigError(
+      `config file ${path} is not valid JSONC: ${
+        printParseErrorCode(first.error)
+      } at offset ${first.offset}`,
+    );
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ConfigError(`config file ${path} must hold a JSON object`);
+  }
+  for (const key of Object.keys(value)) {
+    if (!SETTINGS.some((s) => s.key === key)) {
+      throw new ConfigError(
+        `config file ${path}: unknown setting ${JSON.stringify(key)} (known: ${
+          SETTINGS.map((s) => s.key).join(", ")
+        })`,
+      );
+    }
+  }
+  return value as Record<string, unknown>;
+}
+
+/**
+ * Resolves the configuration from CLI arguments, environment and config file.
+ *
+ * @example
+ * ```ts
+ * import { loadConfig } from "./config.ts";
+ * const result = loadConfig(["--pool-size", "2"], {});
+ * if ("config" in result) console.assert(result.config.poolSize === 2);
+ * ```
+ */
+export function loadConfig(
+  argv: string[],
+  env: Record<string, string | undefined>,
+): ConfigResult {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    config: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  };
+  for (const s of SETTINGS) {
+    options[s.flag] = { type: "string" };
+  }
+  let parsed;
+  try {
+    // Boolean settings take an optional value: --use-pool, --use-pool=false.
+    const normalized = argv.map((arg) => {
+      const bool = SETTINGS.find((s) => s.kind === "bool" && arg === `--${s.flag}`);
+      return bool ? `--${bool.flag}=true` : arg;
+    });
+    parsed = parseArgs({ args: normalized, options, strict: true, allowPositionals: false });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message} (see --help)`);
+  }
+  const flags = parsed.values as Record<string, string | boolean | undefined>;
+  if (flags.help) return { help: helpText() };
+
+  const configFile = (flags.config as string | undefined) ?? env[CONFIG_FILE_ENV];
+  const fromFile = configFile ? readConfigFile(configFile) : {};
+  const config: Record<string, unknown> = {};
+  for (const s of SETTINGS) {
+    const flagValue = flags[s.flag];
+    const envValue = s.env ? env[s.env] : undefined;
+    if (flagValue !== undefined) config[s.key] = convert(s, flagValue, `flag --${s.flag}`);
+    else if (envValue !== undefined) config[s.key] = convert(s, envValue, `env ${s.env}`);
+    else if (s.key in fromFile) {
+      config[s.key] = convert(s, fromFile[s.key], `config file ${configFile}`);
+    } else config[s.key] = s.default;
+  }
+  const result = config as unknown as Config;
+  if (result.execTimeout > result.maxExecTimeout) {
+    throw new ConfigError(
+      `invalid execTimeout: ${result.execTimeout} s exceeds maxExecTimeout ${result.maxExecTimeout} s`,
+    );
+  }
+  return { config: Object.freeze(result), configFile };
+}

@@ -1,0 +1,164 @@
+/**
+ * Newline-delimited framing over byte streams: one message per `\n`-terminated line.
+ *
+ * Framing knows nothing about JSON-RPC; it only cuts lines and writes them. Hand-written
+ * because no maintained package enforces a maximum line length while it splits (a
+ * TextLineStream buffers an unbounded line before a limit could be checked).
+ *
+ * @module
+ */
+
+const NEWLINE = 0x0a;
+const CARRIAGE_RETURN = 0x0d;
+
+/** One framed line, or the report that a line was longer than allowed and was skipped. */
+export type Frame =
+  | { kind: "line"; text: string }
+  | { kind: "oversized"; bytes: number };
+
+/**
+ * Splits a byte stream into lines of at most `maxLineBytes` bytes (without the terminator).
+ *
+ * A longer line is discarded as it arrives, never buffered whole, and reported as an
+ * `oversized` frame once its end is seen; the lines after it are read as usual. `\r\n` is
+ * accepted, UTF-8 is decoded per whole line (so a character split across reads is intact),
+ * and blank lines are skipped. A final line without `\n` is returned at end of stream.
+ *
+ * @example
+ * ```ts
+ * import { readFrames } from "./framing.ts";
+ * const bytes = new TextEncoder().encode('{"a":1}\r\n{"b":2}\n');
+ * const frames = [];
+ * for await (const f of readFrames(ReadableStream.from([bytes]), 1024)) frames.push(f);
+ * console.assert(frames.length === 2);
+ * ```
+ */
+export async function* readFrames(
+  stream: ReadableStream<Uint8Array>,
+  maxLineBytes: number,
+): AsyncGenerator<Frame> {
+  const decoder = new TextDecoder();
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  let discarding = false;
+
+  const takeLine = (tail: Uint8Array): Frame | undefined => {
+    const total = pendingBytes + tail.length;
+    if (discarding) {
+      discarding = false;
+      pending = [];
+      pendingBytes = 0;
+      return { kind: "oversized", bytes: total };
+    }
+    let bytes = tail;
+    if (pending.length > 0) {
+      bytes = new Uint8Array(total);
+      let offset = 0;
+      for (const chunk of pending) {
+        bytes.set(chunk, offset);
+        offset += chunk.length;
+      }
+      bytes.set(tail, offset);
+      pending = [];
+      pendingBytes = 0;
+    }
+    let end = bytes.length;
+    if (end > 0 && bytes[end - 1] === CARRIAGE_RETURN) end--;
+    if (end > maxLineBytes) return { kind: "oversized", bytes: end };
+    const text = decoder.decode(bytes.subarray(0, end));
+    return text.trim() === "" ? undefined : { kind: "line", text };
+  };
+
+  for await (const chunk of stream) {
+    let start = 0;
+    while (start < chunk.length) {
+      const newline = chunk.indexOf(NEWLINE, start);
+      if (newline === -1) {
+        const rest = chunk.subarray(start);
+        pendingBytes += rest.length;
+        // One byte of slack for a `\r` that may precede the coming `\n`.
+        if (pendingBytes > maxLineBytes + 1) {
+          discarding = true;
+          pending = [];
+        } else if (!discarding) {
+          // Copy: the stream may reuse its buffer for the next read.
+          pending.push(rest.slice());
+        }
+        break;
+      }
+      const frame = takeLine(chunk.subarray(start, newline));
+      if (frame) yield frame;
+      start = newline + 1;
+    }
+  }
+  if (pendingBytes > 0) {
+    const frame = takeLine(new Uint8Array(0));
+    if (frame) yield frame;
+  }
+}
+
+/**
+ * Writes lines to a byte stream, coalescing the lines queued in one turn of the event loop
+ * into one write, in order. A write failure (the reader went away) is reported once through
+ * `onError` and later lines are dropped.
+ *
+ * @example
+ * ```ts
+ * import { LineWriter } from "./framing.ts";
+ * const chunks: Uint8Array[] = [];
+ * const writer = new LineWriter(new WritableStream({ write: (c) => void chunks.push(c) }));
+ * writer.write('{"a":1}');
+ * await writer.flushed();
+ * console.assert(chunks.length === 1);
+ * ```
+ */
+export class LineWriter {
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #encoder = new TextEncoder();
+  #queued: string[] = [];
+  #draining: Promise<void> | undefined;
+  #failed = false;
+
+  constructor(
+    stream: WritableStream<Uint8Array>,
+    private readonly onError: (error: unknown) => void = () => {},
+  ) {
+    this.#writer = stream.getWriter();
+  }
+
+  /** Queues one line; `line` must not contain `\n` (JSON.stringify output never does). */
+  write(line: string): void {
+    if (this.#failed) return;
+    this.#queued.push(line);
+    this.#draining ??= this.#drain();
+  }
+
+  /** Resolves when every line queued so far has been handed to the stream. */
+  async flushed(): Promise<void> {
+    while (this.#draining) await this.#draining;
+  }
+
+  /** Flushes, then closes the stream. */
+  async close(): Promise<void> {
+    await this.flushed();
+    await this.#writer.close().catch(() => {});
+  }
+
+  async #drain(): Promise<void> {
+    // Let the current task queue more lines so they share one write.
+    await Promise.resolve();
+    try {
+      while (this.#queued.length > 0) {
+        const batch = this.#queued.join("\n") + "\n";
+        this.#queued = [];
+        await this.#writer.write(this.#encoder.encode(batch));
+      }
+    } catch (error) {
+      this.#failed = true;
+      this.#queued = [];
+      this.onError(error);
+    } finally {
+      this.#draining = undefined;
+    }
+  }
+}

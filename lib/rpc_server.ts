@@ -1,0 +1,177 @@
+/**
+ * The JSON-RPC 2.0 server side of a line stream: parses each line once, validates it,
+ * dispatches requests to method handlers and notifications to a listener, and writes exactly
+ * one response per request. Both the supervisor (towards its client) and `worker_server.ts`
+ * (towards the supervisor) serve through this module.
+ *
+ * @module
+ */
+
+import {
+  createJSONRPCErrorResponse,
+  type JSONRPCResponse,
+  JSONRPCServer,
+  type JSONRPCServerMiddleware,
+} from "json-rpc-2.0";
+import { ErrorCode, RpcError, toRpcError } from "./errors.ts";
+import { type Frame, type LineWriter, readFrames } from "./framing.ts";
+import {
+  classifyMessage,
+  errorResponse,
+  type JsonRpcId,
+  type Params,
+  type ResponseMessage,
+} from "./protocol.ts";
+
+/** What a handler learns about the request it serves. */
+export interface RequestContext {
+  id: JsonRpcId;
+}
+
+export type MethodHandler = (
+  params: Params | undefined,
+  context: RequestContext,
+) => unknown | Promise<unknown>;
+
+export interface RpcServerOptions {
+  /** Called for each valid notification; notifications never get a response. */
+  onNotification?: (method: string, params: Params | undefined) => void;
+  /** Called with errors that were not RpcErrors: bugs worth a log line. */
+  onUnexpectedError?: (method: string, error: unknown) => void;
+  /** Longest accepted line in bytes; longer lines get an error and are skipped. */
+  maxLineBytes: number;
+}
+
+/**
+ * Serves JSON-RPC methods over newline-delimited JSON.
+ *
+ * @example
+ * ```ts
+ * import { LineWriter } from "./framing.ts";
+ * import { RpcServer } from "./rpc_server.ts";
+ * const out: string[] = [];
+ * const writer = new LineWriter(new WritableStream({ write: (c) => void out.push(new TextDecoder().decode(c)) }));
+ * const server = new RpcServer({ ping: () => "pong" }, { maxLineBytes: 1024 });
+ * const input = ReadableStream.from([new TextEncoder().encode('{"jsonrpc":"2.0","id":1,"method":"ping"}\n')]);
+ * await server.serve(input, writer);
+ * await writer.flushed();
+ * console.assert(out.join("").includes('"pong"'));
+ * ```
+ */
+export class RpcServer {
+  #server: JSONRPCServer<RequestContext>;
+  #inFlight = new Set<Promise<void>>();
+
+  constructor(
+    methods: Record<string, MethodHandler>,
+    private readonly options: RpcServerOptions,
+  ) {
+    this.#server = new JSONRPCServer<RequestContext>({
+      errorListener: (_message, error) => options.onUnexpectedError?.("?", error),
+    });
+    for (const [name, handler] of Object.entries(methods)) {
+      this.#server.addMethod(name, (params, context) => handler(params, context));
+    }
+    this.#server.applyMiddleware(this.#mapErrors(Object.keys(methods)));
+  }
+
+  /** Reads frames until the stream ends; resolves once every answer is written. */
+  async serve(input: ReadableStream<Uint8Array>, writer: LineWriter): Promise<void> {
+    for await (const frame of readFrames(input, this.options.maxLineBytes)) {
+      const pending = this.handleFrame(frame).then((response) => {
+        if (response !== undefined) writer.write(JSON.stringify(response));
+      });
+      this.#inFlight.add(pending);
+      pending.finally(() => this.#inFlight.delete(pending));
+    }
+    await this.settled();
+  }
+
+  /** Resolves when every request received so far has been answered. */
+  async settled(): Promise<void> {
+    while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
+  }
+
+  /** Answers one frame: a response, a batch of responses, or nothing for notifications. */
+  async handleFrame(
+    frame: Frame,
+  ): Promise<ResponseMessage | ResponseMessage[] | undefined> {
+    if (frame.kind === "oversized") {
+      return errorResponse(
+        null,
+        new RpcError(
+          ErrorCode.InvalidRequest,
+          `Invalid Request: line of ${frame.bytes} bytes exceeds the limit of ${this.options.maxLineBytes} bytes`,
+          { bytes: frame.bytes, max_line_bytes: this.options.maxLineBytes },
+        ),
+      );
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(frame.text);
+    } catch (error) {
+      return errorResponse(
+        null,
+        new RpcError(ErrorCode.ParseError, "Parse error: the line is not valid JSON", {
+          reason: (error as Error).message,
+        }),
+      );
+    }
+    if (!Array.isArray(value)) return await this.#handleOne(value);
+    if (value.length === 0) {
+      return errorResponse(
+        null,
+        new RpcError(ErrorCode.InvalidRequest, "Invalid Request: a batch must not be empty", {
+          problem: "empty batch",
+        }),
+      );
+    }
+    const responses = await Promise.all(value.map((entry) => this.#handleOne(entry)));
+    const present = responses.filter((r): r is ResponseMessage => r !== undefined);
+    return present.length > 0 ? present : undefined;
+  }
+
+  async #handleOne(value: unknown): Promise<ResponseMessage | undefined> {
+    const inbound = classifyMessage(value);
+    switch (inbound.kind) {
+      case "invalid":
+        return errorResponse(inbound.id, inbound.error);
+      case "notification":
+        try {
+          this.options.onNotification?.(inbound.message.method, inbound.message.params);
+        } catch (error) {
+          this.options.onUnexpectedError?.(inbound.message.method, error);
+        }
+        return undefined;
+      case "request": {
+        const { message } = inbound;
+        const response = await this.#server.receive(message, { id: message.id });
+        return (response ?? undefined) as ResponseMessage | undefined;
+      }
+    }
+  }
+
+  /** Turns thrown errors into error responses with a code and data, and names unknown methods. */
+  #mapErrors(known: string[]): JSONRPCServerMiddleware<RequestContext> {
+    return async (next, request, context): Promise<JSONRPCResponse | null> => {
+      const id = request.id ?? null;
+      if (!this.#server.hasMethod(request.method)) {
+        const error = new RpcError(
+          ErrorCode.MethodNotFound,
+          `Method not found: ${JSON.stringify(request.method)}`,
+          { method: request.method, available: known },
+        );
+        return createJSONRPCErrorResponse(id, error.code, error.message, error.data);
+      }
+      try {
+        return await next(request, context);
+      } catch (thrown) {
+        if (!(thrown instanceof RpcError)) {
+          this.options.onUnexpectedError?.(request.method, thrown);
+        }
+        const error = toRpcError(thrown);
+        return createJSONRPCErrorResponse(id, error.code, error.message, error.data);
+      }
+    };
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * Which worker gets the next request: a pure function over a read-only view of the workers,
+ * so that the policy is easy to test and to swap.
+ *
+ * @module
+ */
+
+/** What the balancer may know about a worker. */
+export interface WorkerView {
+  readonly id: string;
+  readonly state: "starting" | "idle" | "busy" | "exited";
+  readonly retiring: boolean;
+  /** When it last finished a request (ms, monotonic); 0 if never. */
+  readonly lastUsedAt: number;
+}
+
+/**
+ * Picks the least busy worker: an idle one that is not retiring, preferring the one idle the
+ * longest so that work (and so recycling) spreads evenly. Returns undefined when none is free.
+ *
+ * @example
+ * ```ts
+ * import { pickWorker } from "./balancer.ts";
+ * const id = pickWorker([
+ *   { id: "w1", state: "busy", retiring: false, lastUsedAt: 0 },
+ *   { id: "w2", state: "idle", retiring: false, lastUsedAt: 5 },
+ *   { id: "w3", state: "idle", retiring: false, lastUsedAt: 2 },
+ * ]);
+ * console.assert(id === "w3");
+ * ```
+ */
+export function pickWorker(workers: Iterable<WorkerView>): string | undefined {
+  let best: WorkerView | undefined;
+  for (const worker of workers) {
+    if (worker.state !== "idle" || worker.retiring) continue;
+    if (!best || worker.lastUsedAt < best.lastUsedAt) best = worker;
+  }
+  return best?.id;
+}

@@ -1,0 +1,68 @@
+/**
+ * Where a client's request enters: the supervisor's own stdin/stdout, served as JSON-RPC 2.0.
+ * `execute` goes to the pool; `health` and `stats` are answered here; `shutdown` starts a
+ * graceful stop when the configuration allows it; `$/cancelRequest` cancels queued work.
+ *
+ * @module
+ */
+
+import type { Config } from "../lib/config.ts";
+import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
+import { logger } from "../lib/logging.ts";
+import { parseExecuteParams } from "../lib/protocol.ts";
+import { RpcServer } from "../lib/rpc_server.ts";
+import type { Pool } from "./pool.ts";
+
+export interface ClientEndpointOptions {
+  config: Config;
+  pool: Pool;
+  /** Called when a client asks the pool to shut down. */
+  requestShutdown: (reason: string) => void;
+}
+
+const log = logger("client");
+
+/** Builds the JSON-RPC server that faces the client. */
+export function createClientServer(
+  { config, pool, requestShutdown }: ClientEndpointOptions,
+): RpcServer {
+  let shuttingDown = false;
+  return new RpcServer({
+    execute: (params, { id }) => pool.execute(parseExecuteParams(params), id),
+    health: () => pool.health(),
+    stats: () => pool.statsReport(),
+    shutdown: () => {
+      if (!config.allowShutdown) {
+        throw new RpcError(ErrorCode.MethodNotFound, "Method not found: shutdown is disabled", {
+          method: "shutdown",
+          hint: "start the pool with --allow-shutdown (PYODIDE_ALLOW_SHUTDOWN=true) to enable it",
+        });
+      }
+      if (!shuttingDown) {
+        shuttingDown = true;
+        // After this response is written: the stop answers everything still pending.
+        setTimeout(() => requestShutdown("shutdown method"));
+      }
+      return { stopping: true };
+    },
+  }, {
+    maxLineBytes: config.maxLineBytes,
+    onNotification: (method, params) => {
+      if (method !== "$/cancelRequest") {
+        log.debug("ignored notification {method}", { method });
+        return;
+      }
+      const id = (params as { id?: unknown } | undefined)?.id;
+      if (typeof id !== "string" && typeof id !== "number") {
+        // Notifications get no response, so a bad one can only be logged.
+        log.warn("ignored $/cancelRequest: {error}", {
+          error: invalidParams("id", "must be a string or a number").message,
+        });
+        return;
+      }
+      if (!pool.cancel(id)) log.debug("$/cancelRequest {id}: nothing queued with that id", { id });
+    },
+    onUnexpectedError: (method, error) =>
+      log.error("unexpected error in {method}: {error}", { method, error: String(error) }),
+  });
+}

@@ -1,0 +1,77 @@
+/**
+ * The pyodide-pool CLI: reads the configuration, starts the worker pool, and serves the
+ * client's JSON-RPC on stdin/stdout until stdin closes or a signal asks it to stop.
+ *
+ * Reading order for the path of a request: client_endpoint.ts (entry) → pool.ts (queue,
+ * routing, health) → balancer.ts (which worker) → worker_process.ts (the pipe to a worker)
+ * → worker_server.ts (the worker) → back the same way.
+ *
+ * @module
+ */
+
+import { ConfigError, loadConfig } from "../lib/config.ts";
+import { LineWriter } from "../lib/framing.ts";
+import { configureLogging, logger } from "../lib/logging.ts";
+import { createClientServer } from "./client_endpoint.ts";
+import { Pool } from "./pool.ts";
+import { buildWorkerCommand } from "./worker_command.ts";
+
+let loaded;
+try {
+  loaded = loadConfig(Deno.args, Deno.env.toObject());
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(`pyodide-pool: ${error.message}`);
+  Deno.exit(2);
+}
+if ("help" in loaded) {
+  console.log(loaded.help);
+  Deno.exit(0);
+}
+const { config } = loaded;
+await configureLogging(config.logLevel, config.logFormat);
+const log = logger("supervisor");
+log.info("starting {size} workers (config: {config})", {
+  size: config.usePool ? config.poolSize : 0,
+  config: JSON.stringify(config),
+});
+
+const pool = new Pool(config, buildWorkerCommand(config));
+const output = new LineWriter(Deno.stdout.writable, (error) => {
+  log.warn("stdout closed ({error}); shutting down", { error: String(error) });
+  stop("stdout closed", false);
+});
+
+let stopping: Promise<void> | undefined;
+function stop(reason: string, drainQueue: boolean): Promise<void> {
+  stopping ??= (async () => {
+    log.info("shutting down: {reason}", { reason });
+    const graceMs = config.shutdownGrace * 1000;
+    // A last resort if a step below hangs: never outlive the grace period by much.
+    const watchdog = setTimeout(() => {
+      log.error("shutdown took too long; exiting");
+      Deno.exit(1);
+    }, graceMs + 10_000);
+    await pool.shutdown(graceMs, { drainQueue });
+    await server.settled();
+    await output.flushed();
+    clearTimeout(watchdog);
+    log.info("stopped");
+    Deno.exit(0);
+  })();
+  return stopping;
+}
+
+const server = createClientServer({
+  config,
+  pool,
+  requestShutdown: (reason) => stop(reason, false),
+});
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, () => stop(signal, false));
+}
+
+// Requests queue while the workers start, so serving begins at once.
+pool.start();
+await server.serve(Deno.stdin.readable, output);
+await stop("stdin closed", true);

@@ -1,0 +1,462 @@
+/**
+ * The set of workers and the work waiting for them: accepts `execute` requests, queues them
+ * (bounded), hands each to the least busy worker, and keeps the pool whole: health checks,
+ * replacement of crashed or hung workers with backoff, recycling after a request limit, and
+ * graceful shutdown. Every accepted request settles exactly once.
+ *
+ * @module
+ */
+
+import type { Config } from "../lib/config.ts";
+import { ErrorCode, RpcError } from "../lib/errors.ts";
+import { logger } from "../lib/logging.ts";
+import type { ExecuteParams, ExecuteResult } from "../lib/protocol.ts";
+import { pickWorker } from "./balancer.ts";
+import { PoolStats } from "./stats.ts";
+import { TaskQueue } from "./task_queue.ts";
+import type { WorkerCommand } from "./worker_command.ts";
+import {
+  type ExitInfo,
+  WorkerDeadlineError,
+  WorkerExitedError,
+  WorkerProcess,
+} from "./worker_process.ts";
+
+interface Task {
+  params: ExecuteParams;
+  /** The client's request id, for cancellation. */
+  key: unknown;
+  timeoutMs: number;
+  arrivedAt: number;
+  queueTimer?: ReturnType<typeof setTimeout>;
+  resolve: (result: ExecuteResult) => void;
+  reject: (error: RpcError) => void;
+}
+
+const HEALTH_CODE = "print('HEALTH_OK')";
+const MAX_RESTART_DELAY_MS = 30_000;
+
+/** A timeout result produced by the supervisor itself (queue wait or unresponsive worker). */
+function timeoutResult(message: string, workerId: string, durationMs: number): ExecuteResult {
+  return {
+    status: "timeout",
+    stdout: "",
+    stderr: "",
+    truncated: false,
+    result: null,
+    error: { type: "TimeoutError", message, traceback: "" },
+    duration_ms: durationMs,
+    worker_id: workerId,
+  };
+}
+
+export class Pool {
+  readonly stats = new PoolStats();
+  #workers = new Map<string, WorkerProcess>();
+  #queue: TaskQueue<Task>;
+  #running = new Map<WorkerProcess, Task>();
+  #workerNumber = 0;
+  #startFailures = 0;
+  #restartTimers = new Set<ReturnType<typeof setTimeout>>();
+  #healthTimer: ReturnType<typeof setInterval> | undefined;
+  /** False once shutdown starts: new requests get -32002. */
+  #accepting = true;
+  /** True once the pool stops for good: no more spawns or restarts. */
+  #closing = false;
+  #log = logger("pool");
+
+  constructor(private readonly config: Config, private readonly command: WorkerCommand) {
+    this.#queue = new TaskQueue(config.maxQueue);
+  }
+
+  /** Starts the warm workers (none in fresh-worker mode); resolves when all are ready or failed. */
+  async start(): Promise<void> {
+    const started = performance.now();
+    if (!this.config.usePool) {
+      this.#log.info("fresh-worker mode: each request starts its own worker (slow baseline)");
+      return;
+    }
+    const workers = Array.from({ length: this.config.poolSize }, () => this.#spawn());
+    let ready = 0;
+    await Promise.all(workers.map(async (worker) => {
+      try {
+        await worker.ready;
+        ready++;
+        this.#log.info("worker {id} ready ({ready}/{total}) in {ms} ms", {
+          id: worker.id,
+          ready,
+          total: workers.length,
+          ms: Math.round(performance.now() - worker.spawnedAt),
+        });
+      } catch {
+        // The exit handler logs it and schedules a replacement.
+      }
+    }));
+    this.#log.info("pool ready: {ready}/{total} workers in {ms} ms", {
+      ready,
+      total: workers.length,
+      ms: Math.round(performance.now() - started),
+    });
+    if (this.config.healthCheckInterval > 0) {
+      this.#healthTimer = setInterval(
+        () => this.#healthCheck(),
+        this.config.healthCheckInterval * 1000,
+      );
+    }
+  }
+
+  /** Runs one request; resolves with its result or rejects with an RpcError. */
+  execute(params: ExecuteParams, key: unknown): Promise<ExecuteResult> {
+    if (!this.#accepting) {
+      return Promise.reject(
+        new RpcError(ErrorCode.ShuttingDown, "the pool is shutting down", { reason: "shutdown" }),
+      );
+    }
+    const maxMs = this.config.maxExecTimeout * 1000;
+    const timeoutMs = Math.min(params.timeout_ms ?? this.config.execTimeout * 1000, maxMs);
+    return new Promise((resolve, reject) => {
+      const task: Task = { params, key, timeoutMs, arrivedAt: performance.now(), resolve, reject };
+      if (!this.#queue.push(task)) {
+        this.stats.requests.add("overloaded");
+        reject(
+          new RpcError(ErrorCode.Overloaded, "overloaded: the request queue is full; retry later", {
+            queue_depth: this.#queue.size,
+            max_queue: this.config.maxQueue,
+            workers: this.#workers.size,
+          }),
+        );
+        return;
+      }
+      // The deadline covers waiting too: a request that times out in the queue never runs.
+      task.queueTimer = setTimeout(() => {
+        if (!this.#queue.delete(task)) return;
+        this.stats.requests.add("timeout");
+        resolve(
+          timeoutResult(
+            `timed out after ${timeoutMs} ms waiting in the queue; it never ran`,
+            "",
+            timeoutMs,
+          ),
+        );
+      }, timeoutMs);
+      this.#pump();
+    });
+  }
+
+  /** Cancels a queued request by its client id; true if one was found. */
+  cancel(key: unknown): boolean {
+    for (const task of this.#queue) {
+      if (task.key !== key) continue;
+      this.#queue.delete(task);
+      clearTimeout(task.queueTimer);
+      this.stats.requests.add("cancelled");
+      task.reject(
+        new RpcError(ErrorCode.Cancelled, "cancelled by the client before it ran", { id: key }),
+      );
+      return true;
+    }
+    return false;
+  }
+
+  /** Pool and per-worker state, without asking the workers. */
+  health(): Record<string, unknown> {
+    const workers = [...this.#workers.values()].map((w) => ({
+      id: w.id,
+      pid: w.pid,
+      state: w.state,
+      retiring: w.retiring,
+      served: w.served,
+      request_limit: w.options.requestLimit,
+      uptime_ms: Math.round(performance.now() - w.spawnedAt),
+    }));
+    const ready = workers.filter((w) => w.state === "idle" || w.state === "busy").length;
+    const wanted = this.config.usePool ? this.config.poolSize : 0;
+    return {
+      status: !this.#accepting
+        ? "shutting_down"
+        : ready >= wanted
+        ? "ok"
+        : ready > 0
+        ? "degraded"
+        : "unavailable",
+      ready_workers: ready,
+      pool_size: this.config.poolSize,
+      use_pool: this.config.usePool,
+      queue_depth: this.#queue.size,
+      workers,
+    };
+  }
+
+  /** Counters, latency percentiles and per-worker memory (asked of each worker, briefly). */
+  async statsReport(): Promise<Record<string, unknown>> {
+    const uptimeMs = performance.now() - this.stats.startedAt;
+    const workers = await Promise.all([...this.#workers.values()].map(async (w) => {
+      const base = { id: w.id, state: w.state, served: w.served };
+      if (w.state === "starting" || w.state === "exited") return base;
+      try {
+        return { ...base, ...(await w.call<Record<string, unknown>>("stats", {}, 1000)) };
+      } catch (error) {
+        return { ...base, error: String(error) };
+      }
+    }));
+    const busy = [...this.#workers.values()].filter((w) => w.state === "busy").length;
+    return {
+      uptime_ms: Math.round(uptimeMs),
+      requests: this.stats.requests.toJSON(),
+      requests_total: this.stats.requests.total,
+      restarts: this.stats.restarts.toJSON(),
+      queue_depth: this.#queue.size,
+      busy_workers: busy,
+      idle_workers: [...this.#workers.values()].filter((w) => w.state === "idle").length,
+      utilization: this.#workers.size
+        ? Math.min(1, this.stats.busyMs / (uptimeMs * Math.max(1, this.config.poolSize)))
+        : 0,
+      wait: this.stats.wait.summary(),
+      run: this.stats.run.summary(),
+      supervisor_rss_bytes: Deno.memoryUsage().rss,
+      workers,
+    };
+  }
+
+  /**
+   * Stops taking work and ends every worker. Running requests may finish within `graceMs`.
+   * Queued requests are answered with -32002 at once, or, with `drainQueue` (the client
+   * closed its input and is waiting for its answers), still run if they can start and finish
+   * within the grace period.
+   */
+  async shutdown(graceMs: number, { drainQueue = false } = {}): Promise<void> {
+    if (!this.#accepting) return;
+    this.#accepting = false;
+    clearInterval(this.#healthTimer);
+    const deadline = performance.now() + graceMs;
+    const busy = () => this.#running.size > 0 || (drainQueue && this.#queue.size > 0);
+    if (!drainQueue) this.#rejectQueued("the pool is shutting down; the request never ran");
+    if (busy()) {
+      this.#log.info("waiting up to {ms} ms for {running} running and {queued} queued requests", {
+        ms: graceMs,
+        running: this.#running.size,
+        queued: drainQueue ? this.#queue.size : 0,
+      });
+      while (busy() && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    }
+    this.#closing = true;
+    for (const timer of this.#restartTimers) clearTimeout(timer);
+    this.#rejectQueued("the shutdown grace period ended before the request could run");
+    await Promise.all([...this.#workers.values()].map((w) => w.close()));
+    this.#log.info("all workers stopped");
+  }
+
+  #rejectQueued(message: string): void {
+    for (const task of this.#queue.drain()) {
+      clearTimeout(task.queueTimer);
+      this.stats.requests.add("shutting_down");
+      task.reject(new RpcError(ErrorCode.ShuttingDown, message, { reason: "shutdown" }));
+    }
+  }
+
+  #spawn(replaces?: WorkerProcess): WorkerProcess {
+    const id = `w${++this.#workerNumber}`;
+    const limit = this.config.usePool ? jitter(this.config.workerRequestLimit) : 1;
+    const worker = new WorkerProcess(id, this.command, {
+      initTimeoutMs: this.config.initTimeout * 1000,
+      maxLineBytes: this.config.maxLineBytes,
+      requestLimit: limit,
+    });
+    this.#workers.set(id, worker);
+    this.#log.debug("spawned worker {id} (pid {pid})", { id, pid: worker.pid });
+    worker.ready.then(() => {
+      this.#startFailures = 0;
+      if (replaces) {
+        this.#log.info("worker {id} replaces {old}", { id, old: replaces.id });
+        this.#retire(replaces);
+      }
+      this.#pump();
+    }, () => {
+      if (replaces) replaces.recycling = false;
+    });
+    worker.exited.then((exit) => this.#onExit(worker, exit));
+    return worker;
+  }
+
+  /** Hands queued work to free workers. */
+  #pump(): void {
+    while (this.#queue.size > 0) {
+      const id = pickWorker(this.#workers.values());
+      if (id === undefined) {
+        if (!this.config.usePool) this.#spawnFresh();
+        return;
+      }
+      this.#run(this.#workers.get(id)!, this.#queue.shift()!);
+    }
+  }
+
+  /** Fresh-worker mode: one new worker per waiting request, up to the pool size. */
+  #spawnFresh(): void {
+    if (this.#closing) return;
+    const starting = [...this.#workers.values()].filter((w) => w.state === "starting").length;
+    if (starting < this.#queue.size && this.#workers.size < this.config.poolSize) this.#spawn();
+  }
+
+  async #run(worker: WorkerProcess, task: Task): Promise<void> {
+    clearTimeout(task.queueTimer);
+    worker.state = "busy";
+    this.#running.set(worker, task);
+    const started = performance.now();
+    this.stats.wait.recordMs(started - task.arrivedAt);
+    const remainingMs = Math.max(1, task.timeoutMs - (started - task.arrivedAt));
+    const deadlineMs = remainingMs + this.config.timeoutGrace * 1000;
+    try {
+      const result = await worker.call<ExecuteResult>("execute", {
+        code: task.params.code,
+        stdin: task.params.stdin,
+        timeout_ms: remainingMs,
+      }, deadlineMs);
+      worker.served++;
+      this.stats.requests.add(result.status);
+      task.resolve(result);
+    } catch (error) {
+      this.#failTask(worker, task, error, performance.now() - started);
+    } finally {
+      const ranMs = performance.now() - started;
+      this.stats.run.recordMs(ranMs);
+      this.stats.busyMs += ranMs;
+      this.#running.delete(worker);
+      this.#afterRun(worker);
+    }
+  }
+
+  #failTask(worker: WorkerProcess, task: Task, error: unknown, ranMs: number): void {
+    if (error instanceof WorkerDeadlineError) {
+      // The worker ignored its own timeout: it is hung or stopped. Kill and replace it.
+      worker.kill("unresponsive", error.message);
+      this.stats.requests.add("timeout");
+      task.resolve(timeoutResult(
+        `worker ${worker.id} did not stop within ${task.timeoutMs} ms + ${this.config.timeoutGrace} s grace; it was killed and replaced`,
+        worker.id,
+        ranMs,
+      ));
+    } else if (error instanceof WorkerExitedError && this.#closing) {
+      this.stats.requests.add("shutting_down");
+      task.reject(
+        new RpcError(ErrorCode.ShuttingDown, "the pool shut down before the request finished", {
+          worker_id: worker.id,
+          reason: "shutdown grace period expired",
+        }),
+      );
+    } else if (error instanceof WorkerExitedError) {
+      this.stats.requests.add("worker_died");
+      task.reject(
+        new RpcError(
+          ErrorCode.WorkerDied,
+          `${error.message} while running this request; it was not re-run`,
+          {
+            worker_id: worker.id,
+            exit_code: error.exit.code,
+            signal: error.exit.signal,
+            reason: error.exit.reason ?? "crashed",
+          },
+        ),
+      );
+    } else {
+      this.stats.requests.add("internal_error");
+      task.reject(
+        error instanceof RpcError
+          ? error
+          : new RpcError(ErrorCode.InternalError, String(error), { worker_id: worker.id }),
+      );
+    }
+  }
+
+  #afterRun(worker: WorkerProcess): void {
+    if (worker.state === "exited") return;
+    worker.state = "idle";
+    worker.lastUsedAt = performance.now();
+    if (worker.retiring) {
+      this.#retire(worker);
+    } else if (worker.served >= worker.options.requestLimit) {
+      if (!this.config.usePool) {
+        this.#retire(worker);
+      } else if (!worker.recycling && !this.#closing) {
+        // The replacement starts first; this worker serves until it is ready.
+        worker.recycling = true;
+        this.stats.restarts.add("recycled");
+        this.#spawn(worker);
+      }
+    }
+    this.#pump();
+  }
+
+  /** No more work for this worker; it leaves when idle. */
+  #retire(worker: WorkerProcess): void {
+    worker.retiring = true;
+    if (worker.state === "idle") worker.close();
+  }
+
+  #onExit(worker: WorkerProcess, exit: ExitInfo): void {
+    this.#workers.delete(worker.id);
+    if (this.#closing || worker.retiring) {
+      this.#log.debug("worker {id} left (code {code})", { id: worker.id, code: exit.code });
+      return;
+    }
+    const neverReady = worker.readyInfo === undefined;
+    const reason = exit.reason ?? (neverReady ? "failed to start" : "crashed");
+    this.#log.warn("worker {id} exited unexpectedly: code {code}, signal {signal}, {reason}", {
+      id: worker.id,
+      code: exit.code,
+      signal: exit.signal,
+      reason,
+    });
+    if (!this.config.usePool) {
+      this.#pump();
+      return;
+    }
+    this.stats.restarts.add(neverReady ? "start_failed" : exit.reason ?? "crashed");
+    if (neverReady) this.#startFailures++;
+    // Backoff only while starts keep failing: a crash of a healthy worker restarts at once.
+    const delay = this.#startFailures === 0
+      ? 0
+      : Math.min(MAX_RESTART_DELAY_MS, 500 * 2 ** (this.#startFailures - 1));
+    if (delay > 0) {
+      this.#log.warn("restarting in {delay} ms after {n} failed starts", {
+        delay,
+        n: this.#startFailures,
+      });
+    }
+    const timer = setTimeout(() => {
+      this.#restartTimers.delete(timer);
+      if (!this.#closing) this.#spawn();
+    }, delay);
+    this.#restartTimers.add(timer);
+  }
+
+  /** Asks every idle worker to really run Python; replaces those that fail or hang. */
+  #healthCheck(): void {
+    for (const worker of this.#workers.values()) {
+      if (worker.state !== "idle" || worker.retiring) continue;
+      worker.state = "busy";
+      const timeoutMs = this.config.healthCheckTimeout * 1000;
+      worker.call<ExecuteResult>("execute", { code: HEALTH_CODE, timeout_ms: timeoutMs }, timeoutMs)
+        .then((result) => {
+          if (result.status !== "ok" || result.stdout !== "HEALTH_OK\n") {
+            throw new Error(`unexpected answer: ${JSON.stringify(result).slice(0, 200)}`);
+          }
+        })
+        .catch((error) => {
+          this.#log.warn("worker {id} failed its health check: {error}", {
+            id: worker.id,
+            error: String(error),
+          });
+          worker.kill("health_check_failed", String(error));
+        })
+        .finally(() => {
+          if (worker.state !== "exited") worker.state = "idle";
+          this.#pump();
+        });
+    }
+  }
+}
+
+/** Spreads recycling: a limit within 10% below the configured one. */
+function jitter(limit: number): number {
+  return Math.max(1, limit - Math.floor(Math.random() * Math.ceil(limit * 0.1)));
+}

@@ -1,0 +1,65 @@
+/**
+ * The pool's counters and latency histograms, as `stats` reports them.
+ *
+ * @module
+ */
+
+import * as hdr from "hdr-histogram-js";
+
+/** A latency histogram in microseconds, reported in milliseconds. */
+export class LatencyHistogram {
+  #histogram = hdr.build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 3_600_000_000,
+    numberOfSignificantValueDigits: 3,
+    useWebAssembly: false,
+  });
+
+  recordMs(ms: number): void {
+    this.#histogram.recordValue(Math.max(1, Math.round(ms * 1000)));
+  }
+
+  summary(): Record<string, number> {
+    const h = this.#histogram;
+    const ms = (us: number) => Math.round(us) / 1000;
+    return {
+      count: h.totalCount,
+      mean_ms: h.totalCount ? ms(h.mean) : 0,
+      p50_ms: ms(h.getValueAtPercentile(50)),
+      p90_ms: ms(h.getValueAtPercentile(90)),
+      p99_ms: ms(h.getValueAtPercentile(99)),
+      max_ms: ms(h.maxValue),
+    };
+  }
+}
+
+/** Counts by name, e.g. requests by status or restarts by reason. */
+export class Counter {
+  #counts: Record<string, number> = {};
+
+  add(name: string, by = 1): void {
+    this.#counts[name] = (this.#counts[name] ?? 0) + by;
+  }
+
+  get total(): number {
+    return Object.values(this.#counts).reduce((a, b) => a + b, 0);
+  }
+
+  toJSON(): Record<string, number> {
+    return { ...this.#counts };
+  }
+}
+
+export class PoolStats {
+  readonly startedAt = performance.now();
+  /** Finished execute requests by outcome: a status, or an error name. */
+  readonly requests = new Counter();
+  /** Worker replacements by reason. */
+  readonly restarts = new Counter();
+  /** Time from arrival to the start of the run. */
+  readonly wait = new LatencyHistogram();
+  /** Time the worker took, as the supervisor sees it. */
+  readonly run = new LatencyHistogram();
+  /** Sum of busy time across workers, for utilization. */
+  busyMs = 0;
+}

@@ -1,0 +1,76 @@
+/**
+ * The command line that starts one worker process, with its sandbox: the narrowest Deno
+ * permissions that let Pyodide load. Pyodide is not a security boundary; these flags are.
+ *
+ * @module
+ */
+
+import type { Config } from "../lib/config.ts";
+
+const PROJECT_ROOT = new URL("../", import.meta.url);
+
+export interface WorkerCommand {
+  executable: string;
+  /** Arguments before the per-worker ones (`--worker-id`). */
+  args: string[];
+  /** The only directories the worker may read. */
+  readable: string[];
+}
+
+/** Directory of the installed `pyodide` npm package (its .wasm, stdlib zip, lock file). */
+export function pyodideDirectory(): string {
+  const entry = new URL(import.meta.resolve("pyodide"));
+  if (entry.protocol !== "file:") {
+    throw new Error(`pyodide resolved to ${entry.href}; expected a local file (nodeModulesDir)`);
+  }
+  return decodeURIComponent(new URL("./", entry).pathname).replace(/\/$/, "");
+}
+
+/**
+ * Builds the worker command for a configuration.
+ *
+ * @example
+ * ```ts
+ * import { buildWorkerCommand } from "./worker_command.ts";
+ * import { loadConfig } from "../lib/config.ts";
+ * const loaded = loadConfig([], {});
+ * if ("config" in loaded) console.assert(buildWorkerCommand(loaded.config).args.includes("--deny-net"));
+ * ```
+ */
+export function buildWorkerCommand(config: Config): WorkerCommand {
+  const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
+  // worker/ holds the Web Worker's modules and the Python runtime, which load at run time
+  // and so need read access; nothing else of the project is readable.
+  const readable = [pyodideDirectory(), path("worker")];
+  return {
+    executable: Deno.execPath(),
+    readable,
+    args: [
+      "run",
+      // Never ask on a terminal: a permission not granted is an error.
+      "--no-prompt",
+      // Everything is installed beforehand; a worker never fetches code.
+      "--cached-only",
+      "--no-remote",
+      "--config",
+      path("deno.json"),
+      "--allow-read=" + readable.join(","),
+      "--deny-write",
+      "--deny-net",
+      "--deny-run",
+      "--deny-env",
+      "--deny-ffi",
+      "--deny-sys",
+      "--deny-import",
+      path("worker_server.ts"),
+      "--max-output-bytes",
+      String(config.maxOutputBytes),
+      "--max-line-bytes",
+      String(config.maxLineBytes),
+      "--log-level",
+      config.logLevel,
+      "--log-format",
+      config.logFormat,
+    ],
+  };
+}

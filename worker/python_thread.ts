@@ -1,0 +1,155 @@
+/**
+ * The Web Worker that owns Pyodide. It loads the interpreter once, then runs one request at a
+ * time. Running off the main thread lets `worker_server.ts` interrupt Python through the
+ * shared control buffer and keep answering while Python runs.
+ *
+ * @module
+ */
+
+/// <reference lib="deno.worker" />
+
+import { loadPyodide, type PyodideAPI } from "pyodide";
+import type { PyProxy } from "pyodide/ffi";
+import {
+  ControlSlot,
+  type FromThread,
+  type InitMessage,
+  InterruptReason,
+  type RunMessage,
+  type RunOutcome,
+  SIGINT,
+  type ToThread,
+} from "./messages.ts";
+
+/** Collects one stream's output up to a byte cap; past it, asks Python to stop. */
+class OutputCapture {
+  #chunks: string[] = [];
+  #bytes = 0;
+  #decoder = new TextDecoder();
+  truncated = false;
+
+  constructor(private readonly maxBytes: number, private readonly onLimit: () => void) {}
+
+  write = (buffer: Uint8Array): number => {
+    if (this.truncated) return buffer.length;
+    const room = this.maxBytes - this.#bytes;
+    if (buffer.length > room) {
+      this.#chunks.push(this.#decoder.decode(buffer.subarray(0, room), { stream: true }));
+      this.#bytes = this.maxBytes;
+      this.truncated = true;
+      this.onLimit();
+    } else {
+      this.#chunks.push(this.#decoder.decode(buffer, { stream: true }));
+      this.#bytes += buffer.length;
+    }
+    return buffer.length;
+  };
+
+  take(): string {
+    const text = this.#chunks.join("") + this.#decoder.decode();
+    this.#chunks = [];
+    this.#bytes = 0;
+    this.truncated = false;
+    return text;
+  }
+}
+
+const send = (message: FromThread) => self.postMessage(message);
+
+async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<void>> {
+  const started = performance.now();
+  const control = new Int32Array(init.control);
+  const interrupt = new Int32Array(init.control, ControlSlot.Interrupt * 4, 1);
+  const stopFor = (reason: number) => {
+    Atomics.store(control, ControlSlot.Reason, reason);
+    Atomics.store(control, ControlSlot.Interrupt, SIGINT);
+  };
+  const stdout = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
+  const stderr = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
+
+  const pyodide: PyodideAPI = await loadPyodide({
+    // Nothing Python prints may reach the process's stdout, which carries JSON-RPC.
+    stdout: () => {},
+    stderr: () => {},
+    env: { HOME: "/home/pyodide", MPLBACKEND: "Agg" },
+  });
+  pyodide.setStdout({ write: stdout.write, isatty: false });
+  pyodide.setStderr({ write: stderr.write, isatty: false });
+  pyodide.setStdin({ error: true });
+  pyodide.setInterruptBuffer(interrupt);
+  pyodide.FS.mkdirTree("/home/pyodide/.config/matplotlib");
+  pyodide.FS.writeFile("/home/pyodide/.config/matplotlib/matplotlibrc", "backend: Agg\n");
+
+  // The runtime gets a namespace of its own, out of reach of user code's fresh namespaces.
+  const runtime = pyodide.globals.get("dict")() as PyProxy & Map<string, unknown>;
+  pyodide.runPython(await Deno.readTextFile(new URL("./runtime.py", import.meta.url)), {
+    globals: runtime,
+  });
+  const install = runtime.get("install") as PyProxy & ((...a: unknown[]) => void);
+  const runPython = runtime.get("run") as PyProxy & ((code: string, stdin: string) => unknown);
+  // Blocks on the interrupt slot so that a timeout wakes a sleeping request at once.
+  const waitMs = (ms: number) => {
+    Atomics.wait(interrupt, 0, 0, ms);
+    pyodide.checkInterrupt();
+  };
+  install(waitMs, init.maxOutputBytes);
+  install.destroy();
+  runtime.destroy();
+
+  // The Wasm heap only grows; its size is what a worker costs. Pyodide has no public getter.
+  const wasm = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
+  const heapBytes = () => wasm.HEAP8.length;
+  send({
+    type: "ready",
+    pyodideVersion: pyodide.version,
+    pythonVersion: pyodide.runPython("import sys; sys.version.split()[0]") as string,
+    loadMs: performance.now() - started,
+    heapBytes: heapBytes(),
+  });
+
+  return async ({ seq, code, stdin }) => {
+    Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
+    let json = runPython(code, stdin);
+    if (typeof json !== "string") {
+      const coroutine = json as PyProxy & Promise<string>;
+      try {
+        json = await coroutine;
+      } finally {
+        coroutine.destroy();
+      }
+    }
+    // A signal that arrived after Python's last check must not hit the next request.
+    Atomics.store(control, ControlSlot.Interrupt, 0);
+    const fromPython = JSON.parse(json as string) as Pick<
+      RunOutcome,
+      "status" | "result" | "error"
+    >;
+    const outcome: RunOutcome = {
+      ...fromPython,
+      truncated: stdout.truncated || stderr.truncated,
+      stdout: stdout.take(),
+      stderr: stderr.take(),
+    };
+    const reason = Atomics.load(control, ControlSlot.Reason);
+    if (reason === InterruptReason.OutputLimit) outcome.status = "output_limit";
+    if (reason === InterruptReason.Timeout && outcome.error?.type === "KeyboardInterrupt") {
+      outcome.status = "timeout";
+    }
+    send({ type: "done", seq, outcome, heapBytes: heapBytes() });
+  };
+}
+
+let run: ((message: RunMessage) => Promise<void>) | undefined;
+
+self.onmessage = async (event: MessageEvent<ToThread>) => {
+  const message = event.data;
+  try {
+    if (message.type === "init") run = await start(message);
+    else await run!(message);
+  } catch (error) {
+    send({
+      type: "fatal",
+      message: error instanceof Error ? error.stack ?? error.message : String(error),
+    });
+  }
+};

@@ -1,0 +1,103 @@
+"""The Python side of a worker: runs one request's code in a fresh namespace.
+
+Loaded once when the interpreter starts. `run` is called from JavaScript for every request;
+it returns the outcome as a JSON string (one cheap crossing instead of a proxy per field), or,
+for code that uses top-level await, a coroutine that returns that string.
+"""
+
+import ast
+import builtins
+import inspect
+import io
+import json
+import linecache
+import sys
+import time
+import traceback
+
+from pyodide.code import CodeRunner
+
+# The name user code runs under; tracebacks show its lines through linecache.
+CODE_FILENAME = "<code>"
+
+_max_repr_chars = 1 << 20
+
+
+def install(wait_ms, max_repr_chars):
+    """Called once at start: patches time.sleep so that the timeout interrupt can stop it.
+
+    `wait_ms` is a JavaScript function that blocks on the interrupt buffer (Atomics.wait) for
+    at most the given milliseconds and raises KeyboardInterrupt if it was signalled.
+    """
+    global _max_repr_chars
+    _max_repr_chars = max_repr_chars
+
+    def sleep(seconds):
+        seconds = float(seconds)
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
+        wait_ms(seconds * 1000.0)
+
+    sleep.__doc__ = time.sleep.__doc__
+    time.sleep = sleep
+
+
+def _user_traceback(exc):
+    """Formats `exc` from the first frame of user code on, hiding this module's frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != CODE_FILENAME:
+        tb = tb.tb_next
+    if tb is None and not isinstance(exc, SyntaxError):
+        tb = exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _error(exc):
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": _user_traceback(exc),
+    }
+
+
+def _repr(value):
+    if value is None:
+        return None
+    text = repr(value)
+    if len(text) > _max_repr_chars:
+        text = text[:_max_repr_chars] + "...[truncated]"
+    return text
+
+
+def _finish(status, value=None, error=None):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return json.dumps(
+        {"status": status, "result": _repr(value) if error is None else None, "error": error}
+    )
+
+
+async def _run_async(runner, namespace):
+    try:
+        value = await runner.run_async(namespace)
+    except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
+        return _finish("error", error=_error(exc))
+    return _finish("ok", value)
+
+
+def run(code, stdin):
+    """Runs `code` with `stdin` as standard input; returns JSON or a coroutine of JSON."""
+    sys.stdin = io.StringIO(stdin)
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    lines = code.splitlines(keepends=True)
+    linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
+    try:
+        runner = CodeRunner(
+            code, filename=CODE_FILENAME, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        ).compile()
+        if runner.code is not None and runner.code.co_flags & inspect.CO_COROUTINE:
+            return _run_async(runner, namespace)
+        value = runner.run(namespace)
+    except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
+        return _finish("error", error=_error(exc))
+    return _finish("ok", value)
