@@ -8,7 +8,7 @@
 /** What the balancer may know about a worker. */
 export interface WorkerView {
   readonly id: string;
-  readonly state: "starting" | "idle" | "busy" | "exited";
+  readonly state: "starting" | "idle" | "busy" | "stopping" | "exited";
   readonly retiring: boolean;
   /** When it last finished a request (ms, monotonic); 0 if never. */
   readonly lastUsedAt: number;

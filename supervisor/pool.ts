@@ -192,7 +192,7 @@ export class Pool {
     const uptimeMs = performance.now() - this.stats.startedAt;
     const workers = await Promise.all([...this.#workers.values()].map(async (w) => {
       const base = { id: w.id, state: w.state, served: w.served };
-      if (w.state === "starting" || w.state === "exited") return base;
+      if (w.state !== "idle" && w.state !== "busy") return base;
       try {
         return { ...base, ...(await w.call<Record<string, unknown>>("stats", {}, 1000)) };
       } catch (error) {
@@ -368,7 +368,8 @@ export class Pool {
   }
 
   #afterRun(worker: WorkerProcess): void {
-    if (worker.state === "exited") return;
+    // A worker killed or closed meanwhile gets no more work.
+    if (worker.state !== "busy") return this.#pump();
     worker.state = "idle";
     worker.lastUsedAt = performance.now();
     if (worker.retiring) {
@@ -396,7 +397,8 @@ export class Pool {
     this.#workers.delete(worker.id);
     if (this.#closing || worker.retiring) {
       this.#log.debug("worker {id} left (code {code})", { id: worker.id, code: exit.code });
-      return;
+      // In fresh-worker mode its place may be what a queued request waits for.
+      return this.#pump();
     }
     const neverReady = worker.readyInfo === undefined;
     const reason = exit.reason ?? (neverReady ? "failed to start" : "crashed");
@@ -449,7 +451,7 @@ export class Pool {
           worker.kill("health_check_failed", String(error));
         })
         .finally(() => {
-          if (worker.state !== "exited") worker.state = "idle";
+          if (worker.state === "busy") worker.state = "idle";
           this.#pump();
         });
     }

@@ -29,7 +29,7 @@ export interface ExitInfo {
   reason?: KillReason;
 }
 
-export type WorkerState = "starting" | "idle" | "busy" | "exited";
+export type WorkerState = "starting" | "idle" | "busy" | "stopping" | "exited";
 
 /** Why the supervisor ended a worker; also the key of the `restarts` counter. */
 export type KillReason =
@@ -174,6 +174,7 @@ export class WorkerProcess {
       this.#log.warn("killing worker {id}: {reason} {detail}", { id: this.id, reason, detail });
     }
     this.#killReason ??= reason;
+    this.state = "stopping";
     try {
       this.#child.kill("SIGKILL");
     } catch {
@@ -184,6 +185,7 @@ export class WorkerProcess {
   /** Asks the worker to leave by closing its stdin; kills it if it has not left in time. */
   async close(graceMs = 2000): Promise<ExitInfo> {
     this.#killReason ??= "closed";
+    if (this.state !== "exited") this.state = "stopping";
     await this.#writer.close();
     const timer = setTimeout(
       () => this.kill("close_timeout", `still running ${graceMs} ms after its stdin closed`),

@@ -82,8 +82,11 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
 
   // The runtime gets a namespace of its own, out of reach of user code's fresh namespaces.
   const runtime = pyodide.globals.get("dict")() as PyProxy & Map<string, unknown>;
-  pyodide.runPython(await Deno.readTextFile(new URL("./runtime.py", import.meta.url)), {
+  const runtimeUrl = new URL("./runtime.py", import.meta.url);
+  runtime.set("__file__", "pyodide_pool_runtime.py");
+  pyodide.runPython(await Deno.readTextFile(runtimeUrl), {
     globals: runtime,
+    filename: "pyodide_pool_runtime.py",
   });
   const install = runtime.get("install") as PyProxy & ((...a: unknown[]) => void);
   const runPython = runtime.get("run") as PyProxy & ((code: string, stdin: string) => unknown);

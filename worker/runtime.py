@@ -43,13 +43,22 @@ def install(wait_ms, max_repr_chars):
 
 
 def _user_traceback(exc):
-    """Formats `exc` from the first frame of user code on, hiding this module's frames."""
+    """Formats `exc` from the first frame of user code on, without this runtime's frames
+    or the JavaScript frames that a patched function (time.sleep) passes through."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != CODE_FILENAME:
         tb = tb.tb_next
     if tb is None and not isinstance(exc, SyntaxError):
         tb = exc.__traceback__
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    report = traceback.TracebackException(type(exc), exc, tb)
+    report.stack = traceback.StackSummary.from_list(
+        [frame for frame in report.stack if not _is_internal(frame.filename)]
+    )
+    return "".join(report.format())
+
+
+def _is_internal(filename):
+    return filename == __file__ or filename.startswith("file://")
 
 
 def _error(exc):

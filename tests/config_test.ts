@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import { type Config, ConfigError, loadConfig } from "../lib/config.ts";
+
+function config(argv: string[], env: Record<string, string> = {}): Config {
+  const result = loadConfig(argv, env);
+  if (!("config" in result)) throw new Error("expected a config");
+  return result.config;
+}
+
+Deno.test("defaults match the design card", () => {
+  const c = config([]);
+  assert.equal(c.poolSize, 3);
+  assert.equal(c.workerRequestLimit, 1000);
+  assert.equal(c.healthCheckInterval, 30);
+  assert.equal(c.execTimeout, 30);
+  assert.equal(c.initTimeout, 90);
+  assert.equal(c.maxQueue, 100);
+  assert.equal(c.usePool, true);
+  assert.equal(c.maxLineBytes, 16 << 20);
+});
+
+Deno.test("flags override env, which overrides the config file", () => {
+  const file = Deno.makeTempFileSync({ suffix: ".jsonc" });
+  Deno.writeTextFileSync(
+    file,
+    `{
+      // comments are allowed
+      "poolSize": 5,
+      "maxQueue": 7,
+      "execTimeout": 12,
+    }`,
+  );
+  const c = config(["--config", file, "--pool-size", "2"], {
+    PYODIDE_POOL_SIZE: "4",
+    PYODIDE_MAX_QUEUE: "9",
+  });
+  assert.equal(c.poolSize, 2);
+  assert.equal(c.maxQueue, 9);
+  assert.equal(c.execTimeout, 12);
+  Deno.removeSync(file);
+});
+
+Deno.test("boolean settings accept a bare flag and =false", () => {
+  assert.equal(config(["--use-pool=false"]).usePool, false);
+  assert.equal(config(["--allow-shutdown"]).allowShutdown, true);
+  assert.equal(config([], { PYODIDE_USE_POOL: "false" }).usePool, false);
+});
+
+Deno.test("invalid values name the setting and the source", () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [["--pool-size", "0"], {}, /poolSize \(flag --pool-size\).*>= 1/],
+    [["--pool-size", "two"], {}, /poolSize.*not an integer/],
+    [[], { PYODIDE_EXEC_TIMEOUT: "-5" }, /execTimeout \(env PYODIDE_EXEC_TIMEOUT\)/],
+    [[], { PYODIDE_USE_POOL: "maybe" }, /usePool.*true or false/],
+    [["--log-level", "loud"], {}, /logLevel.*one of debug, info, warning, error/],
+    [["--no-such-flag"], {}, /no-such-flag/],
+    [["--exec-timeout", "900"], {}, /execTimeout: 900 s exceeds maxExecTimeout/],
+  ];
+  for (const [argv, env, pattern] of cases) {
+    assert.throws(() => loadConfig(argv, env), (e: Error) => {
+      assert.ok(e instanceof ConfigError, String(e));
+      assert.match(e.message, pattern);
+      return true;
+    });
+  }
+});
+
+Deno.test("a config file with an unknown key or bad JSONC is rejected", () => {
+  const file = Deno.makeTempFileSync({ suffix: ".jsonc" });
+  Deno.writeTextFileSync(file, '{"poolSzie": 2}');
+  assert.throws(() => loadConfig(["--config", file], {}), /unknown setting "poolSzie"/);
+  Deno.writeTextFileSync(file, '{"poolSize": }');
+  assert.throws(() => loadConfig(["--config", file], {}), /not valid JSONC/);
+  Deno.removeSync(file);
+  assert.throws(() => loadConfig(["--config", file], {}), /cannot read config file/);
+});
+
+Deno.test("--help lists every setting with its env name", () => {
+  const result = loadConfig(["--help"], {});
+  assert.ok("help" in result);
+  for (const name of ["--pool-size", "PYODIDE_POOL_SIZE", "PYODIDE_USE_POOL", "--config"]) {
+    assert.ok(result.help.includes(name), name);
+  }
+});

@@ -1,0 +1,200 @@
+/**
+ * Faults and lifecycle through real processes: each test starts its own small pool, since it
+ * kills, stops or shuts down workers.
+ */
+
+import assert from "node:assert/strict";
+import { isAlive, Supervisor, waitForExit } from "./helpers/supervisor.ts";
+
+interface Health {
+  status: string;
+  ready_workers: number;
+  workers: { id: string; pid: number; state: string }[];
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+async function busyWorker(sup: Supervisor) {
+  return await waitFor("a busy worker", async () => {
+    const health = await sup.call("health") as Health;
+    return health.workers.find((w) => w.state === "busy");
+  });
+}
+
+async function closeAndCheck(sup: Supervisor) {
+  const pids = await sup.workerPids();
+  const status = await sup.close();
+  assert.equal(status.code, 0, sup.stderr);
+  await waitForExit(pids);
+}
+
+Deno.test("a full queue answers -32000 with the queue's figures", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--max-queue", "1"] });
+  const slow = { code: "import time\ntime.sleep(0.5)" };
+  const running = sup.request("execute", slow);
+  await busyWorker(sup);
+  const queued = sup.request("execute", slow);
+  const rejected = await sup.request("execute", slow);
+  assert.equal(rejected.error?.code, -32000);
+  assert.equal(rejected.error?.data?.max_queue, 1);
+  assert.equal(rejected.error?.data?.queue_depth, 1);
+  assert.equal(((await running).result as { status: string }).status, "ok");
+  assert.equal(((await queued).result as { status: string }).status, "ok");
+  await closeAndCheck(sup);
+});
+
+Deno.test("a worker killed mid-request fails only that request; the pool heals", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "2"] });
+  const doomed = sup.request("execute", { code: "import time\ntime.sleep(30)" });
+  const victim = await busyWorker(sup);
+  const bystander = sup.request("execute", { code: "import time\ntime.sleep(0.5)\n'fine'" });
+  Deno.kill(victim.pid, "SIGKILL");
+  const failed = await doomed;
+  assert.equal(failed.error?.code, -32001);
+  assert.equal(failed.error?.data?.worker_id, victim.id);
+  assert.equal(failed.error?.data?.signal, "SIGKILL");
+  assert.match(failed.error!.message, /not re-run/);
+  assert.equal(((await bystander).result as { result: string }).result, "'fine'");
+  const healed = await waitFor("the replacement", async () => {
+    const health = await sup.call("health") as Health;
+    return health.ready_workers === 2 && !health.workers.some((w) => w.id === victim.id)
+      ? health
+      : undefined;
+  });
+  assert.equal(healed.workers.length, 2);
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  assert.equal(stats.restarts.crashed, 1);
+  const after = await Promise.all([1, 2, 3].map((i) => sup.execute({ code: `${i} + 1` })));
+  assert.deepEqual(after.map((r) => r.result), ["2", "3", "4"]);
+  await closeAndCheck(sup);
+});
+
+Deno.test("workers are recycled after their request limit, replacement first", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--worker-request-limit", "3"] });
+  for (let i = 0; i < 3; i++) assert.equal((await sup.execute({ code: `${i}` })).worker_id, "w1");
+  // The replacement started with the third request; w1 serves until it is ready, then leaves.
+  const health = await waitFor("the replacement", async () => {
+    const h = await sup.call("health") as Health;
+    return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1
+      ? h
+      : undefined;
+  });
+  assert.equal(health.workers[0].state, "idle");
+  assert.equal((await sup.execute({ code: "'fresh'" })).worker_id, "w2");
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  assert.ok(stats.restarts.recycled >= 1);
+  await closeAndCheck(sup);
+});
+
+Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],
+  });
+  const [stopped] = (await sup.call("health") as Health).workers;
+  Deno.kill(stopped.pid, "SIGSTOP");
+  await waitFor("a replacement", async () => {
+    const health = await sup.call("health") as Health;
+    return health.ready_workers === 1 && health.workers[0].id !== stopped.id ? true : undefined;
+  });
+  assert.ok(!isAlive(stopped.pid), "the stopped worker was killed");
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  assert.equal(stats.restarts.health_check_failed, 1);
+  assert.equal((await sup.execute({ code: "'healthy'" })).result, "'healthy'");
+  await closeAndCheck(sup);
+});
+
+Deno.test("a worker that stops answering mid-request is killed at timeout + grace", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--timeout-grace", "0.5"] });
+  const pending = sup.execute({ code: "import time\ntime.sleep(0.2)\n'late'", timeout_ms: 500 });
+  const worker = await busyWorker(sup);
+  Deno.kill(worker.pid, "SIGSTOP");
+  const r = await pending;
+  assert.equal(r.status, "timeout");
+  assert.match(r.error!.message, /killed and replaced/);
+  await waitForExit([worker.pid]);
+  assert.equal((await sup.execute({ code: "'next'" })).result, "'next'");
+  await closeAndCheck(sup);
+});
+
+Deno.test("SIGTERM: running requests finish, queued ones get -32002, no orphans", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1"] });
+  const pids = await sup.workerPids();
+  const running = sup.request("execute", { code: "import time\ntime.sleep(0.5)\n'done'" });
+  await busyWorker(sup);
+  const queued = sup.request("execute", { code: "'never'" });
+  await new Promise((r) => setTimeout(r, 50));
+  sup.process.kill("SIGTERM");
+  assert.equal(((await running).result as { result: string }).result, "'done'");
+  const rejected = await queued;
+  assert.equal(rejected.error?.code, -32002);
+  assert.equal((await sup.process.status).code, 0);
+  await waitForExit(pids);
+});
+
+Deno.test("stdin EOF: requests sent before it are still answered, then a clean exit", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1"] });
+  const pids = await sup.workerPids();
+  const answers = [1, 2, 3].map((i) => sup.execute({ code: `${i} * 10` }));
+  const status = await sup.close();
+  assert.deepEqual((await Promise.all(answers)).map((r) => r.result), ["10", "20", "30"]);
+  assert.equal(status.code, 0);
+  await waitForExit(pids);
+});
+
+Deno.test("workers exit when the supervisor is SIGKILLed", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "2"] });
+  const pids = await sup.workerPids();
+  sup.process.kill("SIGKILL");
+  await sup.process.status;
+  await waitForExit(pids);
+  await sup.stdoutClosed;
+  await sup.close();
+});
+
+Deno.test("the shutdown method stops the pool when enabled", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--allow-shutdown"] });
+  const pids = await sup.workerPids();
+  assert.deepEqual(await sup.call("shutdown"), { stopping: true });
+  assert.equal((await sup.process.status).code, 0);
+  await waitForExit(pids);
+  const refused = await sup.request("execute", { code: "1" }).catch(() => undefined);
+  assert.equal(refused, undefined);
+  await sup.close().catch(() => {});
+});
+
+Deno.test("fresh-worker mode runs each request in a new worker", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--use-pool=false"] });
+  const first = await sup.execute({ code: "import sys\nsys.modules['__main__'].marker = 1\n'a'" });
+  const second = await sup.execute({ code: "'b'" });
+  assert.equal(first.status, "ok");
+  assert.equal(second.status, "ok");
+  assert.notEqual(first.worker_id, second.worker_id);
+  await closeAndCheck(sup);
+});
+
+Deno.test("an invalid configuration stops the start with the setting's name", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "--allow-run",
+      "supervisor/main.ts",
+      "--pool-size",
+      "0",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 2);
+  assert.match(new TextDecoder().decode(output.stderr), /invalid poolSize \(flag --pool-size\)/);
+  assert.equal(output.stdout.length, 0);
+});

@@ -1,0 +1,167 @@
+/**
+ * Test helper: runs the real supervisor as a child process and talks JSON-RPC to it over its
+ * stdin/stdout, as a client would.
+ *
+ * @module
+ */
+
+import { readFrames } from "../../lib/framing.ts";
+import type { ExecuteResult } from "../../lib/protocol.ts";
+
+const MAIN = new URL("../../supervisor/main.ts", import.meta.url).pathname;
+
+export interface Response {
+  jsonrpc: "2.0";
+  id: string | number | null;
+  result?: unknown;
+  error?: { code: number; message: string; data?: Record<string, unknown> };
+}
+
+export interface StartOptions {
+  args?: string[];
+  env?: Record<string, string>;
+  /** Wait until this many workers are ready (default: the pool size, or 0 without a pool). */
+  waitForWorkers?: number;
+}
+
+export class Supervisor {
+  readonly process: Deno.ChildProcess;
+  /** Every line read from stdout, parsed (responses, batches, notifications). */
+  readonly received: unknown[] = [];
+  stderr = "";
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #waiters = new Map<string | number, (response: Response) => void>();
+  #lineWaiters: Array<() => void> = [];
+  #nextId = 1;
+  #encoder = new TextEncoder();
+  readonly stdoutClosed: Promise<void>;
+
+  private constructor(args: string[], env: Record<string, string>) {
+    this.process = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-read", "--allow-env", "--allow-run", MAIN, ...args],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      env: { PYODIDE_LOG_LEVEL: "warning", ...env },
+    }).spawn();
+    this.#writer = this.process.stdin.getWriter();
+    this.stdoutClosed = this.#read();
+    this.#readStderr();
+  }
+
+  static async start(options: StartOptions = {}): Promise<Supervisor> {
+    const supervisor = new Supervisor(options.args ?? [], options.env ?? {});
+    const wanted = options.waitForWorkers ?? poolSizeOf(options.args ?? []);
+    const deadline = Date.now() + 120_000;
+    while (wanted > 0) {
+      const health = await supervisor.call("health") as { ready_workers: number };
+      if (health.ready_workers >= wanted) break;
+      if (Date.now() > deadline) throw new Error(`pool not ready: ${JSON.stringify(health)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return supervisor;
+  }
+
+  /** Writes a raw line (or anything) to the supervisor's stdin. */
+  async sendRaw(text: string): Promise<void> {
+    await this.#writer.write(this.#encoder.encode(text));
+  }
+
+  /** Sends a request and returns its whole response. */
+  async request(method: string, params?: unknown, id?: string | number): Promise<Response> {
+    const requestId = id ?? `t${this.#nextId++}`;
+    const response = new Promise<Response>((resolve) => this.#waiters.set(requestId, resolve));
+    const message: Record<string, unknown> = { jsonrpc: "2.0", id: requestId, method };
+    if (params !== undefined) message.params = params;
+    await this.sendRaw(JSON.stringify(message) + "\n");
+    return await response;
+  }
+
+  /** Sends a request and returns its result, throwing on a JSON-RPC error. */
+  async call(method: string, params?: unknown): Promise<unknown> {
+    const response = await this.request(method, params);
+    if (response.error) throw new Error(`${method} failed: ${JSON.stringify(response.error)}`);
+    return response.result;
+  }
+
+  execute(params: Record<string, unknown>): Promise<ExecuteResult> {
+    return this.call("execute", params) as Promise<ExecuteResult>;
+  }
+
+  /** Waits until `count` lines in all have been received; returns them. */
+  async waitForLines(count: number, timeoutMs = 30_000): Promise<unknown[]> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.received.length < count) {
+      if (Date.now() > deadline) {
+        throw new Error(`expected ${count} lines, got ${JSON.stringify(this.received)}`);
+      }
+      await new Promise<void>((resolve) => {
+        this.#lineWaiters.push(resolve);
+        setTimeout(resolve, 100);
+      });
+    }
+    return this.received.slice(0, count);
+  }
+
+  /** The pids of the current workers, from `health`. */
+  async workerPids(): Promise<number[]> {
+    const health = await this.call("health") as { workers: { pid: number }[] };
+    return health.workers.map((w) => w.pid);
+  }
+
+  /** Closes stdin and waits for the exit. */
+  async close(): Promise<Deno.CommandStatus> {
+    await this.#writer.close().catch(() => {});
+    const status = await this.process.status;
+    await this.stdoutClosed;
+    return status;
+  }
+
+  async #read(): Promise<void> {
+    for await (const frame of readFrames(this.process.stdout, 64 << 20)) {
+      if (frame.kind !== "line") throw new Error("oversized line from the supervisor");
+      const value = JSON.parse(frame.text);
+      this.received.push(value);
+      for (const message of Array.isArray(value) ? value : [value]) {
+        if (message && "id" in message && message.id !== null) {
+          this.#waiters.get(message.id)?.(message);
+          this.#waiters.delete(message.id);
+        }
+      }
+      for (const wake of this.#lineWaiters.splice(0)) wake();
+    }
+  }
+
+  async #readStderr(): Promise<void> {
+    const decoder = new TextDecoder();
+    for await (const chunk of this.process.stderr) this.stderr += decoder.decode(chunk);
+  }
+}
+
+function poolSizeOf(args: string[]): number {
+  if (args.some((a) => a === "--use-pool=false")) return 0;
+  const index = args.indexOf("--pool-size");
+  return index >= 0 ? Number(args[index + 1]) : 3;
+}
+
+/** True while a process with this pid runs (a zombie, exited but not yet reaped, does not). */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // The state follows the parenthesized command name.
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Waits until none of `pids` is alive, or throws after `timeoutMs`. */
+export async function waitForExit(pids: number[], timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (pids.some(isAlive)) {
+    if (Date.now() > deadline) {
+      throw new Error(`still alive: ${pids.filter(isAlive).join(", ")}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

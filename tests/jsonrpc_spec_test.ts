@@ -1,0 +1,180 @@
+/**
+ * Every example of the JSON-RPC 2.0 specification's "Examples" section
+ * (https://www.jsonrpc.org/specification#examples), served by the same RpcServer that the
+ * supervisor and the workers use, with the specification's methods. Codes, ids and results
+ * must match the specification; messages may say more, and errors carry data.
+ */
+
+import assert from "node:assert/strict";
+import { RpcServer } from "../lib/rpc_server.ts";
+import type { Params } from "../lib/protocol.ts";
+
+const notifications: string[] = [];
+const server = new RpcServer({
+  subtract: (params?: Params) =>
+    Array.isArray(params)
+      ? (params[0] as number) - (params[1] as number)
+      : (params!.minuend as number) - (params!.subtrahend as number),
+  sum: (params?: Params) => (params as number[]).reduce((a, b) => a + b, 0),
+  get_data: () => ["hello", 5],
+}, { maxLineBytes: 1 << 20, onNotification: (method) => notifications.push(method) });
+
+type Expected = { id: unknown; result?: unknown; code?: number };
+
+async function exchange(request: string): Promise<unknown> {
+  return await server.handleFrame({ kind: "line", text: request });
+}
+
+function assertMatches(actual: unknown, expected: Expected | Expected[] | undefined) {
+  if (expected === undefined) return assert.equal(actual, undefined);
+  if (Array.isArray(expected)) {
+    assert.ok(Array.isArray(actual), `expected a batch, got ${JSON.stringify(actual)}`);
+    assert.equal(actual.length, expected.length);
+    // The specification allows a batch's responses in any order: match them by id and kind.
+    const sortKey = (r: Expected) => `${JSON.stringify(r.id)}|${r.code ?? ""}`;
+    const got = (actual as Record<string, unknown>[]).map((r) => ({
+      id: r.id,
+      result: r.result,
+      code: (r.error as { code?: number } | undefined)?.code,
+    }));
+    const want = expected.map((e) => ({ id: e.id, result: e.result, code: e.code }));
+    got.sort((a, b) => sortKey(a).localeCompare(sortKey(b)));
+    want.sort((a, b) => sortKey(a).localeCompare(sortKey(b)));
+    return assert.deepEqual(got, want);
+  }
+  const response = actual as Record<string, unknown>;
+  assert.equal(response.jsonrpc, "2.0");
+  assert.deepEqual(response.id, expected.id);
+  if (expected.code !== undefined) {
+    const error = response.error as { code: number; message: string; data: unknown };
+    assert.equal(error.code, expected.code);
+    assert.ok(error.message.length > 0);
+    assert.ok(error.data !== undefined, "every error carries data");
+  } else {
+    assert.deepEqual(response.result, expected.result);
+  }
+}
+
+const examples: [string, string, Expected | Expected[] | undefined][] = [
+  [
+    "positional parameters",
+    '{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}',
+    { id: 1, result: 19 },
+  ],
+  [
+    "positional parameters, swapped",
+    '{"jsonrpc": "2.0", "method": "subtract", "params": [23, 42], "id": 2}',
+    { id: 2, result: -19 },
+  ],
+  [
+    "named parameters",
+    '{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": 3}',
+    { id: 3, result: 19 },
+  ],
+  [
+    "named parameters, reordered",
+    '{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": 42, "subtrahend": 23}, "id": 4}',
+    { id: 4, result: 19 },
+  ],
+  ["a notification", '{"jsonrpc": "2.0", "method": "update", "params": [1,2,3,4,5]}', undefined],
+  ["a notification without params", '{"jsonrpc": "2.0", "method": "foobar"}', undefined],
+  ["a non-existent method", '{"jsonrpc": "2.0", "method": "foobar", "id": "1"}', {
+    id: "1",
+    code: -32601,
+  }],
+  ["invalid JSON", '{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]', {
+    id: null,
+    code: -32700,
+  }],
+  ["an invalid Request object", '{"jsonrpc": "2.0", "method": 1, "params": "bar"}', {
+    id: null,
+    code: -32600,
+  }],
+  [
+    "a batch with invalid JSON",
+    '[\n  {"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},\n  {"jsonrpc": "2.0", "method"\n]'
+      .replaceAll("\n", " "),
+    { id: null, code: -32700 },
+  ],
+  ["an empty array", "[]", { id: null, code: -32600 }],
+  ["an invalid batch of one", "[1]", [{ id: null, code: -32600 }]],
+  ["an invalid batch", "[1,2,3]", [{ id: null, code: -32600 }, { id: null, code: -32600 }, {
+    id: null,
+    code: -32600,
+  }]],
+  [
+    "a mixed batch",
+    `[
+      {"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},
+      {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]},
+      {"jsonrpc": "2.0", "method": "subtract", "params": [42,23], "id": "2"},
+      {"foo": "boo"},
+      {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+      {"jsonrpc": "2.0", "method": "get_data", "id": "9"}
+    ]`.replaceAll("\n", " "),
+    [
+      { id: "1", result: 7 },
+      { id: "2", result: 19 },
+      { id: null, code: -32600 },
+      { id: "5", code: -32601 },
+      { id: "9", result: ["hello", 5] },
+    ],
+  ],
+  [
+    "a batch of notifications",
+    '[{"jsonrpc": "2.0", "method": "notify_sum", "params": [1,2,4]}, {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]}]',
+    undefined,
+  ],
+];
+
+for (const [name, request, expected] of examples) {
+  Deno.test(`JSON-RPC 2.0 spec example: ${name}`, async () => {
+    assertMatches(await exchange(request), expected);
+  });
+}
+
+Deno.test("notifications reach the listener and are never answered", async () => {
+  notifications.length = 0;
+  assert.equal(await exchange('{"jsonrpc":"2.0","method":"update","params":[1]}'), undefined);
+  assert.deepEqual(notifications, ["update"]);
+});
+
+Deno.test("other invalid requests: wrong version, scalar params, object id, null", async () => {
+  assertMatches(await exchange('{"jsonrpc":"1.0","method":"sum","params":[1],"id":9}'), {
+    id: 9,
+    code: -32600,
+  });
+  assertMatches(await exchange('{"jsonrpc":"2.0","method":"sum","params":5,"id":10}'), {
+    id: 10,
+    code: -32600,
+  });
+  assertMatches(await exchange('{"jsonrpc":"2.0","method":"sum","id":{"a":1}}'), {
+    id: null,
+    code: -32600,
+  });
+  assertMatches(await exchange("null"), { id: null, code: -32600 });
+  assertMatches(await exchange('"text"'), { id: null, code: -32600 });
+});
+
+Deno.test("a handler that throws a plain Error gets -32603 with data", async () => {
+  const failing = new RpcServer({
+    boom: () => {
+      throw new Error("kaput");
+    },
+  }, { maxLineBytes: 1024, onUnexpectedError: () => {} });
+  const response = await failing.handleFrame({
+    kind: "line",
+    text: '{"jsonrpc":"2.0","method":"boom","id":1}',
+  }) as { error: { code: number; data: { reason: string } } };
+  assert.equal(response.error.code, -32603);
+  assert.equal(response.error.data.reason, "kaput");
+});
+
+Deno.test("deeply nested JSON is a parse error or an invalid request, never a crash", async () => {
+  const deep = "[".repeat(100_000) + "]".repeat(100_000);
+  const response = await exchange(deep) as { error?: { code: number } } | unknown[];
+  const codes = Array.isArray(response)
+    ? response.map((r) => (r as { error: { code: number } }).error.code)
+    : [response.error!.code];
+  for (const code of codes) assert.ok(code === -32700 || code === -32600, String(code));
+});
