@@ -168,6 +168,7 @@ export class Pool {
       served: w.served,
       request_limit: w.options.requestLimit,
       uptime_ms: Math.round(performance.now() - w.spawnedAt),
+      startup_ms: w.startupMs === undefined ? null : Math.round(w.startupMs),
     }));
     const ready = workers.filter((w) => w.state === "idle" || w.state === "busy").length;
     const wanted = this.config.usePool ? this.config.poolSize : 0;

@@ -4,16 +4,27 @@
  * @module
  */
 
-import * as hdr from "hdr-histogram-js";
+// The module itself, not the package index: the index loads a WebAssembly build and a
+// compression library that would add about 25 MB to the supervisor's memory.
+import Int32HistogramModule from "hdr-histogram-js/dist/Int32Histogram.js";
+
+/** The part of hdr-histogram-js's histogram that the pool uses. */
+interface Histogram {
+  recordValue(value: number): void;
+  getValueAtPercentile(percentile: number): number;
+  readonly mean: number;
+  readonly totalCount: number;
+  readonly maxValue: number;
+}
+type HistogramClass = new (lowest: number, highest: number, digits: number) => Histogram;
+/** The histogram class out of the CommonJS module's `exports.default`. */
+export const Int32Histogram =
+  (Int32HistogramModule as unknown as { default: HistogramClass }).default;
 
 /** A latency histogram in microseconds, reported in milliseconds. */
 export class LatencyHistogram {
-  #histogram = hdr.build({
-    lowestDiscernibleValue: 1,
-    highestTrackableValue: 3_600_000_000,
-    numberOfSignificantValueDigits: 3,
-    useWebAssembly: false,
-  });
+  // 1 µs to 1 hour, three significant digits.
+  #histogram = new Int32Histogram(1, 3_600_000_000, 3);
 
   recordMs(ms: number): void {
     this.#histogram.recordValue(Math.max(1, Math.round(ms * 1000)));

@@ -79,6 +79,8 @@ export class WorkerProcess {
   /** A replacement is starting because this worker reached its request limit. */
   recycling = false;
   lastUsedAt = 0;
+  /** Milliseconds from spawn to its ready notification. */
+  startupMs: number | undefined;
   readyInfo: ReadyInfo | undefined;
   exitInfo: ExitInfo | undefined;
   readonly ready: Promise<ReadyInfo>;
@@ -135,6 +137,7 @@ export class WorkerProcess {
     this.#readMessages((info) => {
       clearTimeout(initTimer);
       this.readyInfo = info;
+      this.startupMs = performance.now() - this.spawnedAt;
       if (this.state === "starting") this.state = "idle";
       readyResolve(info);
     });

@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { isAlive, Supervisor, waitForExit } from "./helpers/supervisor.ts";
+import { Supervisor } from "../lib/pool_client.ts";
+import { isAlive, waitForExit } from "./helpers/processes.ts";
 
 interface Health {
   status: string;

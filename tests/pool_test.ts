@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "./helpers/supervisor.ts";
+import { Supervisor } from "../lib/pool_client.ts";
+import { waitForExit } from "./helpers/processes.ts";
 
 const POOL_SIZE = 2;
 let shared: Promise<Supervisor> | undefined;
@@ -227,7 +228,6 @@ Deno.test({
     const pids = await sup.workerPids();
     const status = await sup.close();
     assert.equal(status.code, 0);
-    const { waitForExit } = await import("./helpers/supervisor.ts");
     await waitForExit(pids);
   },
 });

@@ -1,14 +1,14 @@
 /**
- * Test helper: runs the real supervisor as a child process and talks JSON-RPC to it over its
- * stdin/stdout, as a client would.
+ * A TypeScript client for Deno: starts the supervisor as a child process and talks JSON-RPC
+ * to it over its stdin/stdout. The tests and the benchmarks drive the pool through it.
  *
  * @module
  */
 
-import { readFrames } from "../../lib/framing.ts";
-import type { ExecuteResult } from "../../lib/protocol.ts";
+import { readFrames } from "./framing.ts";
+import type { ExecuteResult } from "./protocol.ts";
 
-const MAIN = new URL("../../supervisor/main.ts", import.meta.url).pathname;
+const MAIN = new URL("../supervisor/main.ts", import.meta.url).pathname;
 
 export interface Response {
   jsonrpc: "2.0";
@@ -24,6 +24,15 @@ export interface StartOptions {
   waitForWorkers?: number;
 }
 
+/**
+ * @example
+ * ```ts ignore
+ * import { Supervisor } from "./pool_client.ts";
+ * const pool = await Supervisor.start({ args: ["--pool-size", "1"] });
+ * console.log((await pool.execute({ code: "1 + 1" })).result); // "2"
+ * await pool.close();
+ * ```
+ */
 export class Supervisor {
   readonly process: Deno.ChildProcess;
   /** Every line read from stdout, parsed (responses, batches, notifications). */
@@ -142,26 +151,4 @@ function poolSizeOf(args: string[]): number {
   if (args.some((a) => a === "--use-pool=false")) return 0;
   const index = args.indexOf("--pool-size");
   return index >= 0 ? Number(args[index + 1]) : 3;
-}
-
-/** True while a process with this pid runs (a zombie, exited but not yet reaped, does not). */
-export function isAlive(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    // The state follows the parenthesized command name.
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-/** Waits until none of `pids` is alive, or throws after `timeoutMs`. */
-export async function waitForExit(pids: number[], timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (pids.some(isAlive)) {
-    if (Date.now() > deadline) {
-      throw new Error(`still alive: ${pids.filter(isAlive).join(", ")}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

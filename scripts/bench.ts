@@ -1,0 +1,133 @@
+/**
+ * The pool's benchmark: starts the real supervisor, drives it over stdio as a client, and
+ * prints a table of warm latency, throughput, cold start, pool vs fresh worker, and memory.
+ *
+ *     deno task bench            # table on stdout
+ *     deno task bench --json     # the same figures as JSON
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { Supervisor } from "../lib/pool_client.ts";
+import { Int32Histogram } from "../supervisor/stats.ts";
+
+const { values: options } = parseArgs({
+  args: Deno.args,
+  options: {
+    json: { type: "boolean", default: false },
+    requests: { type: "string", default: "3000" },
+    "throughput-requests": { type: "string", default: "10000" },
+    "fresh-requests": { type: "string", default: "5" },
+  },
+});
+const TRIVIAL = { code: "x = 1 + 1" };
+const progress = (message: string) => console.error(`bench: ${message}`);
+
+function histogram() {
+  return new Int32Histogram(1, 600_000_000, 3);
+}
+
+type Health = { ready_workers: number; workers: { startup_ms: number | null }[] };
+type Stats = {
+  supervisor_rss_bytes: number;
+  workers: { rss_bytes: number; heap_bytes: number }[];
+};
+
+async function startPool(args: string[]) {
+  const started = performance.now();
+  const pool = await Supervisor.start({ args });
+  const readyMs = performance.now() - started;
+  const health = await pool.call("health") as Health;
+  return { pool, readyMs, workerStartupMs: health.workers.map((w) => w.startup_ms ?? NaN) };
+}
+
+async function sequentialLatency(pool: Supervisor, count: number) {
+  for (let i = 0; i < 200; i++) await pool.execute(TRIVIAL);
+  const h = histogram();
+  for (let i = 0; i < count; i++) {
+    const t0 = performance.now();
+    const r = await pool.execute(TRIVIAL);
+    h.recordValue(Math.round((performance.now() - t0) * 1000));
+    if (r.status !== "ok") throw new Error(`unexpected result ${JSON.stringify(r)}`);
+  }
+  const ms = (p: number) => h.getValueAtPercentile(p) / 1000;
+  return { count, p50_ms: ms(50), p90_ms: ms(90), p99_ms: ms(99), max_ms: h.maxValue / 1000 };
+}
+
+async function throughput(pool: Supervisor, count: number, window: number) {
+  let sent = 0;
+  const t0 = performance.now();
+  const lane = async () => {
+    while (sent < count) {
+      sent++;
+      const r = await pool.execute(TRIVIAL);
+      if (r.status !== "ok") throw new Error(`unexpected result ${JSON.stringify(r)}`);
+    }
+  };
+  await Promise.all(Array.from({ length: window }, lane));
+  const seconds = (performance.now() - t0) / 1000;
+  return { count, in_flight: window, seconds, requests_per_second: count / seconds };
+}
+
+async function freshWorkerLatency(count: number) {
+  const { pool } = await startPool(["--pool-size", "1", "--use-pool=false"]);
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const t0 = performance.now();
+    await pool.execute(TRIVIAL);
+    times.push(performance.now() - t0);
+  }
+  await pool.close();
+  return { count, mean_ms: times.reduce((a, b) => a + b, 0) / count };
+}
+
+progress("starting a pool of 2 workers");
+const warm = await startPool(["--pool-size", "2", "--log-level", "warning"]);
+progress("sequential latency");
+const latency = await sequentialLatency(warm.pool, Number(options.requests));
+progress("pipelined throughput");
+const pipelined = await throughput(warm.pool, Number(options["throughput-requests"]), 32);
+const stats = await warm.pool.call("stats") as Stats;
+await warm.pool.close();
+progress("fresh worker per request");
+const fresh = await freshWorkerLatency(Number(options["fresh-requests"]));
+
+const mb = (bytes: number) => bytes / (1 << 20);
+const report = {
+  machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
+  warm_latency: latency,
+  throughput: pipelined,
+  cold_start: { pool_ready_ms: warm.readyMs, worker_startup_ms: warm.workerStartupMs },
+  fresh_worker: { ...fresh, pool_speedup_vs_p50: fresh.mean_ms / latency.p50_ms },
+  memory: {
+    supervisor_rss_mb: mb(stats.supervisor_rss_bytes),
+    worker_rss_mb: stats.workers.map((w) => mb(w.rss_bytes)),
+    worker_heap_mb: stats.workers.map((w) => mb(w.heap_bytes)),
+  },
+};
+
+if (options.json) {
+  console.log(JSON.stringify(report, null, 2));
+} else {
+  const f = (n: number, digits = 2) => n.toFixed(digits);
+  const rows: [string, string][] = [
+    [
+      "warm execute p50 / p90 / p99 / max (ms)",
+      `${f(latency.p50_ms, 3)} / ${f(latency.p90_ms, 3)} / ${f(latency.p99_ms, 3)} / ${
+        f(latency.max_ms, 3)
+      }`,
+    ],
+    ["throughput, 2 workers, 32 in flight (req/s)", f(pipelined.requests_per_second, 0)],
+    ["pool ready, 2 workers in parallel (ms)", f(warm.readyMs, 0)],
+    ["worker spawn to ready (ms)", warm.workerStartupMs.map((m) => f(m, 0)).join(", ")],
+    ["fresh worker per request, mean (ms)", f(fresh.mean_ms, 0)],
+    ["pool speedup (fresh mean / warm p50)", `${f(report.fresh_worker.pool_speedup_vs_p50, 0)}x`],
+    ["supervisor RSS (MB)", f(report.memory.supervisor_rss_mb, 1)],
+    ["idle worker RSS (MB)", report.memory.worker_rss_mb.map((m) => f(m, 1)).join(", ")],
+    ["worker Wasm heap (MB)", report.memory.worker_heap_mb.map((m) => f(m, 1)).join(", ")],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length));
+  console.log(`pyodide-pool bench (${report.machine.cores} cores, deno ${report.machine.deno})`);
+  for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
+}

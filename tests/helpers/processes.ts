@@ -1,0 +1,23 @@
+/** Test helpers that watch processes. */
+
+/** True while a process with this pid runs (a zombie, exited but not yet reaped, does not). */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // The state follows the parenthesized command name.
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Waits until none of `pids` is alive, or throws after `timeoutMs`. */
+export async function waitForExit(pids: number[], timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (pids.some(isAlive)) {
+    if (Date.now() > deadline) {
+      throw new Error(`still alive: ${pids.filter(isAlive).join(", ")}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
