@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor, supervisorCommand } from "../lib/pool_client.ts";
 import { isAlive, waitForExit } from "./helpers/processes.ts";
 
 interface Health {
@@ -182,16 +182,9 @@ Deno.test("fresh-worker mode runs each request in a new worker", async () => {
 });
 
 Deno.test("an invalid configuration stops the start with the setting's name", async () => {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-run",
-      "supervisor/main.ts",
-      "--pool-size",
-      "0",
-    ],
+  const [executable, args] = supervisorCommand(["--pool-size", "0"]);
+  const output = await new Deno.Command(executable, {
+    args,
     stdout: "piped",
     stderr: "piped",
   }).output();

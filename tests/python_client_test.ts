@@ -1,22 +1,14 @@
 /** The stdlib-only Python client example drives a real pool end to end. */
 
 import assert from "node:assert/strict";
+import { supervisorCommand } from "../lib/pool_client.ts";
 
 Deno.test("scripts/client_example.py drives the pool from Python", async () => {
   const output = await new Deno.Command("python3", {
     args: [
       "scripts/client_example.py",
       "--",
-      Deno.execPath(),
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-run",
-      "supervisor/main.ts",
-      "--pool-size",
-      "2",
-      "--log-level",
-      "warning",
+      ...supervisorCommand(["--pool-size", "2", "--log-level", "warning"]).flat(),
     ],
     stdout: "piped",
     stderr: "piped",
