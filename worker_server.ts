@@ -1,23 +1,25 @@
 /**
  * A pyodide-pool worker: one long-running process that loads Pyodide once and serves
- * newline-delimited JSON-RPC 2.0 on stdin/stdout (`execute`, `ping`, `stats`, `shutdown`).
- * It announces itself with a `ready` notification and exits when stdin closes, so it never
- * outlives the supervisor that spawned it. Python runs in a Web Worker (worker/); this main
- * thread keeps answering and enforces timeouts.
+ * newline-delimited JSON-RPC 2.0 on stdin/stdout (`execute`, `cancel`, `ping`, `stats`,
+ * `shutdown`). It announces itself with a `ready` notification and exits when stdin closes,
+ * so it never outlives the supervisor that spawned it. Python runs in a Web Worker
+ * (worker/); this main thread keeps answering while it runs and enforces the limits.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import { ErrorCode, RpcError } from "./lib/errors.ts";
 import { LineWriter } from "./lib/framing.ts";
-import { type ExecuteResult, parseExecuteParams } from "./lib/protocol.ts";
-import { RpcServer } from "./lib/rpc_server.ts";
 import {
   configureLogging,
   type LogFormat,
   logger as getLogger,
   type LogLevelName,
 } from "./lib/logging.ts";
+import { type ExecuteResult, parseExecuteParams, type PythonError } from "./lib/protocol.ts";
+import { RpcServer } from "./lib/rpc_server.ts";
+import { triggerFailpoint } from "./worker/failpoints.ts";
 import { PythonHost, type RunReport } from "./worker/python_host.ts";
 
 const { values: args } = parseArgs({
@@ -25,67 +27,111 @@ const { values: args } = parseArgs({
   options: {
     "worker-id": { type: "string", default: "w0" },
     "max-output-bytes": { type: "string", default: String(1 << 20) },
+    "max-heap-mb": { type: "string", default: "1024" },
+    "recycle-heap-mb": { type: "string", default: "512" },
     "max-line-bytes": { type: "string", default: String(16 << 20) },
     "interrupt-grace-ms": { type: "string", default: "500" },
     "default-timeout-ms": { type: "string", default: "30000" },
     "log-level": { type: "string", default: "info" },
     "log-format": { type: "string", default: "text" },
+    failpoints: { type: "boolean", default: false },
   },
 });
 const workerId = args["worker-id"];
+const maxOutputBytes = Number(args["max-output-bytes"]);
+const maxHeapBytes = Number(args["max-heap-mb"]) * 1024 * 1024;
+const recycleHeapBytes = Number(args["recycle-heap-mb"]) * 1024 * 1024;
 const startedAt = performance.now();
 let requests = 0;
+let recycleAsked = false;
 
 await configureLogging(args["log-level"] as LogLevelName, args["log-format"] as LogFormat);
-const logger = getLogger("worker", workerId);
-const log = (message: string) => logger.warn(message);
+const log = getLogger("worker", workerId);
 const out = new LineWriter(Deno.stdout.writable, () => Deno.exit(0));
 
 const python = new PythonHost({
-  maxOutputBytes: Number(args["max-output-bytes"]),
+  maxOutputBytes,
+  maxHeapBytes,
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   onFatal: (message) => {
     // A broken interpreter cannot be trusted with the next request: the supervisor sees the
     // exit, fails only the request in flight, and starts a replacement.
-    log(`fatal: ${message}`);
+    log.error("fatal: {message}", { message });
     Deno.exit(70);
   },
 });
 
-function toResult(report: RunReport, timeoutMs: number, startedMs: number): ExecuteResult {
-  const { stoppedBy, ...outcome } = report;
-  const result: ExecuteResult = {
-    ...outcome,
-    duration_ms: performance.now() - startedMs,
-    worker_id: workerId,
-  };
-  if (outcome.status === "timeout") {
-    result.error = {
-      type: "TimeoutError",
-      message: `execution exceeded timeout_ms=${timeoutMs}; stopped by ${stoppedBy}` +
-        (stoppedBy === "interpreter_restart" ? ` (${outcome.error?.message})` : ""),
-      traceback: outcome.error?.traceback ?? "",
-    };
-  } else if (outcome.status === "output_limit") {
-    result.error = {
-      type: "OutputLimitError",
-      message: `output exceeded the cap of ${args["max-output-bytes"]} bytes per stream`,
-      traceback: outcome.error?.traceback ?? "",
-    };
+/** Wasm memory never shrinks: a worker whose heap grew large asks to be replaced. */
+function askToBeRecycled(): void {
+  if (recycleAsked) return;
+  recycleAsked = true;
+  out.write(JSON.stringify({
+    jsonrpc: "2.0",
+    method: "recycle",
+    params: { reason: "heap", heap_bytes: python.heapBytes, limit_bytes: recycleHeapBytes },
+  }));
+}
+
+/** The error a client sees for a run that did not end on its own. */
+function limitError(report: RunReport, timeoutMs: number): PythonError | null {
+  const traceback = report.error?.traceback ?? "";
+  switch (report.status) {
+    case "timeout":
+      return {
+        type: "TimeoutError",
+        message: `execution exceeded timeout_ms=${timeoutMs}; stopped by ${report.stoppedBy}` +
+          (report.stoppedBy === "interpreter_restart" ? ` (${report.error?.message})` : ""),
+        traceback,
+      };
+    case "output_limit":
+      return {
+        type: "OutputLimitError",
+        message: `output exceeded the cap of ${maxOutputBytes} bytes per stream`,
+        traceback,
+      };
+    case "memory_limit":
+      return {
+        type: "MemoryError",
+        message: `out of memory: the Wasm heap is capped at ${args["max-heap-mb"]} MB`,
+        traceback,
+      };
+    default:
+      return report.error;
   }
-  return result;
 }
 
 const server = new RpcServer({
   execute: async (params) => {
     const { code, stdin, timeout_ms } = parseExecuteParams(params);
+    if (args.failpoints) await triggerFailpoint(code, out);
     const timeoutMs = timeout_ms ?? Number(args["default-timeout-ms"]);
     const started = performance.now();
     const report = await python.run(code, stdin ?? "", timeoutMs);
     requests++;
-    return toResult(report, timeoutMs, started);
+    if (python.heapBytes > recycleHeapBytes) askToBeRecycled();
+    if (report.status === "cancelled") {
+      throw new RpcError(ErrorCode.Cancelled, "cancelled by the client while running", {
+        worker_id: workerId,
+        stopped_by: report.stoppedBy,
+        stdout: report.stdout,
+      });
+    }
+    const { stoppedBy: _, ...outcome } = report;
+    const result: ExecuteResult = {
+      ...outcome,
+      status: report.status,
+      error: limitError(report, timeoutMs),
+      duration_ms: performance.now() - started,
+      worker_id: workerId,
+    };
+    return result;
   },
-  ping: () => ({ worker_id: workerId, uptime_ms: performance.now() - startedAt }),
+  cancel: () => ({ cancelled: python.cancel() }),
+  ping: () => ({
+    worker_id: workerId,
+    busy: python.busy,
+    uptime_ms: performance.now() - startedAt,
+  }),
   stats: () => ({
     worker_id: workerId,
     requests,
@@ -103,7 +149,8 @@ const server = new RpcServer({
   },
 }, {
   maxLineBytes: Number(args["max-line-bytes"]),
-  onUnexpectedError: (method, error) => log(`unexpected error in ${method}: ${error}`),
+  onUnexpectedError: (method, error) =>
+    log.error("unexpected error in {method}: {error}", { method, error: String(error) }),
 });
 
 try {
@@ -120,7 +167,7 @@ try {
     },
   }));
 } catch (error) {
-  log(`could not start Pyodide: ${error}`);
+  log.error("could not start Pyodide: {error}", { error: String(error) });
   Deno.exit(70);
 }
 

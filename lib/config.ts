@@ -109,6 +109,26 @@ export const SETTINGS: readonly Setting[] = [
     help: "requests that may wait for a worker before -32000 overloaded",
   },
   {
+    key: "workerMaxMemoryMb",
+    flag: "worker-max-memory-mb",
+    env: "PYODIDE_WORKER_MAX_MEMORY_MB",
+    kind: "int",
+    default: 1024,
+    min: 64,
+    max: 4096,
+    help: "cap on each worker's Wasm heap in MB; past it Python gets MemoryError (memory_limit)",
+  },
+  {
+    key: "workerRecycleHeapMb",
+    flag: "worker-recycle-heap-mb",
+    env: "PYODIDE_WORKER_RECYCLE_HEAP_MB",
+    kind: "int",
+    default: 512,
+    min: 32,
+    max: 4096,
+    help: "a worker whose Wasm heap grew past this many MB is recycled (Wasm memory never shrinks)",
+  },
+  {
     key: "maxOutputBytes",
     flag: "max-output-bytes",
     env: "PYODIDE_MAX_OUTPUT_BYTES",
@@ -181,6 +201,8 @@ export interface Config {
   timeoutGrace: number;
   initTimeout: number;
   maxQueue: number;
+  workerMaxMemoryMb: number;
+  workerRecycleHeapMb: number;
   maxOutputBytes: number;
   maxLineBytes: number;
   usePool: boolean;

@@ -83,7 +83,14 @@ async function freshWorkerLatency(count: number) {
 }
 
 progress("starting a pool of 2 workers");
-const warm = await startPool(["--pool-size", "2", "--log-level", "warning"]);
+const warm = await startPool([
+  "--pool-size",
+  "2",
+  "--log-level",
+  "warning",
+  "--worker-request-limit",
+  "100000",
+]);
 progress("sequential latency");
 const latency = await sequentialLatency(warm.pool, Number(options.requests));
 progress("pipelined throughput");

@@ -143,8 +143,16 @@ export class Pool {
     });
   }
 
-  /** Cancels a queued request by its client id; true if one was found. */
+  /**
+   * Cancels a request by its client id: a queued one is answered -32003 at once; a running
+   * one is interrupted, and its answer is -32003. False if no such request is pending.
+   */
   cancel(key: unknown): boolean {
+    for (const [worker, task] of this.#running) {
+      if (task.key !== key) continue;
+      worker.call("cancel", {}, 1000).catch(() => {});
+      return true;
+    }
     for (const task of this.#queue) {
       if (task.key !== key) continue;
       this.#queue.delete(task);
@@ -265,6 +273,14 @@ export class Pool {
     });
     this.#workers.set(id, worker);
     this.#log.debug("spawned worker {id} (pid {pid})", { id, pid: worker.pid });
+    worker.onNotification = (method, params) => {
+      if (method !== "recycle") return;
+      this.#log.info("worker {id} asks to be recycled: {params}", {
+        id,
+        params: JSON.stringify(params),
+      });
+      this.#recycle(worker, "heap_grown");
+    };
     worker.ready.then(() => {
       this.#startFailures = 0;
       if (replaces) {
@@ -358,13 +374,12 @@ export class Pool {
           },
         ),
       );
+    } else if (error instanceof RpcError) {
+      this.stats.requests.add(error.code === ErrorCode.Cancelled ? "cancelled" : "rejected");
+      task.reject(error);
     } else {
       this.stats.requests.add("internal_error");
-      task.reject(
-        error instanceof RpcError
-          ? error
-          : new RpcError(ErrorCode.InternalError, String(error), { worker_id: worker.id }),
-      );
+      task.reject(new RpcError(ErrorCode.InternalError, String(error), { worker_id: worker.id }));
     }
   }
 
@@ -376,16 +391,18 @@ export class Pool {
     if (worker.retiring) {
       this.#retire(worker);
     } else if (worker.served >= worker.options.requestLimit) {
-      if (!this.config.usePool) {
-        this.#retire(worker);
-      } else if (!worker.recycling && !this.#closing) {
-        // The replacement starts first; this worker serves until it is ready.
-        worker.recycling = true;
-        this.stats.restarts.add("recycled");
-        this.#spawn(worker);
-      }
+      this.#recycle(worker, "recycled");
     }
     this.#pump();
+  }
+
+  /** Replaces a worker on purpose: the replacement starts first, this one serves until then. */
+  #recycle(worker: WorkerProcess, reason: string): void {
+    if (!this.config.usePool) return this.#retire(worker);
+    if (worker.recycling || this.#closing) return;
+    worker.recycling = true;
+    this.stats.restarts.add(reason);
+    this.#spawn(worker);
   }
 
   /** No more work for this worker; it leaves when idle. */

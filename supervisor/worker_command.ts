@@ -65,12 +65,18 @@ export function buildWorkerCommand(config: Config): WorkerCommand {
       path("worker_server.ts"),
       "--max-output-bytes",
       String(config.maxOutputBytes),
+      "--max-heap-mb",
+      String(config.workerMaxMemoryMb),
+      "--recycle-heap-mb",
+      String(config.workerRecycleHeapMb),
       "--max-line-bytes",
       String(config.maxLineBytes),
       "--log-level",
       config.logLevel,
       "--log-format",
       config.logFormat,
+      // Testing only: lets tests make a real worker misbehave (worker/failpoints.ts).
+      ...(Deno.env.get("PYODIDE_POOL_FAILPOINTS") === "1" ? ["--failpoints"] : []),
     ],
   };
 }

@@ -83,6 +83,8 @@ export class WorkerProcess {
   startupMs: number | undefined;
   readyInfo: ReadyInfo | undefined;
   exitInfo: ExitInfo | undefined;
+  /** Receives the worker's notifications other than `ready` (e.g. `recycle`). */
+  onNotification: (method: string, params: unknown) => void = () => {};
   readonly ready: Promise<ReadyInfo>;
   readonly exited: Promise<ExitInfo>;
 
@@ -214,7 +216,9 @@ export class WorkerProcess {
           return this.#violation(`wrote a line that is not JSON: ${frame.text.slice(0, 80)}`);
         }
         if (message?.method === "ready") onReady(message.params as ReadyInfo);
-        else if (message && typeof message === "object" && "id" in message) {
+        else if (typeof message?.method === "string" && !("id" in message)) {
+          this.onNotification(message.method, message.params);
+        } else if (message && typeof message === "object" && "id" in message) {
           this.#client.receive(message);
         } else return this.#violation(`wrote an unexpected message: ${frame.text.slice(0, 80)}`);
       }

@@ -22,12 +22,15 @@ export const InterruptReason = {
   None: 0,
   Timeout: 1,
   OutputLimit: 2,
+  Cancelled: 3,
 } as const;
 
 export interface InitMessage {
   type: "init";
   control: SharedArrayBuffer;
   maxOutputBytes: number;
+  /** Cap on the Wasm heap: growing past it fails, which Python sees as MemoryError. */
+  maxHeapBytes: number;
 }
 
 export interface RunMessage {
@@ -49,7 +52,8 @@ export interface ReadyMessage {
 
 /** A finished run: everything of the result but what the main thread adds. */
 export interface RunOutcome {
-  status: ExecuteStatus;
+  /** `cancelled` never reaches a client as a status: it becomes error -32003. */
+  status: ExecuteStatus | "cancelled";
   stdout: string;
   stderr: string;
   truncated: boolean;

@@ -1,8 +1,8 @@
 /**
  * The main-thread side of the Pyodide Web Worker: starts it, hands it one run at a time, and
- * enforces the timeout. On timeout it interrupts Python (KeyboardInterrupt); code that
- * swallows the interrupt is interrupted again, and if it still runs the Web Worker is
- * terminated and a fresh interpreter is started, all without ending the process.
+ * stops a run on timeout or cancellation. Stopping escalates: interrupt Python
+ * (KeyboardInterrupt); interrupt again while the code swallows it; then terminate the Web
+ * Worker and start a fresh interpreter, all without ending the process.
  *
  * @module
  */
@@ -21,13 +21,15 @@ import {
 export interface PythonHostOptions {
   /** Cap for stdout and for stderr, in bytes. */
   maxOutputBytes: number;
+  /** Cap on the Wasm heap, in bytes. */
+  maxHeapBytes: number;
   /** How long to keep re-interrupting before the interpreter is restarted. */
   interruptGraceMs: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
   onFatal: (message: string) => void;
 }
 
-/** How a timed-out run was stopped. */
+/** How a stopped run was stopped. */
 export type StopStep = "interrupt" | "repeated_interrupt" | "interpreter_restart";
 
 export interface RunReport extends RunOutcome {
@@ -36,14 +38,22 @@ export interface RunReport extends RunOutcome {
 
 const REINTERRUPT_EVERY_MS = 50;
 
+interface ActiveRun {
+  seq: number;
+  resolve: (outcome: RunOutcome) => void;
+  stoppedBy?: StopStep;
+  escalation?: ReturnType<typeof setTimeout>;
+}
+
 export class PythonHost {
   #thread!: Worker;
   #control = new Int32Array(new SharedArrayBuffer(CONTROL_SLOTS * 4));
   #ready!: Promise<ReadyMessage>;
   #seq = 0;
-  #pending: { seq: number; resolve: (outcome: RunOutcome) => void } | undefined;
-  #busy: Promise<unknown> = Promise.resolve();
+  #active: ActiveRun | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
+  /** Interpreters replaced because code ignored interrupts. */
   restarts = 0;
 
   constructor(private readonly options: PythonHostOptions) {
@@ -55,11 +65,23 @@ export class PythonHost {
     return this.#ready;
   }
 
+  /** Whether a run is in progress. */
+  get busy(): boolean {
+    return this.#active !== undefined;
+  }
+
   /** Runs code, one run at a time, stopping it after `timeoutMs`. */
   run(code: string, stdin: string, timeoutMs: number): Promise<RunReport> {
-    const next = this.#busy.then(() => this.#runNow(code, stdin, timeoutMs));
-    this.#busy = next.catch(() => {});
+    const next = this.#queue.then(() => this.#runNow(code, stdin, timeoutMs));
+    this.#queue = next.catch(() => {});
     return next;
+  }
+
+  /** Stops the current run, which then reports status `cancelled`; false if none runs. */
+  cancel(): boolean {
+    if (!this.#active) return false;
+    this.#stop(this.#active, InterruptReason.Cancelled);
+    return true;
   }
 
   terminate(): void {
@@ -78,7 +100,7 @@ export class PythonHost {
           resolve(message);
         } else if (message.type === "done") {
           this.heapBytes = message.heapBytes;
-          if (this.#pending?.seq === message.seq) this.#pending.resolve(message.outcome);
+          if (this.#active?.seq === message.seq) this.#active.resolve(message.outcome);
         } else {
           reject(new Error(message.message));
           this.options.onFatal(message.message);
@@ -95,6 +117,7 @@ export class PythonHost {
       type: "init",
       control: this.#control.buffer as SharedArrayBuffer,
       maxOutputBytes: this.options.maxOutputBytes,
+      maxHeapBytes: this.options.maxHeapBytes,
     });
   }
 
@@ -104,41 +127,43 @@ export class PythonHost {
 
   async #runNow(code: string, stdin: string, timeoutMs: number): Promise<RunReport> {
     await this.#ready;
-    const seq = ++this.#seq;
     Atomics.store(this.#control, ControlSlot.Interrupt, 0);
-    const finished = new Promise<RunOutcome>((resolve) => {
-      this.#pending = { seq, resolve };
-    });
-    this.#post({ type: "run", seq, code, stdin });
-
-    let stoppedBy: StopStep | undefined;
-    let timer = setTimeout(() => {
-      stoppedBy = "interrupt";
-      this.#interrupt(InterruptReason.Timeout);
-      const giveUpAt = performance.now() + this.options.interruptGraceMs;
-      const escalate = () => {
-        if (performance.now() >= giveUpAt) {
-          stoppedBy = "interpreter_restart";
-          this.#restartThread(seq);
-          return;
-        }
-        // Pyodide clears the slot when Python takes the signal; a run still going swallowed it.
-        if (Atomics.load(this.#control, ControlSlot.Interrupt) === 0) {
-          stoppedBy = "repeated_interrupt";
-          this.#interrupt(InterruptReason.Timeout);
-        }
-        timer = setTimeout(escalate, REINTERRUPT_EVERY_MS);
-      };
-      timer = setTimeout(escalate, REINTERRUPT_EVERY_MS);
-    }, timeoutMs);
-
+    let resolve!: (outcome: RunOutcome) => void;
+    const finished = new Promise<RunOutcome>((r) => resolve = r);
+    const run: ActiveRun = { seq: ++this.#seq, resolve };
+    this.#active = run;
+    this.#post({ type: "run", seq: run.seq, code, stdin });
+    const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
     try {
       const outcome = await finished;
-      return stoppedBy ? { ...outcome, stoppedBy } : outcome;
+      return run.stoppedBy ? { ...outcome, stoppedBy: run.stoppedBy } : outcome;
     } finally {
       clearTimeout(timer);
-      this.#pending = undefined;
+      clearTimeout(run.escalation);
+      this.#active = undefined;
     }
+  }
+
+  /** Interrupts `run`, again while it swallows the interrupt, then restarts the interpreter. */
+  #stop(run: ActiveRun, reason: number): void {
+    if (run.stoppedBy) return;
+    run.stoppedBy = "interrupt";
+    this.#interrupt(reason);
+    const giveUpAt = performance.now() + this.options.interruptGraceMs;
+    const escalate = () => {
+      if (performance.now() >= giveUpAt) {
+        run.stoppedBy = "interpreter_restart";
+        this.#restartThread(run, reason);
+        return;
+      }
+      // Pyodide clears the slot when Python takes the signal; a run still going swallowed it.
+      if (Atomics.load(this.#control, ControlSlot.Interrupt) === 0) {
+        run.stoppedBy = "repeated_interrupt";
+        this.#interrupt(reason);
+      }
+      run.escalation = setTimeout(escalate, REINTERRUPT_EVERY_MS);
+    };
+    run.escalation = setTimeout(escalate, REINTERRUPT_EVERY_MS);
   }
 
   #interrupt(reason: number): void {
@@ -149,24 +174,21 @@ export class PythonHost {
   }
 
   /** Ends a run that ignores interrupts: a new interpreter replaces the Web Worker. */
-  #restartThread(seq: number): void {
+  #restartThread(run: ActiveRun, reason: number): void {
     this.#thread.terminate();
     this.restarts++;
-    const pending = this.#pending;
     this.#startThread();
-    if (pending?.seq === seq) {
-      pending.resolve({
-        status: "timeout",
-        stdout: "",
-        stderr: "",
-        truncated: false,
-        result: null,
-        error: {
-          type: "TimeoutError",
-          message: "the code ignored repeated interrupts; its output was lost with the interpreter",
-          traceback: "",
-        },
-      });
-    }
+    run.resolve({
+      status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
+      stdout: "",
+      stderr: "",
+      truncated: false,
+      result: null,
+      error: {
+        type: "TimeoutError",
+        message: "the code ignored repeated interrupts; its output was lost with the interpreter",
+        traceback: "",
+      },
+    });
   }
 }

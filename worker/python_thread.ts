@@ -56,6 +56,22 @@ class OutputCapture {
 
 const send = (message: FromThread) => self.postMessage(message);
 
+/**
+ * Caps the Wasm heap. Emscripten grows memory through `WebAssembly.Memory.prototype.grow`;
+ * when that throws, malloc fails and Python raises MemoryError, and the interpreter lives
+ * on. Installed before Pyodide loads; the original `grow` stays in this closure.
+ */
+function capHeapGrowth(maxBytes: number): void {
+  const grow = WebAssembly.Memory.prototype.grow;
+  const PAGE = 65536;
+  WebAssembly.Memory.prototype.grow = function (this: WebAssembly.Memory, pages: number) {
+    if (this.buffer.byteLength + pages * PAGE > maxBytes) {
+      throw new RangeError(`Wasm heap cap of ${maxBytes} bytes reached`);
+    }
+    return grow.call(this, pages);
+  };
+}
+
 async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<void>> {
   const started = performance.now();
   const control = new Int32Array(init.control);
@@ -67,6 +83,7 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
   const stdout = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
   const stderr = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
 
+  capHeapGrowth(init.maxHeapBytes);
   const pyodide: PyodideAPI = await loadPyodide({
     // Nothing Python prints may reach the process's stdout, which carries JSON-RPC.
     stdout: () => {},
@@ -110,20 +127,35 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
     heapBytes: heapBytes(),
   });
 
-  return async ({ seq, code, stdin }) => {
-    Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
-    let json = runPython(code, stdin);
-    if (typeof json !== "string") {
+  const { PythonError } = pyodide.ffi;
+  /** Runs the code; a Python exception that escapes the runtime itself is still a result. */
+  const runToJson = async (code: string, stdin: string): Promise<string> => {
+    try {
+      const json = runPython(code, stdin);
+      if (typeof json === "string") return json;
       const coroutine = json as PyProxy & Promise<string>;
       try {
-        json = await coroutine;
+        return await coroutine;
       } finally {
         coroutine.destroy();
       }
+    } catch (error) {
+      // Anything else (a JavaScript error, a Pyodide fatal error) breaks the worker.
+      if (!(error instanceof PythonError)) throw error;
+      return JSON.stringify({
+        status: "error",
+        result: null,
+        error: { type: error.type, message: "", traceback: error.message },
+      });
     }
+  };
+
+  return async ({ seq, code, stdin }) => {
+    Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
+    const json = await runToJson(code, stdin);
     // A signal that arrived after Python's last check must not hit the next request.
     Atomics.store(control, ControlSlot.Interrupt, 0);
-    const fromPython = JSON.parse(json as string) as Pick<
+    const fromPython = JSON.parse(json) as Pick<
       RunOutcome,
       "status" | "result" | "error"
     >;
@@ -135,9 +167,11 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
     };
     const reason = Atomics.load(control, ControlSlot.Reason);
     if (reason === InterruptReason.OutputLimit) outcome.status = "output_limit";
-    if (reason === InterruptReason.Timeout && outcome.error?.type === "KeyboardInterrupt") {
+    else if (outcome.status !== "ok" && reason === InterruptReason.Timeout) {
       outcome.status = "timeout";
-    }
+    } else if (outcome.status !== "ok" && reason === InterruptReason.Cancelled) {
+      outcome.status = "cancelled";
+    } else if (outcome.error?.type === "MemoryError") outcome.status = "memory_limit";
     send({ type: "done", seq, outcome, heapBytes: heapBytes() });
   };
 }

@@ -22,6 +22,7 @@ from pyodide.code import CodeRunner
 CODE_FILENAME = "<code>"
 
 _max_repr_chars = 1 << 20
+_MAX_TRACEBACK_FRAMES = 100
 
 # Compiling through CodeRunner (parse, rewrite the last expression, compile) costs about
 # 75 us, several times the run of a small snippet. Compiled runners hold no state of a run,
@@ -63,7 +64,8 @@ def _user_traceback(exc):
         tb = tb.tb_next
     if tb is None and not isinstance(exc, SyntaxError):
         tb = exc.__traceback__
-    report = traceback.TracebackException(type(exc), exc, tb)
+    # The frames nearest the error matter most; a deep recursion has thousands.
+    report = traceback.TracebackException(type(exc), exc, tb, limit=-_MAX_TRACEBACK_FRAMES)
     report.stack = traceback.StackSummary.from_list(
         [frame for frame in report.stack if not _is_internal(frame.filename)]
     )
@@ -75,11 +77,16 @@ def _is_internal(filename):
 
 
 def _error(exc):
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": _user_traceback(exc),
-    }
+    """Describes `exc`; if describing it fails too (an interrupt arrives while the traceback
+    is formatted, or memory runs out), a description without traceback still comes back."""
+    try:
+        return {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": _user_traceback(exc),
+        }
+    except BaseException:  # noqa: BLE001 - the runtime must always answer
+        return {"type": type(exc).__name__, "message": "", "traceback": ""}
 
 
 def _repr(value):

@@ -1,0 +1,197 @@
+/**
+ * Limits that keep workers warm, through one shared pool with small caps: timeouts that
+ * swallow interrupts, memory and output caps, recursion, fatal errors, queue timeouts and
+ * cancellation. Every test leaves the pool with two ready workers.
+ */
+
+import assert from "node:assert/strict";
+import { Supervisor } from "../lib/pool_client.ts";
+import { waitForExit } from "./helpers/processes.ts";
+
+interface Health {
+  ready_workers: number;
+  workers: { id: string; pid: number; state: string }[];
+}
+
+let shared: Promise<Supervisor> | undefined;
+const pool = () =>
+  shared ??= Supervisor.start({
+    args: [
+      "--pool-size",
+      "2",
+      "--worker-max-memory-mb",
+      "256",
+      "--worker-recycle-heap-mb",
+      "128",
+      "--max-output-bytes",
+      "1000",
+    ],
+  });
+
+async function waitUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const twoReady = async (sup: Supervisor) =>
+  await waitUntil("two ready workers", async () => {
+    const h = await sup.call("health") as Health;
+    return h.ready_workers === 2 && h.workers.length === 2;
+  });
+
+async function pidOf(sup: Supervisor, workerId: string): Promise<number | undefined> {
+  const health = await sup.call("health") as Health;
+  return health.workers.find((w) => w.id === workerId)?.pid;
+}
+
+Deno.test("code that catches KeyboardInterrupt once is stopped by a repeated interrupt", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code:
+      "try:\n    while True: pass\nexcept KeyboardInterrupt:\n    print('caught')\nwhile True: pass",
+    timeout_ms: 300,
+  });
+  assert.equal(r.status, "timeout");
+  assert.match(r.error!.message, /stopped by repeated_interrupt/);
+  assert.equal(r.stdout, "caught\n");
+});
+
+Deno.test("code that swallows every interrupt gets a fresh interpreter in the same process", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code:
+      "while True:\n    try:\n        while True: pass\n    except BaseException:\n        pass",
+    timeout_ms: 300,
+  });
+  assert.equal(r.status, "timeout");
+  assert.match(r.error!.message, /stopped by interpreter_restart/);
+  const pid = await pidOf(sup, r.worker_id);
+  assert.ok(pid, "the worker process is still in the pool");
+  // The same process serves again once its new interpreter is loaded.
+  const stats = await sup.call("stats") as {
+    workers: { id: string; interpreter_restarts: number }[];
+  };
+  assert.equal(stats.workers.find((w) => w.id === r.worker_id)?.interpreter_restarts, 1);
+  await twoReady(sup);
+  const results = await Promise.all(
+    [1, 2].map(() => sup.execute({ code: "import time\ntime.sleep(0.2)\n'ok'" })),
+  );
+  assert.ok(results.some((x) => x.worker_id === r.worker_id));
+  assert.equal(await pidOf(sup, r.worker_id), pid);
+});
+
+Deno.test("workers answer stats while Python runs", async () => {
+  const sup = await pool();
+  const running = sup.execute({ code: "import time\ntime.sleep(1)", timeout_ms: 5000 });
+  await waitUntil(
+    "a busy worker",
+    async () => (await sup.call("health") as Health).workers.some((w) => w.state === "busy"),
+  );
+  const stats = await sup.call("stats") as { workers: { state: string; rss_bytes?: number }[] };
+  const busy = stats.workers.find((w) => w.state === "busy");
+  assert.ok(busy?.rss_bytes, `the busy worker answered: ${JSON.stringify(stats.workers)}`);
+  assert.equal((await running).status, "ok");
+});
+
+Deno.test("stdout past the cap stops the run with output_limit; the worker stays", async () => {
+  const sup = await pool();
+  const r = await sup.execute({ code: "while True:\n    print('x' * 100)" });
+  assert.equal(r.status, "output_limit");
+  assert.equal(r.truncated, true);
+  assert.equal(r.stdout.length, 1000);
+  assert.equal(r.error?.type, "OutputLimitError");
+  const next = await sup.execute({ code: "print('small')" });
+  assert.equal(next.stdout, "small\n");
+  assert.equal(next.truncated, false);
+});
+
+Deno.test("a MemoryError past the heap cap is memory_limit; the grown worker is recycled", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code: "blocks = []\nwhile True:\n    blocks.append(bytearray(10_000_000))",
+  });
+  assert.equal(r.status, "memory_limit");
+  assert.equal(r.error?.type, "MemoryError");
+  assert.match(r.error!.message, /capped at 256 MB/);
+  const big = await sup.execute({ code: "bytearray(1_000_000_000)" });
+  assert.equal(big.status, "memory_limit");
+  await waitUntil("the grown worker's replacement", async () => {
+    const h = await sup.call("health") as Health;
+    return h.ready_workers === 2 && !h.workers.some((w) => w.id === r.worker_id);
+  });
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  assert.ok(stats.restarts.heap_grown >= 1);
+  assert.equal((await sup.execute({ code: "'fine'" })).result, "'fine'");
+});
+
+Deno.test("RecursionError is an ordinary error result", async () => {
+  const r = await (await pool()).execute({ code: "def f(n):\n    return f(n + 1)\nf(0)" });
+  assert.equal(r.status, "error");
+  assert.equal(r.error?.type, "RecursionError");
+  assert.ok(r.error!.traceback.split("\n").length < 200, "the traceback is bounded");
+});
+
+Deno.test("a Pyodide fatal error fails only its request and the worker is replaced", async () => {
+  const sup = await pool();
+  await twoReady(sup);
+  const bystander = sup.execute({ code: "import time\ntime.sleep(1)\n'unharmed'" });
+  const response = await sup.request("execute", {
+    code: "import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)",
+  });
+  assert.equal(response.error?.code, -32001);
+  assert.equal(response.error?.data?.exit_code, 70);
+  assert.equal((await bystander).result, "'unharmed'");
+  await twoReady(sup);
+});
+
+Deno.test("a request whose deadline passes in the queue never runs", async () => {
+  const sup = await pool();
+  await twoReady(sup);
+  const busy = [1, 2].map(() => sup.execute({ code: "import time\ntime.sleep(0.6)" }));
+  const r = await sup.execute({ code: "print('ran')", timeout_ms: 200 });
+  assert.equal(r.status, "timeout");
+  assert.match(r.error!.message, /waiting in the queue; it never ran/);
+  assert.equal(r.stdout, "");
+  await Promise.all(busy);
+});
+
+Deno.test("$/cancelRequest cancels a queued and a running request with -32003", async () => {
+  const sup = await pool();
+  await twoReady(sup);
+  const running = [1, 2].map((i) =>
+    sup.request("execute", { code: "import time\ntime.sleep(30)" }, `run-${i}`)
+  );
+  const queued = sup.request("execute", { code: "print('never')" }, "queued-1");
+  await waitUntil(
+    "both busy",
+    async () => (await sup.call("health") as Health).workers.every((w) => w.state === "busy"),
+  );
+  const cancel = (id: string) =>
+    sup.sendRaw(
+      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
+    );
+  await cancel("queued-1");
+  assert.equal((await queued).error?.code, -32003);
+  const started = Date.now();
+  await cancel("run-1");
+  await cancel("run-2");
+  for (const r of await Promise.all(running)) {
+    assert.equal(r.error?.code, -32003);
+    assert.equal(r.error?.data?.stopped_by, "interrupt");
+  }
+  assert.ok(Date.now() - started < 5000);
+  assert.equal((await sup.execute({ code: "'after cancel'" })).result, "'after cancel'");
+});
+
+Deno.test({
+  name: "close the limits pool",
+  fn: async () => {
+    const sup = await pool();
+    const pids = await sup.workerPids();
+    assert.equal((await sup.close()).code, 0);
+    await waitForExit(pids);
+  },
+});
