@@ -34,6 +34,7 @@ const { values: args } = parseArgs({
     "default-timeout-ms": { type: "string", default: "30000" },
     "log-level": { type: "string", default: "info" },
     "log-format": { type: "string", default: "text" },
+    snapshot: { type: "string" },
     failpoints: { type: "boolean", default: false },
   },
 });
@@ -52,6 +53,7 @@ const out = new LineWriter(Deno.stdout.writable, () => Deno.exit(0));
 const python = new PythonHost({
   maxOutputBytes,
   maxHeapBytes,
+  snapshotPath: args.snapshot,
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   onFatal: (message) => {
     // A broken interpreter cannot be trusted with the next request: the supervisor sees the
@@ -61,14 +63,19 @@ const python = new PythonHost({
   },
 });
 
-/** Wasm memory never shrinks: a worker whose heap grew large asks to be replaced. */
-function askToBeRecycled(): void {
+/**
+ * Asks the supervisor to replace this process (it starts a replacement first):
+ * - `heap_grown`: Wasm memory never shrinks, so a heap grown past the limit stays;
+ * - `interpreter_restart`: a terminated Web Worker stuck in Wasm may keep running (and
+ *   burning a core) however it was terminated, so only the process ending stops it for sure.
+ */
+function askToBeRecycled(reason: "heap_grown" | "interpreter_restart"): void {
   if (recycleAsked) return;
   recycleAsked = true;
   out.write(JSON.stringify({
     jsonrpc: "2.0",
     method: "recycle",
-    params: { reason: "heap", heap_bytes: python.heapBytes, limit_bytes: recycleHeapBytes },
+    params: { reason, heap_bytes: python.heapBytes, heap_limit_bytes: recycleHeapBytes },
   }));
 }
 
@@ -108,7 +115,8 @@ const server = new RpcServer({
     const started = performance.now();
     const report = await python.run(code, stdin ?? "", timeoutMs);
     requests++;
-    if (python.heapBytes > recycleHeapBytes) askToBeRecycled();
+    if (report.stoppedBy === "interpreter_restart") askToBeRecycled("interpreter_restart");
+    else if (python.heapBytes > recycleHeapBytes) askToBeRecycled("heap_grown");
     if (report.status === "cancelled") {
       throw new RpcError(ErrorCode.Cancelled, "cancelled by the client while running", {
         worker_id: workerId,
@@ -153,8 +161,10 @@ const server = new RpcServer({
     log.error("unexpected error in {method}: {error}", { method, error: String(error) }),
 });
 
-try {
-  const ready = await python.ready;
+// Serve at once: a request waits for the interpreter, and stdin closing during a slow start
+// still ends the process.
+const serving = server.serve(Deno.stdin.readable, out);
+python.ready.then((ready) => {
   out.write(JSON.stringify({
     jsonrpc: "2.0",
     method: "ready",
@@ -163,15 +173,16 @@ try {
       pyodide_version: ready.pyodideVersion,
       python_version: ready.pythonVersion,
       load_ms: Math.round(ready.loadMs),
+      restored_from_snapshot: ready.restored,
       heap_bytes: ready.heapBytes,
     },
   }));
-} catch (error) {
+}, (error) => {
   log.error("could not start Pyodide: {error}", { error: String(error) });
   Deno.exit(70);
-}
+});
 
-await server.serve(Deno.stdin.readable, out);
+await serving;
 // stdin closed: the supervisor is gone or done with us.
 python.terminate();
 await out.flushed();

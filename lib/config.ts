@@ -155,6 +155,14 @@ export const SETTINGS: readonly Setting[] = [
     help: "keep warm workers; false starts a fresh worker per request (slow baseline)",
   },
   {
+    key: "useSnapshot",
+    flag: "use-snapshot",
+    env: "PYODIDE_USE_SNAPSHOT",
+    kind: "bool",
+    default: true,
+    help: "start workers from a memory snapshot (built once, in .snapshots/); false: plain start",
+  },
+  {
     key: "shutdownGrace",
     flag: "shutdown-grace",
     env: "PYODIDE_SHUTDOWN_GRACE",
@@ -206,6 +214,7 @@ export interface Config {
   maxOutputBytes: number;
   maxLineBytes: number;
   usePool: boolean;
+  useSnapshot: boolean;
   shutdownGrace: number;
   allowShutdown: boolean;
   logLevel: "debug" | "info" | "warning" | "error";

@@ -19,6 +19,7 @@ export function supervisorCommand(args: string[] = []): [string, string[]] {
     "--allow-read",
     "--allow-env",
     "--allow-run",
+    `--allow-write=${new URL("../.snapshots", import.meta.url).pathname}`,
     "--v8-flags=--max-semi-space-size=1",
     new URL("../supervisor/main.ts", import.meta.url).pathname,
     ...args,

@@ -97,6 +97,15 @@ progress("pipelined throughput");
 const pipelined = await throughput(warm.pool, Number(options["throughput-requests"]), 32);
 const stats = await warm.pool.call("stats") as Stats;
 await warm.pool.close();
+progress("cold start without the snapshot");
+const plain = await startPool([
+  "--pool-size",
+  "1",
+  "--use-snapshot=false",
+  "--log-level",
+  "warning",
+]);
+await plain.pool.close();
 progress("fresh worker per request");
 const fresh = await freshWorkerLatency(Number(options["fresh-requests"]));
 
@@ -105,7 +114,11 @@ const report = {
   machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
   warm_latency: latency,
   throughput: pipelined,
-  cold_start: { pool_ready_ms: warm.readyMs, worker_startup_ms: warm.workerStartupMs },
+  cold_start: {
+    pool_ready_ms: warm.readyMs,
+    worker_startup_ms: warm.workerStartupMs,
+    worker_startup_without_snapshot_ms: plain.workerStartupMs[0],
+  },
   fresh_worker: { ...fresh, pool_speedup_vs_p50: fresh.mean_ms / latency.p50_ms },
   memory: {
     supervisor_rss_mb: mb(stats.supervisor_rss_bytes),
@@ -127,7 +140,8 @@ if (options.json) {
     ],
     ["throughput, 2 workers, 32 in flight (req/s)", f(pipelined.requests_per_second, 0)],
     ["pool ready, 2 workers in parallel (ms)", f(warm.readyMs, 0)],
-    ["worker spawn to ready (ms)", warm.workerStartupMs.map((m) => f(m, 0)).join(", ")],
+    ["worker spawn to ready, snapshot (ms)", warm.workerStartupMs.map((m) => f(m, 0)).join(", ")],
+    ["worker spawn to ready, no snapshot (ms)", f(plain.workerStartupMs[0], 0)],
     ["fresh worker per request, mean (ms)", f(fresh.mean_ms, 0)],
     ["pool speedup (fresh mean / warm p50)", `${f(report.fresh_worker.pool_speedup_vs_p50, 0)}x`],
     ["supervisor RSS (MB)", f(report.memory.supervisor_rss_mb, 1)],

@@ -14,7 +14,6 @@ import { LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { createClientServer } from "./client_endpoint.ts";
 import { Pool } from "./pool.ts";
-import { buildWorkerCommand } from "./worker_command.ts";
 
 let loaded;
 try {
@@ -36,7 +35,7 @@ log.info("starting {size} workers (config: {config})", {
   config: JSON.stringify(config),
 });
 
-const pool = new Pool(config, buildWorkerCommand(config));
+const pool = new Pool(config);
 const output = new LineWriter(Deno.stdout.writable, (error) => {
   log.warn("stdout closed ({error}); shutting down", { error: String(error) });
   stop("stdout closed", false);

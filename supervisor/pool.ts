@@ -14,7 +14,8 @@ import type { ExecuteParams, ExecuteResult } from "../lib/protocol.ts";
 import { pickWorker } from "./balancer.ts";
 import { PoolStats } from "./stats.ts";
 import { TaskQueue } from "./task_queue.ts";
-import type { WorkerCommand } from "./worker_command.ts";
+import { prepareSnapshot } from "./snapshot.ts";
+import { buildWorkerCommand, type WorkerCommand } from "./worker_command.ts";
 import {
   type ExitInfo,
   WorkerDeadlineError,
@@ -65,14 +66,22 @@ export class Pool {
   #closing = false;
   #log = logger("pool");
 
-  constructor(private readonly config: Config, private readonly command: WorkerCommand) {
+  /** Set by start(), once the snapshot is known: no worker starts before. */
+  #command: WorkerCommand | undefined;
+
+  constructor(private readonly config: Config) {
     this.#queue = new TaskQueue(config.maxQueue);
   }
 
   /** Starts the warm workers (none in fresh-worker mode); resolves when all are ready or failed. */
   async start(): Promise<void> {
     const started = performance.now();
+    const snapshot = this.config.useSnapshot
+      ? await prepareSnapshot(this.config.initTimeout * 1000)
+      : undefined;
+    this.#command = buildWorkerCommand(this.config, snapshot);
     if (!this.config.usePool) {
+      this.#pump();
       this.#log.info("fresh-worker mode: each request starts its own worker (slow baseline)");
       return;
     }
@@ -266,7 +275,7 @@ export class Pool {
   #spawn(replaces?: WorkerProcess): WorkerProcess {
     const id = `w${++this.#workerNumber}`;
     const limit = this.config.usePool ? jitter(this.config.workerRequestLimit) : 1;
-    const worker = new WorkerProcess(id, this.command, {
+    const worker = new WorkerProcess(id, this.#command!, {
       initTimeoutMs: this.config.initTimeout * 1000,
       maxLineBytes: this.config.maxLineBytes,
       requestLimit: limit,
@@ -275,11 +284,12 @@ export class Pool {
     this.#log.debug("spawned worker {id} (pid {pid})", { id, pid: worker.pid });
     worker.onNotification = (method, params) => {
       if (method !== "recycle") return;
-      this.#log.info("worker {id} asks to be recycled: {params}", {
+      const reason = String((params as { reason?: unknown } | undefined)?.reason ?? "asked");
+      this.#log.info("worker {id} asks to be replaced: {params}", {
         id,
         params: JSON.stringify(params),
       });
-      this.#recycle(worker, "heap_grown");
+      this.#recycle(worker, reason);
     };
     worker.ready.then(() => {
       this.#startFailures = 0;
@@ -309,7 +319,7 @@ export class Pool {
 
   /** Fresh-worker mode: one new worker per waiting request, up to the pool size. */
   #spawnFresh(): void {
-    if (this.#closing) return;
+    if (this.#closing || !this.#command) return;
     const starting = [...this.#workers.values()].filter((w) => w.state === "starting").length;
     if (starting < this.#queue.size && this.#workers.size < this.config.poolSize) this.#spawn();
   }

@@ -9,6 +9,17 @@ import type { Config } from "../lib/config.ts";
 
 const PROJECT_ROOT = new URL("../", import.meta.url);
 
+/** Everything a worker (and the snapshot builder) may not do. */
+export const SANDBOX_DENY_FLAGS = [
+  "--deny-write",
+  "--deny-net",
+  "--deny-run",
+  "--deny-env",
+  "--deny-ffi",
+  "--deny-sys",
+  "--deny-import",
+];
+
 export interface WorkerCommand {
   executable: string;
   /** Arguments before the per-worker ones (`--worker-id`). */
@@ -37,11 +48,11 @@ export function pyodideDirectory(): string {
  * if ("config" in loaded) console.assert(buildWorkerCommand(loaded.config).args.includes("--deny-net"));
  * ```
  */
-export function buildWorkerCommand(config: Config): WorkerCommand {
+export function buildWorkerCommand(config: Config, snapshot?: string): WorkerCommand {
   const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
   // worker/ holds the Web Worker's modules and the Python runtime, which load at run time
   // and so need read access; nothing else of the project is readable.
-  const readable = [pyodideDirectory(), path("worker")];
+  const readable = [pyodideDirectory(), path("worker"), ...(snapshot ? [snapshot] : [])];
   return {
     executable: Deno.execPath(),
     readable,
@@ -55,14 +66,9 @@ export function buildWorkerCommand(config: Config): WorkerCommand {
       "--config",
       path("deno.json"),
       "--allow-read=" + readable.join(","),
-      "--deny-write",
-      "--deny-net",
-      "--deny-run",
-      "--deny-env",
-      "--deny-ffi",
-      "--deny-sys",
-      "--deny-import",
+      ...SANDBOX_DENY_FLAGS,
       path("worker_server.ts"),
+      ...(snapshot ? ["--snapshot", snapshot] : []),
       "--max-output-bytes",
       String(config.maxOutputBytes),
       "--max-heap-mb",

@@ -4,6 +4,7 @@
  */
 
 import assert from "node:assert/strict";
+import { runChaos } from "../lib/chaos.ts";
 import { Supervisor, supervisorCommand } from "../lib/pool_client.ts";
 import { isAlive, waitForExit } from "./helpers/processes.ts";
 
@@ -191,4 +192,50 @@ Deno.test("an invalid configuration stops the start with the setting's name", as
   assert.equal(output.code, 2);
   assert.match(new TextDecoder().decode(output.stderr), /invalid poolSize \(flag --pool-size\)/);
   assert.equal(output.stdout.length, 0);
+});
+
+Deno.test("a misbehaving worker fails only its request: garbage, oversized, exit, hang", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "2", "--max-line-bytes", "65536", "--timeout-grace", "0.5"],
+    env: { PYODIDE_POOL_FAILPOINTS: "1" },
+  });
+  const cases: [string, (r: Awaited<ReturnType<Supervisor["request"]>>) => void][] = [
+    ["garbage", (r) => assert.equal(r.error?.data?.reason, "protocol_violation")],
+    ["oversized:100000", (r) => assert.equal(r.error?.data?.reason, "protocol_violation")],
+    ["exit:3", (r) => assert.equal(r.error?.data?.exit_code, 3)],
+  ];
+  for (const [failpoint, check] of cases) {
+    const bystander = sup.execute({ code: "import time\ntime.sleep(0.3)\n'ok'" });
+    const response = await sup.request("execute", { code: `#failpoint:${failpoint}` });
+    assert.equal(response.error?.code, -32001, `${failpoint}: ${JSON.stringify(response)}`);
+    check(response);
+    assert.equal((await bystander).result, "'ok'", failpoint);
+    await waitFor(
+      "two ready workers",
+      async () => (await sup.call("health") as Health).ready_workers === 2 ? true : undefined,
+    );
+  }
+  const hung = await sup.execute({ code: "#failpoint:hang", timeout_ms: 300 });
+  assert.equal(hung.status, "timeout");
+  assert.match(hung.error!.message, /killed and replaced/);
+  // The restart is counted when the killed worker's exit is seen.
+  const restarts = await waitFor("four restarts", async () => {
+    const stats = await sup.call("stats") as { restarts: Record<string, number> };
+    return Object.values(stats.restarts).reduce((a, b) => a + b, 0) >= 4
+      ? stats.restarts
+      : undefined;
+  });
+  assert.deepEqual({ ...restarts }, { protocol_violation: 2, crashed: 1, unresponsive: 1 });
+  await closeAndCheck(sup);
+});
+
+Deno.test("chaos: 2,000 requests while a random worker is SIGKILLed every 50", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "3", "--max-queue", "5000"] });
+  const { summary } = await runChaos(sup, { requests: 2000, killEvery: 50, inFlight: 16 });
+  assert.equal(summary.lost, 0);
+  assert.equal(summary.duplicated, 0);
+  assert.equal(summary.unexpected, 0, JSON.stringify(summary));
+  assert.equal(summary.ok + summary.workerDied, 2000);
+  assert.ok(summary.kills > 0);
+  await closeAndCheck(sup);
 });

@@ -11,6 +11,14 @@ const POOL_SIZE = 2;
 let shared: Promise<Supervisor> | undefined;
 const pool = () => shared ??= Supervisor.start({ args: ["--pool-size", String(POOL_SIZE)] });
 
+Deno.test("workers restored from one snapshot do not share their random state", async () => {
+  const sup = await pool();
+  const code = "import random, time\ntime.sleep(0.3)\nrandom.getstate()[1][:4]";
+  const results = await Promise.all([sup.execute({ code }), sup.execute({ code })]);
+  assert.notEqual(results[0].worker_id, results[1].worker_id);
+  assert.notEqual(results[0].result, results[1].result);
+});
+
 Deno.test("execute returns stdout, stderr and the repr of the last expression", async () => {
   const sup = await pool();
   const r = await sup.execute({

@@ -15,7 +15,6 @@ const PREFIX = "#failpoint:";
  * Acts on a failpoint named in `code`, if any:
  * - `garbage`: writes a line that is not JSON instead of the answer;
  * - `oversized:<bytes>`: writes a line of that many bytes;
- * - `close-stdout`: closes stdout and keeps running;
  * - `exit:<code>`: exits with that code;
  * - `hang`: never answers.
  */
@@ -28,9 +27,6 @@ export async function triggerFailpoint(code: string, out: LineWriter): Promise<v
       break;
     case "oversized":
       out.write("x".repeat(Number(argument)));
-      break;
-    case "close-stdout":
-      await out.close();
       break;
     case "exit":
       await out.flushed();

@@ -31,6 +31,8 @@ export interface InitMessage {
   maxOutputBytes: number;
   /** Cap on the Wasm heap: growing past it fails, which Python sees as MemoryError. */
   maxHeapBytes: number;
+  /** Memory snapshot to start from, if any. */
+  snapshotPath?: string;
 }
 
 export interface RunMessage {
@@ -48,6 +50,8 @@ export interface ReadyMessage {
   pythonVersion: string;
   loadMs: number;
   heapBytes: number;
+  /** Started from the memory snapshot. */
+  restored: boolean;
 }
 
 /** A finished run: everything of the result but what the main thread adds. */

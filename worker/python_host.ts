@@ -23,6 +23,8 @@ export interface PythonHostOptions {
   maxOutputBytes: number;
   /** Cap on the Wasm heap, in bytes. */
   maxHeapBytes: number;
+  /** Memory snapshot to start (and restart) the interpreter from. */
+  snapshotPath?: string;
   /** How long to keep re-interrupting before the interpreter is restarted. */
   interruptGraceMs: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
@@ -47,7 +49,7 @@ interface ActiveRun {
 
 export class PythonHost {
   #thread!: Worker;
-  #control = new Int32Array(new SharedArrayBuffer(CONTROL_SLOTS * 4));
+  #control!: Int32Array;
   #ready!: Promise<ReadyMessage>;
   #seq = 0;
   #active: ActiveRun | undefined;
@@ -89,6 +91,9 @@ export class PythonHost {
   }
 
   #startThread(): void {
+    // A buffer per thread: a terminated thread may run on for a moment, and must not take
+    // the signals meant for its successor.
+    this.#control = new Int32Array(new SharedArrayBuffer(CONTROL_SLOTS * 4));
     this.#thread = new Worker(new URL("./python_thread.ts", import.meta.url).href, {
       type: "module",
     });
@@ -118,6 +123,7 @@ export class PythonHost {
       control: this.#control.buffer as SharedArrayBuffer,
       maxOutputBytes: this.options.maxOutputBytes,
       maxHeapBytes: this.options.maxHeapBytes,
+      snapshotPath: this.options.snapshotPath,
     });
   }
 

@@ -8,8 +8,8 @@
 
 /// <reference lib="deno.worker" />
 
-import { loadPyodide, type PyodideAPI } from "pyodide";
 import type { PyProxy } from "pyodide/ffi";
+import { bootInterpreter, type Interpreter } from "./interpreter.ts";
 import {
   ControlSlot,
   type FromThread,
@@ -72,6 +72,18 @@ function capHeapGrowth(maxBytes: number): void {
   };
 }
 
+/** Restores from the snapshot when there is one; falls back to a plain start if that fails. */
+async function boot(snapshotPath: string | undefined): Promise<Interpreter> {
+  if (snapshotPath) {
+    try {
+      return await bootInterpreter({ snapshot: await Deno.readFile(snapshotPath) });
+    } catch (error) {
+      console.error(`snapshot restore failed, starting from scratch: ${error}`);
+    }
+  }
+  return await bootInterpreter();
+}
+
 async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<void>> {
   const started = performance.now();
   const control = new Int32Array(init.control);
@@ -84,29 +96,15 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
   const stderr = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
 
   capHeapGrowth(init.maxHeapBytes);
-  const pyodide: PyodideAPI = await loadPyodide({
-    // Nothing Python prints may reach the process's stdout, which carries JSON-RPC.
-    stdout: () => {},
-    stderr: () => {},
-    env: { HOME: "/home/pyodide", MPLBACKEND: "Agg" },
-  });
+  const { pyodide, runtime, restored } = await boot(init.snapshotPath);
   pyodide.setStdout({ write: stdout.write, isatty: false });
   pyodide.setStderr({ write: stderr.write, isatty: false });
   pyodide.setStdin({ error: true });
   pyodide.setInterruptBuffer(interrupt);
-  pyodide.FS.mkdirTree("/home/pyodide/.config/matplotlib");
-  pyodide.FS.writeFile("/home/pyodide/.config/matplotlib/matplotlibrc", "backend: Agg\n");
 
-  // The runtime gets a namespace of its own, out of reach of user code's fresh namespaces.
-  const runtime = pyodide.globals.get("dict")() as PyProxy & Map<string, unknown>;
-  const runtimeUrl = new URL("./runtime.py", import.meta.url);
-  runtime.set("__file__", "pyodide_pool_runtime.py");
-  pyodide.runPython(await Deno.readTextFile(runtimeUrl), {
-    globals: runtime,
-    filename: "pyodide_pool_runtime.py",
-  });
-  const install = runtime.get("install") as PyProxy & ((...a: unknown[]) => void);
-  const runPython = runtime.get("run") as PyProxy & ((code: string, stdin: string) => unknown);
+  // Attribute proxies are borrowed from the module's: copies outlive it.
+  const install = runtime.install.copy() as PyProxy & ((...a: unknown[]) => void);
+  const runPython = runtime.run.copy() as PyProxy & ((code: string, stdin: string) => unknown);
   // Blocks on the interrupt slot so that a timeout wakes a sleeping request at once.
   const waitMs = (ms: number) => {
     Atomics.wait(interrupt, 0, 0, ms);
@@ -124,6 +122,7 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
     pyodideVersion: pyodide.version,
     pythonVersion: pyodide.runPython("import sys; sys.version.split()[0]") as string,
     loadMs: performance.now() - started,
+    restored,
     heapBytes: heapBytes(),
   });
 

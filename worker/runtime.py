@@ -38,13 +38,17 @@ _compile_cached = functools.lru_cache(maxsize=256)(_compile)
 
 
 def install(wait_ms, max_repr_chars):
-    """Called once at start: patches time.sleep so that the timeout interrupt can stop it.
+    """Called once per interpreter start: patches time.sleep so that the timeout interrupt can
+    stop it, and reseeds `random` (a restored snapshot carries the state it was taken with).
 
     `wait_ms` is a JavaScript function that blocks on the interrupt buffer (Atomics.wait) for
     at most the given milliseconds and raises KeyboardInterrupt if it was signalled.
     """
     global _max_repr_chars
     _max_repr_chars = max_repr_chars
+    # Every worker restored from one memory snapshot would share its random state.
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
 
     def sleep(seconds):
         seconds = float(seconds)
