@@ -229,13 +229,35 @@ Deno.test("a misbehaving worker fails only its request: garbage, oversized, exit
   await closeAndCheck(sup);
 });
 
-Deno.test("chaos: 2,000 requests while a random worker is SIGKILLed every 50", async () => {
-  const sup = await Supervisor.start({ args: ["--pool-size", "3", "--max-queue", "5000"] });
+Deno.test("chaos: 2,000 requests while a random worker is SIGKILLed every 50, with recycling", async () => {
+  // A low request limit makes workers recycle while others are being killed.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "3", "--max-queue", "5000", "--worker-request-limit", "20"],
+  });
   const { summary } = await runChaos(sup, { requests: 2000, killEvery: 50, inFlight: 16 });
   assert.equal(summary.lost, 0);
   assert.equal(summary.duplicated, 0);
   assert.equal(summary.unexpected, 0, JSON.stringify(summary));
   assert.equal(summary.ok + summary.workerDied, 2000);
   assert.ok(summary.kills > 0);
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  assert.ok(stats.restarts.recycled > 0, JSON.stringify(stats.restarts));
+  await closeAndCheck(sup);
+});
+
+Deno.test("workers that keep failing to start are restarted with growing delays", async () => {
+  // A plain start takes about 2.5 s: with a 1 s init timeout every start fails.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--use-snapshot=false", "--init-timeout", "1"],
+    waitForWorkers: 0,
+  });
+  await new Promise((r) => setTimeout(r, 6000));
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  const health = await sup.call("health") as Health;
+  // Delays of 0.5, 1, 2 and 4 s after 1 s attempts: at most four failures in 6 s, never a
+  // hot loop.
+  assert.ok(stats.restarts.start_failed >= 2, JSON.stringify(stats.restarts));
+  assert.ok(stats.restarts.start_failed <= 4, JSON.stringify(stats.restarts));
+  assert.equal(health.status, "unavailable");
   await closeAndCheck(sup);
 });
