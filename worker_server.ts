@@ -9,7 +9,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { ErrorCode, RpcError } from "./lib/errors.ts";
+import { ErrorCode, invalidParams, RpcError } from "./lib/errors.ts";
 import { LineWriter } from "./lib/framing.ts";
 import {
   configureLogging,
@@ -35,6 +35,8 @@ const { values: args } = parseArgs({
     "log-level": { type: "string", default: "info" },
     "log-format": { type: "string", default: "text" },
     snapshot: { type: "string" },
+    "lock-file-url": { type: "string" },
+    "max-file-bytes": { type: "string", default: String(10 << 20) },
     failpoints: { type: "boolean", default: false },
   },
 });
@@ -42,6 +44,7 @@ const workerId = args["worker-id"];
 const maxOutputBytes = Number(args["max-output-bytes"]);
 const maxHeapBytes = Number(args["max-heap-mb"]) * 1024 * 1024;
 const recycleHeapBytes = Number(args["recycle-heap-mb"]) * 1024 * 1024;
+const maxFileBytes = Number(args["max-file-bytes"]);
 const startedAt = performance.now();
 let requests = 0;
 let recycleAsked = false;
@@ -54,6 +57,7 @@ const python = new PythonHost({
   maxOutputBytes,
   maxHeapBytes,
   snapshotPath: args.snapshot,
+  lockFileUrl: args["lock-file-url"],
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   onFatal: (message) => {
     // A broken interpreter cannot be trusted with the next request: the supervisor sees the
@@ -77,6 +81,12 @@ function askToBeRecycled(reason: "heap_grown" | "interpreter_restart"): void {
     method: "recycle",
     params: { reason, heap_bytes: python.heapBytes, heap_limit_bytes: recycleHeapBytes },
   }));
+}
+
+function sessionIdOf(params: unknown): string {
+  const sessionId = (params as { session_id?: unknown } | undefined)?.session_id;
+  if (typeof sessionId !== "string") throw invalidParams("session_id", "must be a string");
+  return sessionId;
 }
 
 /** The error a client sees for a run that did not end on its own. */
@@ -108,12 +118,32 @@ function limitError(report: RunReport, timeoutMs: number): PythonError | null {
 }
 
 const server = new RpcServer({
-  execute: async (params) => {
-    const { code, stdin, timeout_ms } = parseExecuteParams(params);
-    if (args.failpoints) await triggerFailpoint(code, out);
-    const timeoutMs = timeout_ms ?? Number(args["default-timeout-ms"]);
+  execute: async (params, { id }) => {
+    const request = parseExecuteParams(params);
+    if (args.failpoints) await triggerFailpoint(request.code, out);
+    const timeoutMs = request.timeout_ms ?? Number(args["default-timeout-ms"]);
     const started = performance.now();
-    const report = await python.run(code, stdin ?? "", timeoutMs);
+    const report = await python.run({
+      request: JSON.stringify({
+        code: request.code,
+        stdin: request.stdin,
+        session_id: request.session_id,
+        session_bytes: request.session_bytes,
+        return_session: request.return_session,
+        files: request.files,
+        max_file_bytes: maxFileBytes,
+      }),
+      packages: request.packages ?? [],
+      timeoutMs,
+      onOutput: request.stream
+        ? (stream, text) =>
+          out.write(JSON.stringify({
+            jsonrpc: "2.0",
+            method: "output",
+            params: { id, stream, text },
+          }))
+        : undefined,
+    });
     requests++;
     if (report.stoppedBy === "interpreter_restart") askToBeRecycled("interpreter_restart");
     else if (python.heapBytes > recycleHeapBytes) askToBeRecycled("heap_grown");
@@ -134,6 +164,20 @@ const server = new RpcServer({
     };
     return result;
   },
+  drop_session: async (params) => ({
+    dropped: JSON.parse(await python.call("drop_session", sessionIdOf(params))) as boolean,
+  }),
+  export_sessions: async () => ({
+    sessions: JSON.parse(await python.call("export_sessions")) as Record<string, unknown>,
+  }),
+  import_sessions: async (params) => ({
+    failed: JSON.parse(
+      await python.call(
+        "import_sessions",
+        JSON.stringify((params as { sessions: unknown }).sessions),
+      ),
+    ) as string[],
+  }),
   cancel: () => ({ cancelled: python.cancel() }),
   ping: () => ({
     worker_id: workerId,

@@ -9,7 +9,7 @@
 import { parseArgs } from "node:util";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
 
-type Kind = "int" | "seconds" | "bool" | "string" | "enum";
+type Kind = "int" | "seconds" | "bool" | "string" | "list" | "enum";
 
 interface Setting {
   /** Key in the config file and in `Config`. */
@@ -163,6 +163,58 @@ export const SETTINGS: readonly Setting[] = [
     help: "start workers from a memory snapshot (built once, in .snapshots/); false: plain start",
   },
   {
+    key: "sessionTtl",
+    flag: "session-ttl",
+    env: "PYODIDE_SESSION_TTL",
+    kind: "seconds",
+    default: 600,
+    min: 1,
+    help: "seconds a server-held session may stay unused before it expires",
+  },
+  {
+    key: "maxSessionsPerWorker",
+    flag: "max-sessions-per-worker",
+    env: "PYODIDE_MAX_SESSIONS_PER_WORKER",
+    kind: "int",
+    default: 32,
+    min: 1,
+    help: "server-held sessions one worker may hold",
+  },
+  {
+    key: "maxFileBytes",
+    flag: "max-file-bytes",
+    env: "PYODIDE_MAX_FILE_BYTES",
+    kind: "int",
+    default: 10 << 20,
+    min: 0,
+    help: "largest output file returned with its content, in bytes",
+  },
+  {
+    key: "packagesDir",
+    flag: "packages-dir",
+    env: "PYODIDE_PACKAGES_DIR",
+    kind: "string",
+    default: undefined,
+    help: "local package directory with a pyodide-lock.json (see scripts/fetch_packages.ts)",
+  },
+  {
+    key: "packageIndexUrl",
+    flag: "package-index-url",
+    env: "PYODIDE_PACKAGE_INDEX_URL",
+    kind: "string",
+    default: undefined,
+    help:
+      "package index URL holding pyodide-lock.json, e.g. the Pyodide CDN; lets workers reach that host",
+  },
+  {
+    key: "preload",
+    flag: "preload",
+    env: "PYODIDE_PRELOAD",
+    kind: "list",
+    default: [],
+    help: "comma-separated packages every worker loads at start",
+  },
+  {
     key: "shutdownGrace",
     flag: "shutdown-grace",
     env: "PYODIDE_SHUTDOWN_GRACE",
@@ -215,6 +267,12 @@ export interface Config {
   maxLineBytes: number;
   usePool: boolean;
   useSnapshot: boolean;
+  sessionTtl: number;
+  maxSessionsPerWorker: number;
+  maxFileBytes: number;
+  packagesDir: string | undefined;
+  packageIndexUrl: string | undefined;
+  preload: string[];
   shutdownGrace: number;
   allowShutdown: boolean;
   logLevel: "debug" | "info" | "warning" | "error";
@@ -252,6 +310,13 @@ function convert(setting: Setting, raw: unknown, source: string): unknown {
     case "string":
       if (typeof raw === "string" && raw !== "") return raw;
       return fail("a non-empty string");
+    case "list": {
+      const items = Array.isArray(raw) ? raw : typeof raw === "string" ? raw.split(",") : [];
+      const names = items.map((item) => typeof item === "string" ? item.trim() : "");
+      if (!Array.isArray(raw) && typeof raw !== "string") return fail("a list of names");
+      if (names.some((name) => name === "")) return fail("a list of non-empty names");
+      return names;
+    }
     case "int":
     case "seconds": {
       const value = typeof raw === "number"
@@ -288,7 +353,9 @@ export function helpText(): string {
     const flag = s.kind === "bool" ? `--${s.flag}[=false]` : `--${s.flag} VALUE`;
     lines.push(`  ${flag.padEnd(30)}${s.help}`);
     lines.push(
-      `  ${"".padEnd(30)}key ${s.key}, env ${s.env}, default ${JSON.stringify(s.default)}`,
+      `  ${"".padEnd(30)}key ${s.key}, env ${s.env}, default ${
+        s.default === undefined ? "none" : JSON.stringify(s.default)
+      }`,
     );
   }
   return lines.join("\n");
@@ -374,6 +441,9 @@ export function loadConfig(
     } else config[s.key] = s.default;
   }
   const result = config as unknown as Config;
+  if (result.packageIndexUrl !== undefined && !URL.canParse(result.packageIndexUrl)) {
+    throw new ConfigError(`invalid packageIndexUrl: ${result.packageIndexUrl} is not a URL`);
+  }
   if (result.execTimeout > result.maxExecTimeout) {
     throw new ConfigError(
       `invalid execTimeout: ${result.execTimeout} s exceeds maxExecTimeout ${result.maxExecTimeout} s`,

@@ -87,17 +87,37 @@ export function errorResponse(id: JsonRpcId, error: RpcError): ResponseMessage {
   return { jsonrpc: "2.0", id, error: error.toJSON() };
 }
 
-/** The `execute` params the pool understands today. */
+/** A file written under the request's working directory before the run. */
+export interface InputFile {
+  /** Relative path under the working directory: no `..`, not absolute. */
+  path: string;
+  content_b64: string;
+}
+
+/** The `execute` params. */
 export interface ExecuteParams {
   code: string;
   /** Wall-clock limit for the Python code, in milliseconds. */
   timeout_ms?: number;
   /** What `input()` and `sys.stdin` read; EOF when absent. */
   stdin?: string;
+  /** Server-held namespace pinned to one worker; created on first use. */
+  session_id?: string;
+  /** Client-held state (from `return_session`) to start from. */
+  session_bytes?: string;
+  /** Return the updated state as `session_bytes`. */
+  return_session?: boolean;
+  files?: InputFile[];
+  /** Packages to load before the code runs. */
+  packages?: string[];
+  /** Send `output` notifications while the code runs. */
+  stream?: boolean;
 }
 
-/** Params named in the design that later releases implement; named so the error says so. */
-const PLANNED_EXECUTE_PARAMS = new Set([
+const EXECUTE_FIELDS = new Set([
+  "code",
+  "timeout_ms",
+  "stdin",
   "session_id",
   "session_bytes",
   "return_session",
@@ -105,6 +125,44 @@ const PLANNED_EXECUTE_PARAMS = new Set([
   "packages",
   "stream",
 ]);
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+const PACKAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+const SESSION_ID = /^[\x21-\x7e]{1,128}$/;
+
+/** Why a relative file path is unsafe, or undefined if it is safe. */
+export function unsafePathReason(path: string): string | undefined {
+  if (path === "") return "is empty";
+  if (path.includes("\0")) return "contains a NUL character";
+  if (path.startsWith("/") || /^[A-Za-z]:/.test(path)) return "must be relative";
+  if (path.includes("\\")) return "must use / as separator";
+  const parts = path.split("/");
+  if (parts.some((p) => p === "..")) return "must not contain ..";
+  if (parts.some((p) => p === "" || p === ".")) return "must not contain empty or . segments";
+  return undefined;
+}
+
+function parseFiles(files: unknown): InputFile[] {
+  if (!Array.isArray(files)) {
+    throw invalidParams("files", "must be an array of {path, content_b64}");
+  }
+  return files.map((file, index) => {
+    const field = `files[${index}]`;
+    if (!isRecord(file)) throw invalidParams(field, "must be an object {path, content_b64}");
+    const { path, content_b64 } = file;
+    if (typeof path !== "string") throw invalidParams(`${field}.path`, "must be a string");
+    const unsafe = unsafePathReason(path);
+    if (unsafe) throw invalidParams(`${field}.path`, `${unsafe}: ${JSON.stringify(path)}`);
+    if (typeof content_b64 !== "string" || !BASE64.test(content_b64)) {
+      throw invalidParams(`${field}.content_b64`, "must be a base64 string");
+    }
+    for (const key of Object.keys(file)) {
+      if (key !== "path" && key !== "content_b64") {
+        throw invalidParams(`${field}.${key}`, "is not a known file field");
+      }
+    }
+    return { path, content_b64 };
+  });
+}
 
 /**
  * Validates `execute` params, rejecting unknown fields so that a typo is an error rather
@@ -121,13 +179,10 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
     throw invalidParams("params", 'must be an object such as {"code": "print(1)"}');
   }
   for (const key of Object.keys(params)) {
-    if (key === "code" || key === "timeout_ms" || key === "stdin") continue;
-    if (PLANNED_EXECUTE_PARAMS.has(key)) {
-      throw invalidParams(key, "is not supported by this version of pyodide-pool");
-    }
-    throw invalidParams(key, "is not a known execute parameter");
+    if (!EXECUTE_FIELDS.has(key)) throw invalidParams(key, "is not a known execute parameter");
   }
-  const { code, timeout_ms, stdin } = params;
+  const { code, timeout_ms, stdin, session_id, session_bytes, return_session, packages, stream } =
+    params;
   if (typeof code !== "string") throw invalidParams("code", "must be a string of Python source");
   if (
     timeout_ms !== undefined &&
@@ -136,7 +191,40 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
   if (stdin !== undefined && typeof stdin !== "string") {
     throw invalidParams("stdin", "must be a string");
   }
-  return { code, timeout_ms, stdin };
+  if (
+    session_id !== undefined && (typeof session_id !== "string" || !SESSION_ID.test(session_id))
+  ) {
+    throw invalidParams("session_id", "must be 1-128 printable ASCII characters");
+  }
+  if (session_bytes !== undefined) {
+    if (typeof session_bytes !== "string" || !BASE64.test(session_bytes)) {
+      throw invalidParams("session_bytes", "must be a base64 string from return_session");
+    }
+    if (session_id !== undefined) {
+      throw invalidParams("session_bytes", "cannot be combined with session_id");
+    }
+  }
+  for (const [name, value] of [["return_session", return_session], ["stream", stream]]) {
+    if (value !== undefined && typeof value !== "boolean") {
+      throw invalidParams(name as string, "must be true or false");
+    }
+  }
+  if (
+    packages !== undefined &&
+    (!Array.isArray(packages) ||
+      !packages.every((p) => typeof p === "string" && PACKAGE_NAME.test(p)))
+  ) throw invalidParams("packages", "must be an array of package names");
+  return {
+    code,
+    timeout_ms,
+    stdin,
+    session_id,
+    session_bytes,
+    return_session: return_session as boolean | undefined,
+    files: params.files === undefined ? undefined : parseFiles(params.files),
+    packages: packages as string[] | undefined,
+    stream: stream as boolean | undefined,
+  };
 }
 
 /** How a Python run ended. Python-level outcomes are results, not JSON-RPC errors. */
@@ -146,6 +234,20 @@ export interface PythonError {
   type: string;
   message: string;
   traceback: string;
+}
+
+/** A file created or changed under the working directory. */
+export interface OutputFile {
+  path: string;
+  size: number;
+  /** null when the file is larger than the cap; `truncated` is then true. */
+  content_b64: string | null;
+  truncated?: boolean;
+}
+
+export interface Figure {
+  format: "png";
+  data_b64: string;
 }
 
 /** The `execute` result, as the client receives it. */
@@ -158,6 +260,13 @@ export interface ExecuteResult {
   /** `repr()` of the last expression, or null. */
   result: string | null;
   error: PythonError | null;
+  files: OutputFile[];
+  figures: Figure[];
+  /** With `return_session`: the updated state, and the names that could not be kept. */
+  session_bytes?: string;
+  session_dropped?: string[];
+  /** After a session moved to a new worker: the names that could not move with it. */
+  session_moved?: { dropped: string[] };
   duration_ms: number;
   worker_id: string;
 }

@@ -15,8 +15,9 @@ export interface WorkerView {
 }
 
 /**
- * Picks the least busy worker: an idle one that is not retiring, preferring the one idle the
- * longest so that work (and so recycling) spreads evenly. Returns undefined when none is free.
+ * Picks the least busy worker: an idle one that is not retiring and that `accept` allows
+ * (session affinity and capacity), preferring the one idle the longest so that work (and so
+ * recycling) spreads evenly. Returns undefined when none is free.
  *
  * @example
  * ```ts
@@ -29,10 +30,13 @@ export interface WorkerView {
  * console.assert(id === "w3");
  * ```
  */
-export function pickWorker(workers: Iterable<WorkerView>): string | undefined {
+export function pickWorker(
+  workers: Iterable<WorkerView>,
+  accept: (id: string) => boolean = () => true,
+): string | undefined {
   let best: WorkerView | undefined;
   for (const worker of workers) {
-    if (worker.state !== "idle" || worker.retiring) continue;
+    if (worker.state !== "idle" || worker.retiring || !accept(worker.id)) continue;
     if (!best || worker.lastUsedAt < best.lastUsedAt) best = worker;
   }
   return best?.id;

@@ -1,6 +1,6 @@
 /**
  * Where a client's request enters: the supervisor's own stdin/stdout, served as JSON-RPC 2.0.
- * `execute` goes to the pool; `health` and `stats` are answered here; `shutdown` starts a
+ * `execute` goes to the pool; `health`, `stats` and `packages` are answered here; `shutdown` starts a
  * graceful stop when the configuration allows it; `$/cancelRequest` cancels queued work.
  *
  * @module
@@ -18,17 +18,28 @@ export interface ClientEndpointOptions {
   pool: Pool;
   /** Called when a client asks the pool to shut down. */
   requestShutdown: (reason: string) => void;
+  /** Sends a notification to the client (streamed output). */
+  notify: (method: string, params: Record<string, unknown>) => void;
 }
 
 const log = logger("client");
 
 /** Builds the JSON-RPC server that faces the client. */
 export function createClientServer(
-  { config, pool, requestShutdown }: ClientEndpointOptions,
+  { config, pool, requestShutdown, notify }: ClientEndpointOptions,
 ): RpcServer {
   let shuttingDown = false;
   return new RpcServer({
-    execute: (params, { id }) => pool.execute(parseExecuteParams(params), id),
+    execute: (params, { id }) => {
+      const request = parseExecuteParams(params);
+      // Output notifications carry the client's own request id, and precede the result.
+      const onOutput = request.stream
+        ? ({ stream, text }: { stream: string; text: string }) =>
+          notify("output", { id, stream, text })
+        : undefined;
+      return pool.execute(request, id, onOutput);
+    },
+    packages: () => pool.packages.describe(),
     health: () => pool.health(),
     stats: () => pool.statsReport(),
     shutdown: () => {

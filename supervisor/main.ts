@@ -35,7 +35,14 @@ log.info("starting {size} workers (config: {config})", {
   config: JSON.stringify(config),
 });
 
-const pool = new Pool(config);
+let pool: Pool;
+try {
+  pool = new Pool(config);
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(`pyodide-pool: ${error.message}`);
+  Deno.exit(2);
+}
 const output = new LineWriter(Deno.stdout.writable, (error) => {
   log.warn("stdout closed ({error}); shutting down", { error: String(error) });
   stop("stdout closed", false);
@@ -65,6 +72,7 @@ const server = createClientServer({
   config,
   pool,
   requestShutdown: (reason) => stop(reason, false),
+  notify: (method, params) => output.write(JSON.stringify({ jsonrpc: "2.0", method, params })),
 });
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => stop(signal, false));

@@ -8,10 +8,12 @@
  */
 
 import type { Config } from "../lib/config.ts";
-import { ErrorCode, RpcError } from "../lib/errors.ts";
+import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import type { ExecuteParams, ExecuteResult } from "../lib/protocol.ts";
 import { pickWorker } from "./balancer.ts";
+import { PackageCatalog } from "./packages.ts";
+import { SessionRegistry } from "./sessions.ts";
 import { PoolStats } from "./stats.ts";
 import { TaskQueue } from "./task_queue.ts";
 import { prepareSnapshot } from "./snapshot.ts";
@@ -23,10 +25,14 @@ import {
   WorkerProcess,
 } from "./worker_process.ts";
 
+/** Receives a streaming request's output as it is written. */
+export type OutputListener = (output: { stream: string; text: string }) => void;
+
 interface Task {
   params: ExecuteParams;
   /** The client's request id, for cancellation. */
   key: unknown;
+  onOutput?: OutputListener;
   timeoutMs: number;
   arrivedAt: number;
   queueTimer?: ReturnType<typeof setTimeout>;
@@ -46,6 +52,8 @@ function timeoutResult(message: string, workerId: string, durationMs: number): E
     truncated: false,
     result: null,
     error: { type: "TimeoutError", message, traceback: "" },
+    files: [],
+    figures: [],
     duration_ms: durationMs,
     worker_id: workerId,
   };
@@ -68,9 +76,14 @@ export class Pool {
 
   /** Set by start(), once the snapshot is known: no worker starts before. */
   #command: WorkerCommand | undefined;
+  readonly sessions: SessionRegistry;
+  readonly packages: PackageCatalog;
+  #sessionTimer: ReturnType<typeof setInterval> | undefined;
 
   constructor(private readonly config: Config) {
     this.#queue = new TaskQueue(config.maxQueue);
+    this.sessions = new SessionRegistry(config.sessionTtl * 1000, config.maxSessionsPerWorker);
+    this.packages = new PackageCatalog(config);
   }
 
   /** Starts the warm workers (none in fresh-worker mode); resolves when all are ready or failed. */
@@ -79,7 +92,11 @@ export class Pool {
     const snapshot = this.config.useSnapshot
       ? await prepareSnapshot(this.config.initTimeout * 1000)
       : undefined;
-    this.#command = buildWorkerCommand(this.config, snapshot);
+    this.#command = buildWorkerCommand(this.config, snapshot, this.packages.lockFileUrl);
+    this.#sessionTimer = setInterval(
+      () => this.#expireSessions(),
+      Math.min(this.config.sessionTtl * 500, 30_000),
+    );
     if (!this.config.usePool) {
       this.#pump();
       this.#log.info("fresh-worker mode: each request starts its own worker (slow baseline)");
@@ -115,16 +132,35 @@ export class Pool {
   }
 
   /** Runs one request; resolves with its result or rejects with an RpcError. */
-  execute(params: ExecuteParams, key: unknown): Promise<ExecuteResult> {
+  execute(params: ExecuteParams, key: unknown, onOutput?: OutputListener): Promise<ExecuteResult> {
     if (!this.#accepting) {
       return Promise.reject(
         new RpcError(ErrorCode.ShuttingDown, "the pool is shutting down", { reason: "shutdown" }),
       );
     }
+    try {
+      if (params.session_id !== undefined) {
+        if (!this.config.usePool) {
+          throw invalidParams("session_id", "needs the warm pool (usePool is false)");
+        }
+        this.sessions.workerOf(params.session_id);
+      }
+      this.packages.check(params.packages ?? []);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const maxMs = this.config.maxExecTimeout * 1000;
     const timeoutMs = Math.min(params.timeout_ms ?? this.config.execTimeout * 1000, maxMs);
     return new Promise((resolve, reject) => {
-      const task: Task = { params, key, timeoutMs, arrivedAt: performance.now(), resolve, reject };
+      const task: Task = {
+        params,
+        key,
+        onOutput,
+        timeoutMs,
+        arrivedAt: performance.now(),
+        resolve,
+        reject,
+      };
       if (!this.#queue.push(task)) {
         this.stats.requests.add("overloaded");
         reject(
@@ -186,6 +222,7 @@ export class Pool {
       request_limit: w.options.requestLimit,
       uptime_ms: Math.round(performance.now() - w.spawnedAt),
       startup_ms: w.startupMs === undefined ? null : Math.round(w.startupMs),
+      sessions: this.sessions.idsOn(w.id),
     }));
     const ready = workers.filter((w) => w.state === "idle" || w.state === "busy").length;
     const wanted = this.config.usePool ? this.config.poolSize : 0;
@@ -246,6 +283,7 @@ export class Pool {
     if (!this.#accepting) return;
     this.#accepting = false;
     clearInterval(this.#healthTimer);
+    clearInterval(this.#sessionTimer);
     const deadline = performance.now() + graceMs;
     const busy = () => this.#running.size > 0 || (drainQueue && this.#queue.size > 0);
     if (!drainQueue) this.#rejectQueued("the pool is shutting down; the request never ran");
@@ -291,10 +329,12 @@ export class Pool {
       });
       this.#recycle(worker, reason);
     };
-    worker.ready.then(() => {
+    worker.ready.then(async () => {
       this.#startFailures = 0;
+      await this.#preload(worker);
       if (replaces) {
         this.#log.info("worker {id} replaces {old}", { id, old: replaces.id });
+        replaces.successor = worker;
         this.#retire(replaces);
       }
       this.#pump();
@@ -307,14 +347,40 @@ export class Pool {
 
   /** Hands queued work to free workers. */
   #pump(): void {
-    while (this.#queue.size > 0) {
-      const id = pickWorker(this.#workers.values());
-      if (id === undefined) {
-        if (!this.config.usePool) this.#spawnFresh();
-        return;
-      }
-      this.#run(this.#workers.get(id)!, this.#queue.shift()!);
+    if (this.#queue.size === 0) return;
+    let dispatched = false;
+    for (const task of this.#queue) {
+      const id = this.#workerFor(task);
+      if (id === undefined) continue;
+      this.#queue.delete(task);
+      this.#run(this.#workers.get(id)!, task);
+      dispatched = true;
+      // #run changed the workers' states; start over with the new picture.
+      break;
     }
+    if (dispatched) return this.#pump();
+    if (!this.config.usePool) this.#spawnFresh();
+  }
+
+  /**
+   * The worker that may run `task` now: a session's own worker, a worker with room for a new
+   * session, or any free worker. A task whose session was lost meanwhile is answered here.
+   */
+  #workerFor(task: Task): string | undefined {
+    const sessionId = task.params.session_id;
+    if (sessionId === undefined) return pickWorker(this.#workers.values());
+    let pinned: string | undefined;
+    try {
+      pinned = this.sessions.workerOf(sessionId);
+    } catch (error) {
+      this.#queue.delete(task);
+      clearTimeout(task.queueTimer);
+      this.stats.requests.add("session_not_found");
+      task.reject(error as RpcError);
+      return undefined;
+    }
+    if (pinned !== undefined) return pickWorker(this.#workers.values(), (id) => id === pinned);
+    return pickWorker(this.#workers.values(), (id) => this.sessions.hasRoom(id));
   }
 
   /** Fresh-worker mode: one new worker per waiting request, up to the pool size. */
@@ -333,12 +399,23 @@ export class Pool {
     const remainingMs = Math.max(1, task.timeoutMs - (started - task.arrivedAt));
     const deadlineMs = remainingMs + this.config.timeoutGrace * 1000;
     try {
-      const result = await worker.call<ExecuteResult>("execute", {
-        code: task.params.code,
-        stdin: task.params.stdin,
-        timeout_ms: remainingMs,
-      }, deadlineMs);
+      const { params } = task;
+      const packages = [...new Set([...this.packages.loaded, ...(params.packages ?? [])])];
+      const result = await worker.call<ExecuteResult>(
+        "execute",
+        { ...params, packages, timeout_ms: remainingMs },
+        deadlineMs,
+        task.onOutput,
+      );
       worker.served++;
+      if (params.packages?.length && result.error?.type !== "PackageLoadError") {
+        this.packages.markLoaded(params.packages);
+      }
+      if (params.session_id !== undefined) {
+        this.sessions.touch(params.session_id, worker.id);
+        const dropped = this.sessions.takeMoveReport(params.session_id);
+        if (dropped) result.session_moved = { dropped };
+      }
       this.stats.requests.add(result.status);
       task.resolve(result);
     } catch (error) {
@@ -418,11 +495,86 @@ export class Pool {
   /** No more work for this worker; it leaves when idle. */
   #retire(worker: WorkerProcess): void {
     worker.retiring = true;
-    if (worker.state === "idle") worker.close();
+    if (worker.state === "idle") this.#leave(worker);
+  }
+
+  /** An idle retiring worker leaves; its sessions move to its successor first, if it has one. */
+  async #leave(worker: WorkerProcess): Promise<void> {
+    worker.state = "busy";
+    const successor = worker.successor;
+    if (successor && this.sessions.idsOn(worker.id).length > 0) {
+      try {
+        const { sessions } = await worker.call<{
+          sessions: Record<string, { dropped: string[] }>;
+        }>("export_sessions", {}, 30_000);
+        const { failed } = await successor.call<{ failed: string[] }>(
+          "import_sessions",
+          { sessions },
+          30_000,
+        );
+        const dropped = Object.fromEntries(
+          Object.entries(sessions).map(([id, entry]) => [id, entry.dropped]),
+        );
+        this.sessions.move(worker.id, successor.id, dropped, failed);
+        this.#log.info("moved {n} sessions from {old} to {new}", {
+          n: Object.keys(sessions).length,
+          old: worker.id,
+          new: successor.id,
+        });
+      } catch (error) {
+        this.#log.warn("could not move the sessions of {id}: {error}", {
+          id: worker.id,
+          error: String(error),
+        });
+      }
+    }
+    await worker.close();
+    this.#pump();
+  }
+
+  /** Loads the pool-wide packages into a new worker before it takes work. */
+  async #preload(worker: WorkerProcess): Promise<void> {
+    const packages = this.packages.loaded;
+    if (packages.length === 0 || worker.state !== "idle") return;
+    worker.state = "busy";
+    try {
+      const result = await worker.call<ExecuteResult>(
+        "execute",
+        { code: "pass", packages, timeout_ms: this.config.initTimeout * 1000 },
+        this.config.initTimeout * 1000,
+      );
+      if (result.status !== "ok") {
+        this.#log.warn("worker {id} could not preload {packages}: {error}", {
+          id: worker.id,
+          packages: packages.join(", "),
+          error: result.error?.message ?? result.status,
+        });
+      }
+    } catch (error) {
+      this.#log.warn("worker {id} failed while preloading: {error}", {
+        id: worker.id,
+        error: String(error),
+      });
+    } finally {
+      if (worker.state === "busy") worker.state = "idle";
+    }
+  }
+
+  /** Forgets sessions unused past the TTL and frees their namespaces in the workers. */
+  #expireSessions(): void {
+    for (const { id, workerId } of this.sessions.expire()) {
+      this.#workers.get(workerId)?.call("drop_session", { session_id: id }, 10_000)
+        .catch(() => {});
+    }
   }
 
   #onExit(worker: WorkerProcess, exit: ExitInfo): void {
     this.#workers.delete(worker.id);
+    // Sessions still here (none after a successful move) died with the process.
+    this.sessions.loseWorker(
+      worker.id,
+      `was lost when worker ${worker.id} exited (${exit.reason ?? `code ${exit.code}`})`,
+    );
     if (this.#closing || worker.retiring) {
       this.#log.debug("worker {id} left (code {code})", { id: worker.id, code: exit.code });
       // In fresh-worker mode its place may be what a queued request waits for.

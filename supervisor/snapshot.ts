@@ -9,6 +9,7 @@
  */
 
 import { logger } from "../lib/logging.ts";
+import { RUNTIME_SOURCES } from "../worker/runtime_sources.ts";
 import { pyodideDirectory, SANDBOX_DENY_FLAGS } from "./worker_command.ts";
 
 const PROJECT_ROOT = new URL("../", import.meta.url);
@@ -17,8 +18,12 @@ const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_
 /** Where snapshots are kept. */
 export const SNAPSHOT_DIRECTORY = path(".snapshots");
 
-/** What the snapshot's content depends on, besides the Deno version. */
-const INPUTS = ["worker/runtime.py", "worker/interpreter.ts"];
+/** What the snapshot's content depends on, besides the Deno and Pyodide versions. */
+const INPUTS = [
+  "worker/interpreter.ts",
+  "worker/runtime_sources.ts",
+  ...RUNTIME_SOURCES.map(([, file]) => `worker/python/${file}`),
+];
 
 const log = logger("snapshot");
 

@@ -48,11 +48,25 @@ export function pyodideDirectory(): string {
  * if ("config" in loaded) console.assert(buildWorkerCommand(loaded.config).args.includes("--deny-net"));
  * ```
  */
-export function buildWorkerCommand(config: Config, snapshot?: string): WorkerCommand {
+export function buildWorkerCommand(
+  config: Config,
+  snapshot?: string,
+  lockFileUrl?: string,
+): WorkerCommand {
   const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
   // worker/ holds the Web Worker's modules and the Python runtime, which load at run time
   // and so need read access; nothing else of the project is readable.
-  const readable = [pyodideDirectory(), path("worker"), ...(snapshot ? [snapshot] : [])];
+  const readable = [
+    pyodideDirectory(),
+    path("worker"),
+    ...(snapshot ? [snapshot] : []),
+    ...(config.packagesDir ? [config.packagesDir] : []),
+  ];
+  // The package index is the one host a worker may reach, and only when configured.
+  const indexHost = config.packageIndexUrl ? new URL(config.packageIndexUrl).host : undefined;
+  const deny = indexHost
+    ? SANDBOX_DENY_FLAGS.filter((f) => f !== "--deny-net")
+    : SANDBOX_DENY_FLAGS;
   return {
     executable: Deno.execPath(),
     readable,
@@ -66,9 +80,13 @@ export function buildWorkerCommand(config: Config, snapshot?: string): WorkerCom
       "--config",
       path("deno.json"),
       "--allow-read=" + readable.join(","),
-      ...SANDBOX_DENY_FLAGS,
+      ...(indexHost ? [`--allow-net=${indexHost}`] : []),
+      ...deny,
       path("worker_server.ts"),
       ...(snapshot ? ["--snapshot", snapshot] : []),
+      ...(lockFileUrl ? ["--lock-file-url", lockFileUrl] : []),
+      "--max-file-bytes",
+      String(config.maxFileBytes),
       "--max-output-bytes",
       String(config.maxOutputBytes),
       "--max-heap-mb",
@@ -76,7 +94,7 @@ export function buildWorkerCommand(config: Config, snapshot?: string): WorkerCom
       "--recycle-heap-mb",
       String(config.workerRecycleHeapMb),
       "--max-line-bytes",
-      String(config.maxLineBytes),
+      String(internalMaxLineBytes(config)),
       "--log-level",
       config.logLevel,
       "--log-format",
@@ -85,4 +103,12 @@ export function buildWorkerCommand(config: Config, snapshot?: string): WorkerCom
       ...(Deno.env.get("PYODIDE_POOL_FAILPOINTS") === "1" ? ["--failpoints"] : []),
     ],
   };
+}
+
+/**
+ * The line limit between supervisor and workers: large enough for big session states and
+ * files (a 16 MiB client line grows when results add base64), never below the client's.
+ */
+export function internalMaxLineBytes(config: Config): number {
+  return Math.max(config.maxLineBytes * 4, 256 << 20);
 }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { JSONRPCClient, JSONRPCErrorException } from "json-rpc-2.0";
+import { JSONRPCClient } from "json-rpc-2.0";
 import { RpcError } from "../lib/errors.ts";
 import { LineWriter, readFrames } from "../lib/framing.ts";
 import { logger } from "../lib/logging.ts";
@@ -78,6 +78,8 @@ export class WorkerProcess {
   retiring = false;
   /** A replacement is starting because this worker reached its request limit. */
   recycling = false;
+  /** The worker that replaces this one; its sessions move there. */
+  successor: WorkerProcess | undefined;
   lastUsedAt = 0;
   /** Milliseconds from spawn to its ready notification. */
   startupMs: number | undefined;
@@ -92,6 +94,9 @@ export class WorkerProcess {
   #writer: LineWriter;
   #client: JSONRPCClient;
   #killReason: KillReason | undefined;
+  #lastId = 0;
+  /** Streaming requests: output notifications by request id. */
+  #outputHandlers = new Map<number, (output: { stream: string; text: string }) => void>();
   #log;
 
   constructor(
@@ -146,8 +151,15 @@ export class WorkerProcess {
   }
 
   /** Calls a worker method; rejects with WorkerExitedError, WorkerDeadlineError or RpcError. */
-  async call<T>(method: string, params: Record<string, unknown>, deadlineMs: number): Promise<T> {
+  async call<T>(
+    method: string,
+    params: Record<string, unknown>,
+    deadlineMs: number,
+    onOutput?: (output: { stream: string; text: string }) => void,
+  ): Promise<T> {
     if (this.exitInfo) throw new WorkerExitedError(this.id, this.exitInfo);
+    const id = ++this.#lastId;
+    if (onOutput) this.#outputHandlers.set(id, onOutput);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -156,19 +168,21 @@ export class WorkerProcess {
       );
     });
     try {
-      return await Promise.race([this.#client.request(method, params) as Promise<T>, deadline]);
+      const response = await Promise.race([
+        this.#client.requestAdvanced({ jsonrpc: "2.0", id, method, params }),
+        deadline,
+      ]);
+      if (response.error) {
+        const data = (response.error.data ?? {}) as Record<string, unknown>;
+        throw new RpcError(response.error.code, response.error.message, data);
+      }
+      return response.result as T;
     } catch (error) {
       if (this.exitInfo) throw new WorkerExitedError(this.id, this.exitInfo);
-      if (error instanceof JSONRPCErrorException) {
-        throw new RpcError(
-          error.code,
-          error.message,
-          (error.data ?? {}) as Record<string, unknown>,
-        );
-      }
       throw error;
     } finally {
       clearTimeout(timer);
+      this.#outputHandlers.delete(id);
     }
   }
 
@@ -216,7 +230,9 @@ export class WorkerProcess {
           return this.#violation(`wrote a line that is not JSON: ${frame.text.slice(0, 80)}`);
         }
         if (message?.method === "ready") onReady(message.params as ReadyInfo);
-        else if (typeof message?.method === "string" && !("id" in message)) {
+        else if (message?.method === "output") {
+          this.#outputHandlers.get(message.params?.id)?.(message.params);
+        } else if (typeof message?.method === "string" && !("id" in message)) {
           this.onNotification(message.method, message.params);
         } else if (message && typeof message === "object" && "id" in message) {
           this.#client.receive(message);

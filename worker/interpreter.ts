@@ -9,9 +9,7 @@
 
 import { loadPyodide, type PyodideAPI } from "pyodide";
 import type { PyProxy } from "pyodide/ffi";
-
-/** The module name under which the runtime (runtime.py) is importable. */
-export const RUNTIME_MODULE = "pyodide_pool_runtime";
+import { RUNTIME_MODULE, RUNTIME_SOURCES } from "./runtime_sources.ts";
 
 const ENV = { HOME: "/home/pyodide", MPLBACKEND: "Agg" };
 const MATPLOTLIB_CONFIG = "/home/pyodide/.config/matplotlib";
@@ -21,6 +19,8 @@ export interface BootOptions {
   snapshot?: Uint8Array;
   /** Boot so that `makeMemorySnapshot()` can be called afterwards. */
   forSnapshot?: boolean;
+  /** Pyodide lock file naming the loadable packages (path or URL); Pyodide's own if absent. */
+  lockFileUrl?: string;
 }
 
 export interface Interpreter {
@@ -38,23 +38,27 @@ export async function bootInterpreter(options: BootOptions = {}): Promise<Interp
     env: ENV,
     ...(options.forSnapshot ? { _makeSnapshot: true } : {}),
     ...(options.snapshot ? { _loadSnapshot: options.snapshot } : {}),
+    ...(options.lockFileUrl ? { lockFileURL: options.lockFileUrl } : {}),
   });
   // The file system lives on the JavaScript side, outside the snapshot: write it each time.
   pyodide.FS.mkdirTree(MATPLOTLIB_CONFIG);
   pyodide.FS.writeFile(`${MATPLOTLIB_CONFIG}/matplotlibrc`, "backend: Agg\n");
   if (!options.snapshot) {
-    // A module of its own keeps the runtime out of reach of user code's fresh namespaces,
+    // Modules of their own keep the runtime out of reach of user code's fresh namespaces,
     // and importable after a snapshot restore.
-    const source = await Deno.readTextFile(new URL("./runtime.py", import.meta.url));
-    pyodide.runPython(
-      `import sys, types\n` +
-        `module = types.ModuleType(${JSON.stringify(RUNTIME_MODULE)})\n` +
-        `module.__file__ = ${JSON.stringify(`${RUNTIME_MODULE}.py`)}\n` +
-        `exec(compile(source, module.__file__, "exec"), module.__dict__)\n` +
-        `sys.modules[module.__name__] = module\n` +
-        `del sys, types, module, source`,
-      { globals: pyodide.toPy({ source }) },
-    );
+    for (const [name, file] of RUNTIME_SOURCES) {
+      const source = await Deno.readTextFile(new URL(`./python/${file}`, import.meta.url));
+      const globals = pyodide.toPy({ source, name, file: `${name}.py` });
+      pyodide.runPython(
+        `import sys, types\n` +
+          `module = types.ModuleType(name)\n` +
+          `module.__file__ = file\n` +
+          `exec(compile(source, file, "exec"), module.__dict__)\n` +
+          `sys.modules[name] = module\n`,
+        { globals },
+      );
+      globals.destroy();
+    }
   }
   return {
     pyodide,

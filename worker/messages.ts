@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ExecuteStatus, PythonError } from "../lib/protocol.ts";
+import type { ExecuteResult, ExecuteStatus } from "../lib/protocol.ts";
 
 /** Slots of the shared Int32Array that the main thread uses to stop Python. */
 export const ControlSlot = {
@@ -33,16 +33,35 @@ export interface InitMessage {
   maxHeapBytes: number;
   /** Memory snapshot to start from, if any. */
   snapshotPath?: string;
+  /** Pyodide lock file that names the loadable packages (a local path or a URL). */
+  lockFileUrl?: string;
 }
 
 export interface RunMessage {
   type: "run";
   seq: number;
-  code: string;
-  stdin: string;
+  /** The request for Python's `run` as JSON (code, stdin, session, files, caps). */
+  request: string;
+  /** Packages to have loaded before the code runs. */
+  packages: string[];
+  /** Post `output` messages as the code writes. */
+  stream: boolean;
 }
 
-export type ToThread = InitMessage | RunMessage;
+/** Calls one of the runtime's string-to-string functions (sessions). */
+export interface CallMessage {
+  type: "call";
+  seq: number;
+  fn: "drop_session" | "export_sessions" | "import_sessions";
+  arg: string;
+}
+
+/** Asks a run that awaits in top-level `await` to stop (an interrupt cannot reach it). */
+export interface CancelAwaitMessage {
+  type: "cancel_await";
+}
+
+export type ToThread = InitMessage | RunMessage | CallMessage | CancelAwaitMessage;
 
 export interface ReadyMessage {
   type: "ready";
@@ -55,15 +74,12 @@ export interface ReadyMessage {
 }
 
 /** A finished run: everything of the result but what the main thread adds. */
-export interface RunOutcome {
-  /** `cancelled` never reaches a client as a status: it becomes error -32003. */
-  status: ExecuteStatus | "cancelled";
-  stdout: string;
-  stderr: string;
-  truncated: boolean;
-  result: string | null;
-  error: PythonError | null;
-}
+export type RunOutcome =
+  & Omit<ExecuteResult, "status" | "duration_ms" | "worker_id">
+  & {
+    /** `cancelled` never reaches a client as a status: it becomes error -32003. */
+    status: ExecuteStatus | "cancelled";
+  };
 
 export interface DoneMessage {
   type: "done";
@@ -72,10 +88,29 @@ export interface DoneMessage {
   heapBytes: number;
 }
 
+export interface ReturnedMessage {
+  type: "returned";
+  seq: number;
+  value: string;
+}
+
+/** A chunk of output, for streaming. */
+export interface OutputMessage {
+  type: "output";
+  seq: number;
+  stream: "stdout" | "stderr";
+  text: string;
+}
+
 /** The interpreter is broken (a Pyodide fatal error or a failed start). */
 export interface FatalMessage {
   type: "fatal";
   message: string;
 }
 
-export type FromThread = ReadyMessage | DoneMessage | FatalMessage;
+export type FromThread =
+  | ReadyMessage
+  | DoneMessage
+  | ReturnedMessage
+  | OutputMessage
+  | FatalMessage;

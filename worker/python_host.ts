@@ -8,6 +8,7 @@
  */
 
 import {
+  type CallMessage,
   CONTROL_SLOTS,
   ControlSlot,
   type FromThread,
@@ -25,6 +26,8 @@ export interface PythonHostOptions {
   maxHeapBytes: number;
   /** Memory snapshot to start (and restart) the interpreter from. */
   snapshotPath?: string;
+  /** Pyodide lock file naming the loadable packages. */
+  lockFileUrl?: string;
   /** How long to keep re-interrupting before the interpreter is restarted. */
   interruptGraceMs: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
@@ -40,9 +43,20 @@ export interface RunReport extends RunOutcome {
 
 const REINTERRUPT_EVERY_MS = 50;
 
+/** What one run needs besides its code. */
+export interface RunRequest {
+  /** The request for Python's `run`, as JSON. */
+  request: string;
+  packages: string[];
+  timeoutMs: number;
+  /** Receives output as it is written, when set. */
+  onOutput?: (stream: "stdout" | "stderr", text: string) => void;
+}
+
 interface ActiveRun {
   seq: number;
   resolve: (outcome: RunOutcome) => void;
+  onOutput?: RunRequest["onOutput"];
   stoppedBy?: StopStep;
   escalation?: ReturnType<typeof setTimeout>;
 }
@@ -53,6 +67,7 @@ export class PythonHost {
   #ready!: Promise<ReadyMessage>;
   #seq = 0;
   #active: ActiveRun | undefined;
+  #calls = new Map<number, (value: string) => void>();
   #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
   /** Interpreters replaced because code ignored interrupts. */
@@ -72,9 +87,24 @@ export class PythonHost {
     return this.#active !== undefined;
   }
 
-  /** Runs code, one run at a time, stopping it after `timeoutMs`. */
-  run(code: string, stdin: string, timeoutMs: number): Promise<RunReport> {
-    const next = this.#queue.then(() => this.#runNow(code, stdin, timeoutMs));
+  /** Runs a request, one at a time, stopping it after `timeoutMs`. */
+  run(request: RunRequest): Promise<RunReport> {
+    return this.#serialize(() => this.#runNow(request));
+  }
+
+  /** Calls a runtime function (sessions) between runs. */
+  call(fn: CallMessage["fn"], arg = ""): Promise<string> {
+    return this.#serialize(async () => {
+      await this.#ready;
+      const seq = ++this.#seq;
+      const value = new Promise<string>((resolve) => this.#calls.set(seq, resolve));
+      this.#post({ type: "call", seq, fn, arg });
+      return await value;
+    });
+  }
+
+  #serialize<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.#queue.then(work);
     this.#queue = next.catch(() => {});
     return next;
   }
@@ -106,6 +136,13 @@ export class PythonHost {
         } else if (message.type === "done") {
           this.heapBytes = message.heapBytes;
           if (this.#active?.seq === message.seq) this.#active.resolve(message.outcome);
+        } else if (message.type === "output") {
+          if (this.#active?.seq === message.seq) {
+            this.#active.onOutput?.(message.stream, message.text);
+          }
+        } else if (message.type === "returned") {
+          this.#calls.get(message.seq)?.(message.value);
+          this.#calls.delete(message.seq);
         } else {
           reject(new Error(message.message));
           this.options.onFatal(message.message);
@@ -124,6 +161,7 @@ export class PythonHost {
       maxOutputBytes: this.options.maxOutputBytes,
       maxHeapBytes: this.options.maxHeapBytes,
       snapshotPath: this.options.snapshotPath,
+      lockFileUrl: this.options.lockFileUrl,
     });
   }
 
@@ -131,14 +169,14 @@ export class PythonHost {
     this.#thread.postMessage(message);
   }
 
-  async #runNow(code: string, stdin: string, timeoutMs: number): Promise<RunReport> {
+  async #runNow({ request, packages, timeoutMs, onOutput }: RunRequest): Promise<RunReport> {
     await this.#ready;
     Atomics.store(this.#control, ControlSlot.Interrupt, 0);
     let resolve!: (outcome: RunOutcome) => void;
     const finished = new Promise<RunOutcome>((r) => resolve = r);
-    const run: ActiveRun = { seq: ++this.#seq, resolve };
+    const run: ActiveRun = { seq: ++this.#seq, resolve, onOutput };
     this.#active = run;
-    this.#post({ type: "run", seq: run.seq, code, stdin });
+    this.#post({ type: "run", seq: run.seq, request, packages, stream: onOutput !== undefined });
     const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
     try {
       const outcome = await finished;
@@ -177,6 +215,8 @@ export class PythonHost {
     Atomics.store(this.#control, ControlSlot.Interrupt, SIGINT);
     // Wakes a patched time.sleep blocked in Atomics.wait.
     Atomics.notify(this.#control, ControlSlot.Interrupt);
+    // Code waiting in top-level `await` runs no Python to take the signal: cancel its task.
+    this.#post({ type: "cancel_await" });
   }
 
   /** Ends a run that ignores interrupts: a new interpreter replaces the Web Worker. */
@@ -195,6 +235,8 @@ export class PythonHost {
         message: "the code ignored repeated interrupts; its output was lost with the interpreter",
         traceback: "",
       },
+      files: [],
+      figures: [],
     });
   }
 }

@@ -11,6 +11,7 @@
 import type { PyProxy } from "pyodide/ffi";
 import { bootInterpreter, type Interpreter } from "./interpreter.ts";
 import {
+  type CallMessage,
   ControlSlot,
   type FromThread,
   type InitMessage,
@@ -28,19 +29,23 @@ class OutputCapture {
   #decoder = new TextDecoder();
   truncated = false;
 
-  constructor(private readonly maxBytes: number, private readonly onLimit: () => void) {}
+  constructor(
+    private readonly maxBytes: number,
+    private readonly onLimit: () => void,
+    private readonly onText: (text: string) => void,
+  ) {}
 
   write = (buffer: Uint8Array): number => {
     if (this.truncated) return buffer.length;
     const room = this.maxBytes - this.#bytes;
-    if (buffer.length > room) {
-      this.#chunks.push(this.#decoder.decode(buffer.subarray(0, room), { stream: true }));
-      this.#bytes = this.maxBytes;
+    const kept = buffer.length > room ? buffer.subarray(0, room) : buffer;
+    const text = this.#decoder.decode(kept, { stream: true });
+    this.#chunks.push(text);
+    this.#bytes += kept.length;
+    if (text) this.onText(text);
+    if (kept !== buffer) {
       this.truncated = true;
       this.onLimit();
-    } else {
-      this.#chunks.push(this.#decoder.decode(buffer, { stream: true }));
-      this.#bytes += buffer.length;
     }
     return buffer.length;
   };
@@ -73,18 +78,28 @@ function capHeapGrowth(maxBytes: number): void {
 }
 
 /** Restores from the snapshot when there is one; falls back to a plain start if that fails. */
-async function boot(snapshotPath: string | undefined): Promise<Interpreter> {
-  if (snapshotPath) {
+async function boot(init: InitMessage): Promise<Interpreter> {
+  const lockFileUrl = init.lockFileUrl;
+  if (init.snapshotPath) {
     try {
-      return await bootInterpreter({ snapshot: await Deno.readFile(snapshotPath) });
+      return await bootInterpreter({
+        snapshot: await Deno.readFile(init.snapshotPath),
+        lockFileUrl,
+      });
     } catch (error) {
       console.error(`snapshot restore failed, starting from scratch: ${error}`);
     }
   }
-  return await bootInterpreter();
+  return await bootInterpreter({ lockFileUrl });
 }
 
-async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<void>> {
+interface Thread {
+  run(message: RunMessage): Promise<void>;
+  call(message: CallMessage): void;
+  cancelAwait(): void;
+}
+
+async function start(init: InitMessage): Promise<Thread> {
   const started = performance.now();
   const control = new Int32Array(init.control);
   const interrupt = new Int32Array(init.control, ControlSlot.Interrupt * 4, 1);
@@ -92,11 +107,18 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
     Atomics.store(control, ControlSlot.Reason, reason);
     Atomics.store(control, ControlSlot.Interrupt, SIGINT);
   };
-  const stdout = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
-  const stderr = new OutputCapture(init.maxOutputBytes, () => stopFor(InterruptReason.OutputLimit));
+  let streaming: { seq: number } | undefined;
+  const capture = (stream: "stdout" | "stderr") =>
+    new OutputCapture(
+      init.maxOutputBytes,
+      () => stopFor(InterruptReason.OutputLimit),
+      (text) => streaming && send({ type: "output", seq: streaming.seq, stream, text }),
+    );
+  const stdout = capture("stdout");
+  const stderr = capture("stderr");
 
   capHeapGrowth(init.maxHeapBytes);
-  const { pyodide, runtime, restored } = await boot(init.snapshotPath);
+  const { pyodide, runtime, restored } = await boot(init);
   pyodide.setStdout({ write: stdout.write, isatty: false });
   pyodide.setStderr({ write: stderr.write, isatty: false });
   pyodide.setStdin({ error: true });
@@ -104,7 +126,13 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
 
   // Attribute proxies are borrowed from the module's: copies outlive it.
   const install = runtime.install.copy() as PyProxy & ((...a: unknown[]) => void);
-  const runPython = runtime.run.copy() as PyProxy & ((code: string, stdin: string) => unknown);
+  const runPython = runtime.run.copy() as PyProxy & ((request: string) => unknown);
+  const cancelCurrent = runtime.cancel_current.copy() as PyProxy & (() => void);
+  const functions = {
+    drop_session: runtime.drop_session.copy(),
+    export_sessions: runtime.export_sessions.copy(),
+    import_sessions: runtime.import_sessions.copy(),
+  } as Record<CallMessage["fn"], PyProxy & ((arg?: string) => unknown)>;
   // Blocks on the interrupt slot so that a timeout wakes a sleeping request at once.
   const waitMs = (ms: number) => {
     Atomics.wait(interrupt, 0, 0, ms);
@@ -127,61 +155,104 @@ async function start(init: InitMessage): Promise<(run: RunMessage) => Promise<vo
   });
 
   const { PythonError } = pyodide.ffi;
-  /** Runs the code; a Python exception that escapes the runtime itself is still a result. */
-  const runToJson = async (code: string, stdin: string): Promise<string> => {
+  const errorJson = (type: string, message: string, traceback = "") =>
+    JSON.stringify({ status: "error", result: null, error: { type, message, traceback } });
+
+  /** Loads what is not loaded yet; loadPackage reports failures instead of throwing. */
+  const loadPackages = async (names: string[]): Promise<string | undefined> => {
+    const missing = names.filter((name) => !(name in pyodide.loadedPackages));
+    if (missing.length === 0) return undefined;
+    const messages: string[] = [];
     try {
-      const json = runPython(code, stdin);
+      await pyodide.loadPackage(missing, {
+        messageCallback: () => {},
+        errorCallback: (message) => messages.push(message),
+      });
+    } catch (error) {
+      messages.push(error instanceof Error ? error.message : String(error));
+    }
+    const failed = missing.filter((name) => !(name in pyodide.loadedPackages));
+    if (failed.length === 0) return undefined;
+    return errorJson(
+      "PackageLoadError",
+      `could not load ${failed.join(", ")}: ${messages.join(" ") || "unknown error"}`,
+    );
+  };
+
+  /** Runs the request; a Python exception that escapes the runtime itself is still a result. */
+  const runToJson = async (message: RunMessage): Promise<string> => {
+    const packageError = await loadPackages(message.packages);
+    if (packageError) return packageError;
+    try {
+      const json = runPython(message.request);
       if (typeof json === "string") return json;
-      const coroutine = json as PyProxy & Promise<string>;
+      const task = json as PyProxy & Promise<string>;
       try {
-        return await coroutine;
+        return await task;
       } finally {
-        coroutine.destroy();
+        task.destroy();
       }
     } catch (error) {
       // Anything else (a JavaScript error, a Pyodide fatal error) breaks the worker.
       if (!(error instanceof PythonError)) throw error;
-      return JSON.stringify({
-        status: "error",
-        result: null,
-        error: { type: error.type, message: "", traceback: error.message },
-      });
+      return errorJson(error.type, "", error.message);
     }
   };
 
-  return async ({ seq, code, stdin }) => {
-    Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
-    const json = await runToJson(code, stdin);
-    // A signal that arrived after Python's last check must not hit the next request.
-    Atomics.store(control, ControlSlot.Interrupt, 0);
-    const fromPython = JSON.parse(json) as Pick<
-      RunOutcome,
-      "status" | "result" | "error"
-    >;
-    const outcome: RunOutcome = {
-      ...fromPython,
-      truncated: stdout.truncated || stderr.truncated,
-      stdout: stdout.take(),
-      stderr: stderr.take(),
-    };
-    const reason = Atomics.load(control, ControlSlot.Reason);
-    if (reason === InterruptReason.OutputLimit) outcome.status = "output_limit";
-    else if (outcome.status !== "ok" && reason === InterruptReason.Timeout) {
-      outcome.status = "timeout";
-    } else if (outcome.status !== "ok" && reason === InterruptReason.Cancelled) {
-      outcome.status = "cancelled";
-    } else if (outcome.error?.type === "MemoryError") outcome.status = "memory_limit";
-    send({ type: "done", seq, outcome, heapBytes: heapBytes() });
+  return {
+    async run(message) {
+      Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
+      streaming = message.stream ? { seq: message.seq } : undefined;
+      const json = await runToJson(message);
+      streaming = undefined;
+      // A signal that arrived after Python's last check must not hit the next request.
+      Atomics.store(control, ControlSlot.Interrupt, 0);
+      const outcome = JSON.parse(json) as RunOutcome;
+      outcome.files ??= [];
+      outcome.figures ??= [];
+      outcome.truncated = stdout.truncated || stderr.truncated;
+      outcome.stdout = stdout.take();
+      outcome.stderr = stderr.take();
+      const reason = Atomics.load(control, ControlSlot.Reason);
+      if (reason === InterruptReason.OutputLimit) outcome.status = "output_limit";
+      else if (outcome.status !== "ok" && reason === InterruptReason.Timeout) {
+        outcome.status = "timeout";
+      } else if (outcome.status !== "ok" && reason === InterruptReason.Cancelled) {
+        outcome.status = "cancelled";
+      } else if (outcome.error?.type === "MemoryError") outcome.status = "memory_limit";
+      send({ type: "done", seq: message.seq, outcome, heapBytes: heapBytes() });
+    },
+    call({ seq, fn, arg }) {
+      const value = functions[fn](arg);
+      send({
+        type: "returned",
+        seq,
+        value: typeof value === "string" ? value : JSON.stringify(value),
+      });
+    },
+    cancelAwait: () => cancelCurrent(),
   };
 }
 
-let run: ((message: RunMessage) => Promise<void>) | undefined;
+let thread: Thread | undefined;
 
 self.onmessage = async (event: MessageEvent<ToThread>) => {
   const message = event.data;
   try {
-    if (message.type === "init") run = await start(message);
-    else await run!(message);
+    switch (message.type) {
+      case "init":
+        thread = await start(message);
+        break;
+      case "run":
+        await thread!.run(message);
+        break;
+      case "call":
+        thread!.call(message);
+        break;
+      case "cancel_await":
+        thread?.cancelAwait();
+        break;
+    }
   } catch (error) {
     send({
       type: "fatal",

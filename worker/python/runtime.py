@@ -6,7 +6,7 @@ for code that uses top-level await, a coroutine that returns that string.
 """
 
 import ast
-import builtins
+import asyncio
 import functools
 import inspect
 import io
@@ -17,6 +17,10 @@ import time
 import traceback
 
 from pyodide.code import CodeRunner
+
+import pyodide_pool_figures as figures
+import pyodide_pool_state as state
+import pyodide_pool_workdir as workdir
 
 # The name user code runs under; tracebacks show its lines through linecache.
 CODE_FILENAME = "<code>"
@@ -102,26 +106,69 @@ def _repr(value):
     return text
 
 
-def _finish(status, value=None, error=None):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return json.dumps(
-        {"status": status, "result": _repr(value) if error is None else None, "error": error}
-    )
+class _Run:
+    """One request: its namespace, working directory and the parts of its result."""
+
+    def __init__(self, request):
+        self.request = request
+        session_id = request.get("session_id")
+        if session_id is not None:
+            self.namespace = state.session_namespace(session_id)
+        elif request.get("session_bytes") is not None:
+            self.namespace = state.load(request["session_bytes"])
+        else:
+            self.namespace = state.fresh_namespace()
+        self.workdir = workdir.WorkDir(request.get("files") or [], request["max_file_bytes"])
+
+    def finish(self, status, value=None, error=None):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            outcome = {
+                "status": status,
+                "result": _repr(value) if error is None else None,
+                "error": error,
+                "files": self.workdir.collect(),
+                "figures": figures.capture(),
+            }
+            if self.request.get("return_session"):
+                outcome["session_bytes"], outcome["session_dropped"] = state.dump(self.namespace)
+        except BaseException as exc:  # noqa: BLE001 - the runtime must always answer
+            outcome = {"status": "error", "result": None, "error": _error(exc)}
+        finally:
+            self.workdir.remove()
+        return json.dumps(outcome)
 
 
-async def _run_async(runner, namespace):
+_current_task = None
+
+
+def cancel_current():
+    """Cancels a run awaiting in top-level `await`: an interrupt cannot reach Python there,
+    since no Python code runs while the event loop waits."""
+    if _current_task is not None and not _current_task.done():
+        _current_task.cancel()
+
+
+async def _run_async(run, runner):
     try:
-        value = await runner.run_async(namespace)
+        value = await runner.run_async(run.namespace)
     except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
-        return _finish("error", error=_error(exc))
-    return _finish("ok", value)
+        return run.finish("error", error=_error(exc))
+    return run.finish("ok", value)
 
 
-def run(code, stdin):
-    """Runs `code` with `stdin` as standard input; returns JSON or a coroutine of JSON."""
-    sys.stdin = io.StringIO(stdin)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+def run(request_json):
+    """Runs one request (JSON: code, stdin, session_id, session_bytes, return_session, files,
+    max_file_bytes); returns the outcome as JSON, or an asyncio task that returns it."""
+    global _current_task
+    request = json.loads(request_json)
+    code = request["code"]
+    sys.stdin = io.StringIO(request.get("stdin") or "")
+    try:
+        current = _Run(request)
+    except BaseException as exc:  # noqa: BLE001 - bad session state or files are results too
+        return json.dumps({"status": "error", "result": None, "error": _error(exc)})
     lines = code.splitlines(keepends=True)
     linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
     try:
@@ -130,8 +177,21 @@ def run(code, stdin):
         else:
             runner = _compile(code)
         if runner.code is not None and runner.code.co_flags & inspect.CO_COROUTINE:
-            return _run_async(runner, namespace)
-        value = runner.run(namespace)
+            _current_task = asyncio.ensure_future(_run_async(current, runner))
+            return _current_task
+        value = runner.run(current.namespace)
     except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
-        return _finish("error", error=_error(exc))
-    return _finish("ok", value)
+        return current.finish("error", error=_error(exc))
+    return current.finish("ok", value)
+
+
+def drop_session(session_id):
+    return state.drop_session(session_id)
+
+
+def export_sessions():
+    return json.dumps(state.export_sessions())
+
+
+def import_sessions(exported_json):
+    return json.dumps(state.import_sessions(json.loads(exported_json)))

@@ -1,0 +1,117 @@
+/**
+ * Which worker holds each server-held session, and what became of sessions that are gone.
+ * A session lives in one worker's memory: requests that name it must run there. It expires
+ * after an idle TTL, moves with its worker when that worker is recycled on purpose, and is
+ * lost (error -32004) when its worker dies.
+ *
+ * @module
+ */
+
+import { ErrorCode, RpcError } from "../lib/errors.ts";
+
+interface Session {
+  workerId: string;
+  lastUsedAt: number;
+  /** Names that could not move with the session, reported once by the next response. */
+  movedDropped?: string[];
+}
+
+/** Remembered ids of lost sessions, so that their next use gets a clear error, not a blank. */
+const MAX_TOMBSTONES = 10_000;
+
+export class SessionRegistry {
+  #sessions = new Map<string, Session>();
+  #tombstones = new Map<string, string>();
+
+  constructor(readonly ttlMs: number, readonly maxPerWorker: number) {}
+
+  /** The worker that holds `id`; undefined for a new session; throws -32004 for a lost one. */
+  workerOf(id: string): string | undefined {
+    const session = this.#sessions.get(id);
+    if (session) return session.workerId;
+    const reason = this.#tombstones.get(id);
+    if (reason !== undefined) {
+      this.#tombstones.delete(id);
+      throw new RpcError(ErrorCode.SessionNotFound, `session ${JSON.stringify(id)} ${reason}`, {
+        session_id: id,
+        reason,
+        hint: "its namespace is gone; start again, or keep state client-side with return_session",
+      });
+    }
+    return undefined;
+  }
+
+  /** Whether `workerId` can take one more session. */
+  hasRoom(workerId: string): boolean {
+    return this.countOn(workerId) < this.maxPerWorker;
+  }
+
+  countOn(workerId: string): number {
+    let count = 0;
+    for (const session of this.#sessions.values()) if (session.workerId === workerId) count++;
+    return count;
+  }
+
+  /** Records that `id` ran on `workerId` now (creating the session on first use). */
+  touch(id: string, workerId: string): void {
+    const session = this.#sessions.get(id);
+    if (session) session.lastUsedAt = performance.now();
+    else this.#sessions.set(id, { workerId, lastUsedAt: performance.now() });
+  }
+
+  /** The names a move dropped, once: the next response for the session reports them. */
+  takeMoveReport(id: string): string[] | undefined {
+    const session = this.#sessions.get(id);
+    const dropped = session?.movedDropped;
+    if (session) session.movedDropped = undefined;
+    return dropped;
+  }
+
+  /** Sessions idle past the TTL: forgotten here, to be dropped by their workers. */
+  expire(now = performance.now()): { id: string; workerId: string }[] {
+    const expired: { id: string; workerId: string }[] = [];
+    for (const [id, session] of this.#sessions) {
+      if (now - session.lastUsedAt < this.ttlMs) continue;
+      expired.push({ id, workerId: session.workerId });
+      this.#forget(id, `expired after ${Math.round(this.ttlMs / 1000)} s without use`);
+    }
+    return expired;
+  }
+
+  /** A worker died: its sessions are lost. */
+  loseWorker(workerId: string, why: string): void {
+    for (const [id, session] of this.#sessions) {
+      if (session.workerId === workerId) this.#forget(id, why);
+    }
+  }
+
+  /** Sessions moved to another worker; `dropped` names what each could not take along. */
+  move(
+    fromWorkerId: string,
+    toWorkerId: string,
+    dropped: Record<string, string[]>,
+    failed: string[],
+  ): void {
+    for (const [id, session] of this.#sessions) {
+      if (session.workerId !== fromWorkerId) continue;
+      if (failed.includes(id)) {
+        this.#forget(id, "could not be restored on the worker that replaced its own");
+        continue;
+      }
+      session.workerId = toWorkerId;
+      session.movedDropped = dropped[id] ?? [];
+    }
+  }
+
+  idsOn(workerId: string): string[] {
+    return [...this.#sessions].filter(([, s]) => s.workerId === workerId).map(([id]) => id);
+  }
+
+  #forget(id: string, reason: string): void {
+    this.#sessions.delete(id);
+    this.#tombstones.set(id, reason);
+    if (this.#tombstones.size > MAX_TOMBSTONES) {
+      this.#tombstones.delete(this.#tombstones.keys().next().value!);
+    }
+  }
+}
