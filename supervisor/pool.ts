@@ -82,7 +82,7 @@ export class Pool {
 
   constructor(private readonly config: Config) {
     this.#queue = new TaskQueue(config.maxQueue);
-    this.sessions = new SessionRegistry(config.sessionTtl * 1000, config.maxSessionsPerWorker);
+    this.sessions = new SessionRegistry(config.sessionTtl * 1000);
     this.packages = new PackageCatalog(config);
   }
 
@@ -380,7 +380,16 @@ export class Pool {
       return undefined;
     }
     if (pinned !== undefined) return pickWorker(this.#workers.values(), (id) => id === pinned);
-    return pickWorker(this.#workers.values(), (id) => this.sessions.hasRoom(id));
+    return pickWorker(this.#workers.values(), (id) => this.#hasSessionRoom(id));
+  }
+
+  /** Room for one more session, counting those still moving here from a retiring worker. */
+  #hasSessionRoom(id: string): boolean {
+    let held = this.sessions.countOn(id);
+    for (const worker of this.#workers.values()) {
+      if (worker.successor?.id === id) held += this.sessions.countOn(worker.id);
+    }
+    return held < this.config.maxSessionsPerWorker;
   }
 
   /** Fresh-worker mode: one new worker per waiting request, up to the pool size. */

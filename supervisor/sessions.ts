@@ -23,7 +23,7 @@ export class SessionRegistry {
   #sessions = new Map<string, Session>();
   #tombstones = new Map<string, string>();
 
-  constructor(readonly ttlMs: number, readonly maxPerWorker: number) {}
+  constructor(readonly ttlMs: number) {}
 
   /** The worker that holds `id`; undefined for a new session; throws -32004 for a lost one. */
   workerOf(id: string): string | undefined {
@@ -39,11 +39,6 @@ export class SessionRegistry {
       });
     }
     return undefined;
-  }
-
-  /** Whether `workerId` can take one more session. */
-  hasRoom(workerId: string): boolean {
-    return this.countOn(workerId) < this.maxPerWorker;
   }
 
   countOn(workerId: string): number {

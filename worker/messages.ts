@@ -53,7 +53,7 @@ export interface CallMessage {
   type: "call";
   seq: number;
   fn: "drop_session" | "export_sessions" | "import_sessions";
-  arg: string;
+  arg?: string;
 }
 
 /** Asks a run that awaits in top-level `await` to stop (an interrupt cannot reach it). */
@@ -92,6 +92,8 @@ export interface ReturnedMessage {
   type: "returned";
   seq: number;
   value: string;
+  /** Set when the Python function raised. */
+  error?: string;
 }
 
 /** A chunk of output, for streaming. */

@@ -14,6 +14,7 @@ import {
   type FromThread,
   InterruptReason,
   type ReadyMessage,
+  type ReturnedMessage,
   type RunOutcome,
   SIGINT,
   type ToThread,
@@ -67,7 +68,7 @@ export class PythonHost {
   #ready!: Promise<ReadyMessage>;
   #seq = 0;
   #active: ActiveRun | undefined;
-  #calls = new Map<number, (value: string) => void>();
+  #calls = new Map<number, (message: ReturnedMessage) => void>();
   #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
   /** Interpreters replaced because code ignored interrupts. */
@@ -93,13 +94,15 @@ export class PythonHost {
   }
 
   /** Calls a runtime function (sessions) between runs. */
-  call(fn: CallMessage["fn"], arg = ""): Promise<string> {
+  call(fn: CallMessage["fn"], arg?: string): Promise<string> {
     return this.#serialize(async () => {
       await this.#ready;
       const seq = ++this.#seq;
-      const value = new Promise<string>((resolve) => this.#calls.set(seq, resolve));
+      const returned = new Promise<ReturnedMessage>((resolve) => this.#calls.set(seq, resolve));
       this.#post({ type: "call", seq, fn, arg });
-      return await value;
+      const { value, error } = await returned;
+      if (error !== undefined) throw new Error(`${fn} failed: ${error}`);
+      return value;
     });
   }
 
@@ -141,7 +144,7 @@ export class PythonHost {
             this.#active.onOutput?.(message.stream, message.text);
           }
         } else if (message.type === "returned") {
-          this.#calls.get(message.seq)?.(message.value);
+          this.#calls.get(message.seq)?.(message);
           this.#calls.delete(message.seq);
         } else {
           reject(new Error(message.message));

@@ -108,6 +108,7 @@ async function start(init: InitMessage): Promise<Thread> {
     Atomics.store(control, ControlSlot.Interrupt, SIGINT);
   };
   let streaming: { seq: number } | undefined;
+  let running = false;
   const capture = (stream: "stdout" | "stderr") =>
     new OutputCapture(
       init.maxOutputBytes,
@@ -203,7 +204,9 @@ async function start(init: InitMessage): Promise<Thread> {
     async run(message) {
       Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
       streaming = message.stream ? { seq: message.seq } : undefined;
+      running = true;
       const json = await runToJson(message);
+      running = false;
       streaming = undefined;
       // A signal that arrived after Python's last check must not hit the next request.
       Atomics.store(control, ControlSlot.Interrupt, 0);
@@ -223,14 +226,22 @@ async function start(init: InitMessage): Promise<Thread> {
       send({ type: "done", seq: message.seq, outcome, heapBytes: heapBytes() });
     },
     call({ seq, fn, arg }) {
-      const value = functions[fn](arg);
-      send({
-        type: "returned",
-        seq,
-        value: typeof value === "string" ? value : JSON.stringify(value),
-      });
+      try {
+        const value = arg === undefined ? functions[fn]() : functions[fn](arg);
+        send({ type: "returned", seq, value: String(value) });
+      } catch (error) {
+        if (!(error instanceof PythonError)) throw error;
+        send({ type: "returned", seq, value: "", error: `${error.type}: ${error.message}` });
+      }
     },
-    cancelAwait: () => cancelCurrent(),
+    cancelAwait() {
+      // This handler runs only while the thread is free: a run still active is waiting in
+      // `await`. Its interrupt would fire inside the runtime's own code, so take it back and
+      // cancel the run's task instead.
+      if (!running) return;
+      Atomics.store(control, ControlSlot.Interrupt, 0);
+      cancelCurrent();
+    },
   };
 }
 

@@ -1,0 +1,73 @@
+/**
+ * Session lifecycle through a pool of one worker with a low request limit and a short TTL:
+ * sessions move to the replacement of a recycled worker, expire when idle, and are capped
+ * per worker.
+ */
+
+import assert from "node:assert/strict";
+import { Supervisor } from "../lib/pool_client.ts";
+import { waitForExit } from "./helpers/processes.ts";
+
+interface Health {
+  ready_workers: number;
+  workers: { id: string; pid: number; sessions: string[] }[];
+}
+
+async function waitUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+Deno.test("sessions move to the replacement of a recycled worker, expire, and are capped", async () => {
+  const sup = await Supervisor.start({
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-request-limit",
+      "3",
+      "--session-ttl",
+      "3",
+      "--max-sessions-per-worker",
+      "2",
+    ],
+  });
+  const first = await sup.execute({
+    code: "import math\ntotal = 40\ndef helper():\n    pass",
+    session_id: "moving",
+  });
+  assert.equal(first.worker_id, "w1");
+  await sup.execute({ code: "total += 1", session_id: "moving" });
+  // The third request reaches the limit: w2 starts, and w1 hands its sessions over.
+  await sup.execute({ code: "total += 1", session_id: "moving" });
+  await waitUntil("w2 alone", async () => {
+    const h = await sup.call("health") as Health;
+    return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1;
+  });
+  const moved = await sup.execute({ code: "(total, round(math.pi, 3))", session_id: "moving" });
+  assert.equal(moved.worker_id, "w2");
+  assert.equal(moved.result, "(42, 3.142)");
+  assert.deepEqual(moved.session_moved, { dropped: ["helper"] });
+  const again = await sup.execute({ code: "total", session_id: "moving" });
+  assert.equal(again.session_moved, undefined, "the move is reported once");
+
+  // Capacity: w2 holds "moving"; one more fits, a third waits for room and times out.
+  assert.equal((await sup.execute({ code: "x = 1", session_id: "second" })).status, "ok");
+  const third = await sup.execute({ code: "1", session_id: "third", timeout_ms: 500 });
+  assert.equal(third.status, "timeout");
+  assert.match(third.error!.message, /queue/);
+
+  // Expiry: unused for longer than the TTL.
+  await new Promise((r) => setTimeout(r, 4500));
+  const expired = await sup.request("execute", { code: "total", session_id: "moving" });
+  assert.equal(expired.error?.code, -32004);
+  assert.match(expired.error!.message, /expired/);
+  const health = await sup.call("health") as Health;
+  assert.deepEqual(health.workers[0].sessions, []);
+
+  const pids = await sup.workerPids();
+  assert.equal((await sup.close()).code, 0);
+  await waitForExit(pids);
+});
