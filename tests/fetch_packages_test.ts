@@ -56,9 +56,13 @@ Deno.test("fetch_packages mirrors packages with their dependencies, checked by s
     assert.equal(tampered.code, 1);
     assert.match(new TextDecoder().decode(tampered.stderr), /sha256 mismatch/);
 
-    // The mirror is a package directory a pool can load from.
-    const pool = await Supervisor.start({ args: ["--pool-size", "1", "--packages-dir", out] });
-    const r = await pool.execute({ code: "import standin\nstandin.VALUE", packages: ["standin"] });
+    // The mirror is a package directory a pool can load from; --preload loads at start.
+    const pool = await Supervisor.start({
+      args: ["--pool-size", "1", "--packages-dir", out, "--preload", "standin"],
+    });
+    const listing = await pool.call("packages") as { loaded: string[] };
+    assert.deepEqual(listing.loaded, ["standin"]);
+    const r = await pool.execute({ code: "import standin\nstandin.VALUE" });
     assert.equal(r.result, "42", JSON.stringify(r.error));
     await pool.close();
   } finally {
