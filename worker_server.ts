@@ -36,6 +36,7 @@ const { values: args } = parseArgs({
     "log-format": { type: "string", default: "text" },
     snapshot: { type: "string" },
     "lock-file-url": { type: "string" },
+    "allow-network": { type: "boolean", default: false },
     "max-file-bytes": { type: "string", default: String(10 << 20) },
     failpoints: { type: "boolean", default: false },
   },
@@ -58,6 +59,7 @@ const python = new PythonHost({
   maxHeapBytes,
   snapshotPath: args.snapshot,
   lockFileUrl: args["lock-file-url"],
+  allowNetwork: args["allow-network"],
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   onFatal: (message) => {
     // A broken interpreter cannot be trusted with the next request: the supervisor sees the
@@ -71,9 +73,11 @@ const python = new PythonHost({
  * Asks the supervisor to replace this process (it starts a replacement first):
  * - `heap_grown`: Wasm memory never shrinks, so a heap grown past the limit stays;
  * - `interpreter_restart`: a terminated Web Worker stuck in Wasm may keep running (and
- *   burning a core) however it was terminated, so only the process ending stops it for sure.
+ *   burning a core) however it was terminated, so only the process ending stops it for sure;
+ * - `tainted`: a request changed something the isolation reset cannot undo (a large file of
+ *   the virtual file system, such as the stdlib zip): no other request may run here.
  */
-function askToBeRecycled(reason: "heap_grown" | "interpreter_restart"): void {
+function askToBeRecycled(reason: "heap_grown" | "interpreter_restart" | "tainted"): void {
   if (recycleAsked) return;
   recycleAsked = true;
   out.write(JSON.stringify({
@@ -145,7 +149,8 @@ const server = new RpcServer({
         : undefined,
     });
     requests++;
-    if (report.stoppedBy === "interpreter_restart") askToBeRecycled("interpreter_restart");
+    if (python.tainted) askToBeRecycled("tainted");
+    else if (report.stoppedBy === "interpreter_restart") askToBeRecycled("interpreter_restart");
     else if (python.heapBytes > recycleHeapBytes) askToBeRecycled("heap_grown");
     if (report.status === "cancelled") {
       throw new RpcError(ErrorCode.Cancelled, "cancelled by the client while running", {

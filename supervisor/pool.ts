@@ -327,6 +327,8 @@ export class Pool {
         id,
         params: JSON.stringify(params),
       });
+      // A tainted worker must not run another request, even before its replacement is up.
+      if (reason === "tainted") worker.retiring = true;
       this.#recycle(worker, reason);
     };
     worker.ready.then(async () => {

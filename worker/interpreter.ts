@@ -21,6 +21,8 @@ export interface BootOptions {
   forSnapshot?: boolean;
   /** Pyodide lock file naming the loadable packages (path or URL); Pyodide's own if absent. */
   lockFileUrl?: string;
+  /** What Python's `js` module is; `globalThis` if absent. */
+  jsglobals?: object;
 }
 
 export interface Interpreter {
@@ -39,6 +41,7 @@ export async function bootInterpreter(options: BootOptions = {}): Promise<Interp
     ...(options.forSnapshot ? { _makeSnapshot: true } : {}),
     ...(options.snapshot ? { _loadSnapshot: options.snapshot } : {}),
     ...(options.lockFileUrl ? { lockFileURL: options.lockFileUrl } : {}),
+    ...(options.jsglobals ? { jsglobals: options.jsglobals } : {}),
   });
   // The file system lives on the JavaScript side, outside the snapshot: write it each time.
   pyodide.FS.mkdirTree(MATPLOTLIB_CONFIG);

@@ -35,6 +35,8 @@ export interface InitMessage {
   snapshotPath?: string;
   /** Pyodide lock file that names the loadable packages (a local path or a URL). */
   lockFileUrl?: string;
+  /** Network mode: Python gets `fetch` (hosts still limited by --allow-net). */
+  allowNetwork: boolean;
 }
 
 export interface RunMessage {
@@ -86,6 +88,8 @@ export interface DoneMessage {
   seq: number;
   outcome: RunOutcome;
   heapBytes: number;
+  /** A request changed something the isolation reset cannot undo. */
+  tainted: boolean;
 }
 
 export interface ReturnedMessage {

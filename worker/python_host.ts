@@ -29,6 +29,8 @@ export interface PythonHostOptions {
   snapshotPath?: string;
   /** Pyodide lock file naming the loadable packages. */
   lockFileUrl?: string;
+  /** Network mode: Python gets `fetch`. */
+  allowNetwork: boolean;
   /** How long to keep re-interrupting before the interpreter is restarted. */
   interruptGraceMs: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
@@ -71,6 +73,8 @@ export class PythonHost {
   #calls = new Map<number, (message: ReturnedMessage) => void>();
   #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
+  /** Set once a request left a change the isolation reset could not undo. */
+  tainted = false;
   /** Interpreters replaced because code ignored interrupts. */
   restarts = 0;
 
@@ -138,6 +142,7 @@ export class PythonHost {
           resolve(message);
         } else if (message.type === "done") {
           this.heapBytes = message.heapBytes;
+          this.tainted ||= message.tainted;
           if (this.#active?.seq === message.seq) this.#active.resolve(message.outcome);
         } else if (message.type === "output") {
           if (this.#active?.seq === message.seq) {
@@ -165,6 +170,7 @@ export class PythonHost {
       maxHeapBytes: this.options.maxHeapBytes,
       snapshotPath: this.options.snapshotPath,
       lockFileUrl: this.options.lockFileUrl,
+      allowNetwork: this.options.allowNetwork,
     });
   }
 

@@ -10,6 +10,7 @@
 
 import type { PyProxy } from "pyodide/ffi";
 import { bootInterpreter, type Interpreter } from "./interpreter.ts";
+import { hardenThread, isolatedFunction, pythonGlobals } from "./sandbox.ts";
 import {
   type CallMessage,
   ControlSlot,
@@ -80,17 +81,16 @@ function capHeapGrowth(maxBytes: number): void {
 /** Restores from the snapshot when there is one; falls back to a plain start if that fails. */
 async function boot(init: InitMessage): Promise<Interpreter> {
   const lockFileUrl = init.lockFileUrl;
+  const jsglobals = pythonGlobals(init.allowNetwork);
   if (init.snapshotPath) {
     try {
-      return await bootInterpreter({
-        snapshot: await Deno.readFile(init.snapshotPath),
-        lockFileUrl,
-      });
+      const snapshot = await Deno.readFile(init.snapshotPath);
+      return await bootInterpreter({ snapshot, lockFileUrl, jsglobals });
     } catch (error) {
       console.error(`snapshot restore failed, starting from scratch: ${error}`);
     }
   }
-  return await bootInterpreter({ lockFileUrl });
+  return await bootInterpreter({ lockFileUrl, jsglobals });
 }
 
 interface Thread {
@@ -129,19 +129,25 @@ async function start(init: InitMessage): Promise<Thread> {
   const install = runtime.install.copy() as PyProxy & ((...a: unknown[]) => void);
   const runPython = runtime.run.copy() as PyProxy & ((request: string) => unknown);
   const cancelCurrent = runtime.cancel_current.copy() as PyProxy & (() => void);
+  const seal = runtime.seal.copy() as PyProxy & (() => void);
+  const acceptInstalled = runtime.accept_installed.copy() as PyProxy & (() => void);
+  const tainted = runtime.tainted.copy() as PyProxy & (() => boolean);
   const functions = {
     drop_session: runtime.drop_session.copy(),
     export_sessions: runtime.export_sessions.copy(),
     import_sessions: runtime.import_sessions.copy(),
   } as Record<CallMessage["fn"], PyProxy & ((arg?: string) => unknown)>;
   // Blocks on the interrupt slot so that a timeout wakes a sleeping request at once.
-  const waitMs = (ms: number) => {
+  const waitMs = isolatedFunction((ms: number) => {
     Atomics.wait(interrupt, 0, 0, ms);
     pyodide.checkInterrupt();
-  };
+  });
   install(waitMs, init.maxOutputBytes);
   install.destroy();
   runtime.destroy();
+  hardenThread(pyodide, init.allowNetwork);
+  seal();
+  seal.destroy();
 
   // The Wasm heap only grows; its size is what a worker costs. Pyodide has no public getter.
   const wasm = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
@@ -172,6 +178,7 @@ async function start(init: InitMessage): Promise<Thread> {
     } catch (error) {
       messages.push(error instanceof Error ? error.message : String(error));
     }
+    acceptInstalled();
     const failed = missing.filter((name) => !(name in pyodide.loadedPackages));
     if (failed.length === 0) return undefined;
     return errorJson(
@@ -223,7 +230,13 @@ async function start(init: InitMessage): Promise<Thread> {
       } else if (outcome.status !== "ok" && reason === InterruptReason.Cancelled) {
         outcome.status = "cancelled";
       } else if (outcome.error?.type === "MemoryError") outcome.status = "memory_limit";
-      send({ type: "done", seq: message.seq, outcome, heapBytes: heapBytes() });
+      send({
+        type: "done",
+        seq: message.seq,
+        outcome,
+        heapBytes: heapBytes(),
+        tainted: tainted(),
+      });
     },
     call({ seq, fn, arg }) {
       try {

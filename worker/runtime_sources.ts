@@ -13,5 +13,6 @@ export const RUNTIME_SOURCES: readonly [string, string][] = [
   ["pyodide_pool_state", "state.py"],
   ["pyodide_pool_workdir", "workdir.py"],
   ["pyodide_pool_figures", "figures.py"],
+  ["pyodide_pool_isolation", "isolation.py"],
   [RUNTIME_MODULE, "runtime.py"],
 ];

@@ -19,6 +19,7 @@ import traceback
 from pyodide.code import CodeRunner
 
 import pyodide_pool_figures as figures
+import pyodide_pool_isolation as isolation
 import pyodide_pool_state as state
 import pyodide_pool_workdir as workdir
 
@@ -137,17 +138,44 @@ class _Run:
             outcome = {"status": "error", "result": None, "error": _error(exc)}
         finally:
             self.workdir.remove()
+            _reset()
         return json.dumps(outcome)
 
 
-_current_task = None
+def _reset():
+    baseline = _live["baseline"]
+    if baseline is not None and not baseline.restore():
+        _live["tainted"] = True
+
+
+# Mutable state lives in this dict, never in rebound globals: the isolation reset puts every
+# module's globals back as they were when the worker was sealed.
+_live = {"task": None, "baseline": None, "tainted": False}
+
+
+def seal():
+    """Takes the isolation baseline: called once, when the worker is ready for requests."""
+    workdir.prepare()
+    _live["baseline"] = isolation.Baseline()
+
+
+def accept_installed():
+    """Packages just installed are part of the baseline, not traces of a request."""
+    if _live["baseline"] is not None:
+        _live["baseline"].allow_new_files()
+
+
+def tainted():
+    """True once a request changed something the reset cannot undo."""
+    return _live["tainted"]
 
 
 def cancel_current():
     """Cancels a run awaiting in top-level `await`: an interrupt cannot reach Python there,
     since no Python code runs while the event loop waits."""
-    if _current_task is not None and not _current_task.done():
-        _current_task.cancel()
+    task = _live["task"]
+    if task is not None and not task.done():
+        task.cancel()
 
 
 async def _run_async(run, runner):
@@ -161,13 +189,13 @@ async def _run_async(run, runner):
 def run(request_json):
     """Runs one request (JSON: code, stdin, session_id, session_bytes, return_session, files,
     max_file_bytes); returns the outcome as JSON, or an asyncio task that returns it."""
-    global _current_task
     request = json.loads(request_json)
     code = request["code"]
     sys.stdin = io.StringIO(request.get("stdin") or "")
     try:
         current = _Run(request)
     except BaseException as exc:  # noqa: BLE001 - bad session state or files are results too
+        _reset()
         return json.dumps({"status": "error", "result": None, "error": _error(exc)})
     lines = code.splitlines(keepends=True)
     linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
@@ -177,8 +205,8 @@ def run(request_json):
         else:
             runner = _compile(code)
         if runner.code is not None and runner.code.co_flags & inspect.CO_COROUTINE:
-            _current_task = asyncio.ensure_future(_run_async(current, runner))
-            return _current_task
+            _live["task"] = asyncio.ensure_future(_run_async(current, runner))
+            return _live["task"]
         value = runner.run(current.namespace)
     except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
         return current.finish("error", error=_error(exc))

@@ -2,19 +2,24 @@
 after it, and nothing left behind for the next request."""
 
 import base64
+import itertools
 import os
 import shutil
 
 HOME = "/home/pyodide"
 _ROOT = "/tmp/pyodide-pool"
-_counter = 0
+# Mutated in place, never rebound: the isolation reset restores module globals.
+_numbers = itertools.count(1)
+
+
+def prepare():
+    """Creates the root of the run directories (before the isolation baseline is taken)."""
+    os.makedirs(_ROOT, exist_ok=True)
 
 
 class WorkDir:
     def __init__(self, files, max_file_bytes):
-        global _counter
-        _counter += 1
-        self.path = f"{_ROOT}/run-{_counter}"
+        self.path = f"{_ROOT}/run-{next(_numbers)}"
         self.max_file_bytes = max_file_bytes
         self._given = {}
         os.makedirs(self.path)
