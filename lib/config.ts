@@ -207,6 +207,14 @@ export const SETTINGS: readonly Setting[] = [
       "package index URL holding pyodide-lock.json, e.g. the Pyodide CDN; lets workers reach that host",
   },
   {
+    key: "workerAllowNet",
+    flag: "worker-allow-net",
+    env: "PYODIDE_WORKER_ALLOW_NET",
+    kind: "list",
+    default: [],
+    help: "network mode: comma-separated host[:port] list Python may fetch from (off by default)",
+  },
+  {
     key: "preload",
     flag: "preload",
     env: "PYODIDE_PRELOAD",
@@ -273,6 +281,7 @@ export interface Config {
   packagesDir: string | undefined;
   packageIndexUrl: string | undefined;
   preload: string[];
+  workerAllowNet: string[];
   shutdownGrace: number;
   allowShutdown: boolean;
   logLevel: "debug" | "info" | "warning" | "error";

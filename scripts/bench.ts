@@ -95,6 +95,14 @@ progress("sequential latency");
 const latency = await sequentialLatency(warm.pool, Number(options.requests));
 progress("pipelined throughput");
 const pipelined = await throughput(warm.pool, Number(options["throughput-requests"]), 32);
+progress("isolation reset cost");
+// Times the reset the runtime runs after every request (worker/python/isolation.py).
+const reset = await warm.pool.execute({
+  code: "import pyodide_pool_runtime as r, time\n" +
+    "b = r._live['baseline']\nt = time.perf_counter()\nfor _ in range(500):\n    b.restore()\n" +
+    "(time.perf_counter() - t) / 500 * 1e6",
+});
+const resetUs = Number(reset.result);
 const stats = await warm.pool.call("stats") as Stats;
 await warm.pool.close();
 progress("cold start without the snapshot");
@@ -120,6 +128,7 @@ const report = {
     worker_startup_without_snapshot_ms: plain.workerStartupMs[0],
   },
   fresh_worker: { ...fresh, pool_speedup_vs_p50: fresh.mean_ms / latency.p50_ms },
+  isolation_reset_us: resetUs,
   memory: {
     supervisor_rss_mb: mb(stats.supervisor_rss_bytes),
     worker_rss_mb: stats.workers.map((w) => mb(w.rss_bytes)),
@@ -144,6 +153,7 @@ if (options.json) {
     ["worker spawn to ready, no snapshot (ms)", f(plain.workerStartupMs[0], 0)],
     ["fresh worker per request, mean (ms)", f(fresh.mean_ms, 0)],
     ["pool speedup (fresh mean / warm p50)", `${f(report.fresh_worker.pool_speedup_vs_p50, 0)}x`],
+    ["isolation reset per request (us)", f(resetUs, 1)],
     ["supervisor RSS (MB)", f(report.memory.supervisor_rss_mb, 1)],
     ["idle worker RSS (MB)", report.memory.worker_rss_mb.map((m) => f(m, 1)).join(", ")],
     ["worker Wasm heap (MB)", report.memory.worker_heap_mb.map((m) => f(m, 1)).join(", ")],

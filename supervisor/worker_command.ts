@@ -62,9 +62,13 @@ export function buildWorkerCommand(
     ...(snapshot ? [snapshot] : []),
     ...(config.packagesDir ? [config.packagesDir] : []),
   ];
-  // The package index is the one host a worker may reach, and only when configured.
-  const indexHost = config.packageIndexUrl ? new URL(config.packageIndexUrl).host : undefined;
-  const deny = indexHost
+  // Hosts a worker may reach: the package index when one is configured, and the hosts of the
+  // opt-in network mode. Nothing else, and nothing at all by default.
+  const hosts = [
+    ...(config.packageIndexUrl ? [new URL(config.packageIndexUrl).host] : []),
+    ...config.workerAllowNet,
+  ];
+  const deny = hosts.length > 0
     ? SANDBOX_DENY_FLAGS.filter((f) => f !== "--deny-net")
     : SANDBOX_DENY_FLAGS;
   return {
@@ -80,11 +84,13 @@ export function buildWorkerCommand(
       "--config",
       path("deno.json"),
       "--allow-read=" + readable.join(","),
-      ...(indexHost ? [`--allow-net=${indexHost}`] : []),
+      ...(hosts.length > 0 ? [`--allow-net=${hosts.join(",")}`] : []),
       ...deny,
       path("worker_server.ts"),
       ...(snapshot ? ["--snapshot", snapshot] : []),
       ...(lockFileUrl ? ["--lock-file-url", lockFileUrl] : []),
+      // Network mode also hands Python `fetch` (worker/sandbox.ts).
+      ...(config.workerAllowNet.length > 0 ? ["--allow-network"] : []),
       "--max-file-bytes",
       String(config.maxFileBytes),
       "--max-output-bytes",

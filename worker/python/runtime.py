@@ -148,6 +148,13 @@ def _reset():
         _live["tainted"] = True
 
 
+# The stdlib modules the runtime reports results through: a request that patched one of them
+# could change how the next request is reported, so their globals are restored every time.
+_RUNTIME_STDLIB = (
+    "base64", "builtins", "io", "json", "json.encoder", "linecache", "os", "pickle", "shutil",
+    "sys", "traceback",
+)
+
 # Mutable state lives in this dict, never in rebound globals: the isolation reset puts every
 # module's globals back as they were when the worker was sealed.
 _live = {"task": None, "baseline": None, "tainted": False}
@@ -156,7 +163,8 @@ _live = {"task": None, "baseline": None, "tainted": False}
 def seal():
     """Takes the isolation baseline: called once, when the worker is ready for requests."""
     workdir.prepare()
-    _live["baseline"] = isolation.Baseline()
+    own = [name for name in sys.modules if name.startswith("pyodide_pool_")]
+    _live["baseline"] = isolation.Baseline(own + list(_RUNTIME_STDLIB))
 
 
 def accept_installed():

@@ -1,0 +1,265 @@
+/**
+ * The attack suite: Python that tries to get out of its worker, to reach the host, or to
+ * leave traces for the next request. Each probe must fail cleanly, and the pool must stay
+ * healthy after all of them.
+ *
+ * Public Pyodide sandbox escapes these probes cover:
+ * - `pyodide.code.run_js` evaluates JavaScript (https://github.com/pyodide/pyodide/issues/4120);
+ * - `js.postMessage` from the Web Worker (https://github.com/pyodide/pyodide/issues/959);
+ * - `pyodide_js._api.loadBinaryFile`, `JsProxy.constructor.constructor` (the Function
+ *   constructor) and dynamic `import()` of node modules, found in an audit of a Pyodide MCP
+ *   server (https://github.com/microsoft/thinkingbox-data/pull/22);
+ * - exposing only a minimal JS global to Pyodide (https://github.com/n8n-io/n8n/pull/14356);
+ * - frame and traceback traversal to reach runtime globals
+ *   (https://github.com/saint2706/Coding-For-MBA/pull/609).
+ */
+
+import assert from "node:assert/strict";
+import { Supervisor } from "../../lib/pool_client.ts";
+import { waitForExit } from "../helpers/processes.ts";
+
+const SECRET = "pool-secret-7d1c";
+const PROJECT = new URL("../../", import.meta.url).pathname;
+const CANARY = `${PROJECT}.security-canary`;
+
+let shared: Promise<Supervisor> | undefined;
+const pool = () =>
+  shared ??= Supervisor.start({
+    args: ["--pool-size", "2", "--worker-max-memory-mb", "256"],
+    env: { POOL_PROBE_SECRET: SECRET },
+  });
+
+/** Runs `attack`; the probe's result is "ESCAPED" if it got through, else what stopped it. */
+function guarded(attack: string): string {
+  const body = attack.split("\n").map((line) => `    ${line}`).join("\n");
+  return `try:\n${body}\n    outcome = 'ESCAPED'\nexcept BaseException as e:\n    outcome = 'blocked: ' + type(e).__name__\noutcome`;
+}
+
+/** Probes that must be stopped by an exception. */
+const BLOCKED: [string, string][] = [
+  ["read /etc/passwd", "open('/etc/passwd').read()"],
+  ["read the project's source", `open(${JSON.stringify(`${PROJECT}worker_server.ts`)}).read()`],
+  ["write a file on the host", `open(${JSON.stringify(CANARY)}, 'w').write('x')`],
+  ["from js import Deno", "from js import Deno"],
+  ["js.Deno.readTextFileSync", "import js\njs.Deno.readTextFileSync('/etc/passwd')"],
+  ["js.process (Node)", "import js\njs.process.env"],
+  ["from js import eval", "from js import eval"],
+  ["from js import fetch", "from js import fetch"],
+  ["from js import Worker", "from js import Worker"],
+  [
+    "js.postMessage to the main thread (pyodide#959)",
+    "from js import postMessage\npostMessage('x')",
+  ],
+  ["import pyodide_js", "import pyodide_js"],
+  [
+    "pyodide_js._api.loadBinaryFile",
+    "import pyodide_js\npyodide_js._api.loadBinaryFile('/etc/passwd')",
+  ],
+  ["pyodide_js.mountNodeFS", "import pyodide_js\npyodide_js.mountNodeFS('/host', '/')"],
+  ["__import__('pyodide_js')", "__import__('pyodide_js')"],
+  [
+    "importlib.import_module('pyodide_js')",
+    "import importlib\nimportlib.import_module('pyodide_js')",
+  ],
+  [
+    "pyodide.code.run_js (pyodide#4120)",
+    "from pyodide.code import run_js\nrun_js('Deno.env.toObject()')",
+  ],
+  [
+    "to_js(...).constructor.constructor('return globalThis')",
+    "from pyodide.ffi import to_js\nto_js([1]).constructor.constructor('return globalThis')()",
+  ],
+  [
+    "create_proxy(...).constructor (Function constructor)",
+    "from pyodide.ffi import create_proxy\ncreate_proxy(lambda: 1).constructor('return globalThis')()",
+  ],
+  ["js module's constructor", "import js\njs.constructor"],
+  [
+    "loadedPackages.constructor.constructor",
+    "import pyodide._package_loader as p\np.loadedPackages.constructor.constructor('return this')()",
+  ],
+  [
+    "time.sleep's JavaScript helper",
+    "import time\ntime.sleep.__closure__[0].cell_contents.constructor('return globalThis')()",
+  ],
+  [
+    "dynamic import() through the Function constructor",
+    "from pyodide.ffi import to_js\nto_js({}).constructor.constructor('return import(\"node:fs\")')()",
+  ],
+  [
+    "urllib to loopback",
+    "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/', timeout=1)",
+  ],
+  ["socket to loopback", "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"],
+  [
+    "pyodide.http.pyfetch",
+    "from pyodide.http import pyfetch\nawait pyfetch('http://127.0.0.1:9/')",
+  ],
+  ["subprocess.run", "import subprocess\nsubprocess.run(['ls'])"],
+  ["os.fork", "import os\nos.fork()"],
+  ["ctypes loading libc", "import ctypes\nctypes.CDLL('libc.so.6')"],
+  [
+    "a fork bomb of threads",
+    "import threading\nfor _ in range(1000):\n    threading.Thread(target=lambda: None).start()",
+  ],
+];
+
+for (const [name, attack] of BLOCKED) {
+  Deno.test(`attack fails: ${name}`, async () => {
+    const r = await (await pool()).execute({ code: guarded(attack) });
+    assert.equal(r.status, "ok", JSON.stringify(r.error));
+    assert.match(r.result!, /^'blocked: \w+'$/, `${name}: ${r.result}`);
+  });
+}
+
+Deno.test("attack fails: the host environment is invisible", async () => {
+  const r = await (await pool()).execute({
+    code: `import os\n(${
+      JSON.stringify(SECRET)
+    } in repr(dict(os.environ)), os.environ.get('PATH') == ${
+      JSON.stringify(Deno.env.get("PATH") ?? "")
+    })`,
+  });
+  assert.equal(r.result, "(False, False)");
+});
+
+Deno.test("attack fails: no JavaScript object reachable from Python climbs to globalThis", async () => {
+  const r = await (await pool()).execute({
+    code: [
+      "import gc",
+      "escaped = checked = 0",
+      "for o in gc.get_objects():",
+      "    if 'JsProxy' not in type(o).__name__ and 'Js' not in type(o).__name__[:2]:",
+      "        continue",
+      "    checked += 1",
+      "    try:",
+      "        o.constructor.constructor('return globalThis')()",
+      "        escaped += 1",
+      "    except BaseException:",
+      "        pass",
+      "(escaped, checked > 0)",
+    ].join("\n"),
+  });
+  assert.equal(r.status, "ok", JSON.stringify(r.error));
+  assert.equal(r.result, "(0, True)");
+});
+
+Deno.test("attack fails: frames and tracebacks lead to no JavaScript", async () => {
+  const r = await (await pool()).execute({
+    code: [
+      "import sys",
+      "try:",
+      "    1 / 0",
+      "except ZeroDivisionError as e:",
+      "    frame = e.__traceback__.tb_frame",
+      "names = set()",
+      "while frame is not None:",
+      "    names.update(frame.f_globals)",
+      "    frame = frame.f_back",
+      "'js' in names or 'pyodide_js' in names or 'Deno' in names",
+    ].join("\n"),
+  });
+  assert.equal(r.result, "False");
+});
+
+Deno.test("attack fails: forged JSON-RPC lines on stdout never reach the client", async () => {
+  const sup = await pool();
+  const forged = '{"jsonrpc":"2.0","id":"forged-sec","result":{"status":"ok"}}';
+  const r = await sup.execute({
+    code: `import os, sys\nprint(${JSON.stringify(forged)})\nos.write(1, b${
+      JSON.stringify(forged + "\n")
+    })\nsys.__stdout__.write(${JSON.stringify(forged + "\n")})`,
+  });
+  assert.equal(r.status, "ok");
+  assert.ok(!sup.received.some((m) => (m as { id?: unknown }).id === "forged-sec"));
+});
+
+Deno.test("attack fails: a huge allocation and an infinite recursion", async () => {
+  const sup = await pool();
+  assert.equal((await sup.execute({ code: "bytearray(1_000_000_000)" })).status, "memory_limit");
+  const deep = await sup.execute({ code: "def f():\n    return f()\nf()" });
+  assert.equal(deep.error?.type, "RecursionError");
+});
+
+Deno.test("attack fails: nothing a request changes is seen by the next one", async () => {
+  const sup = await pool();
+  const plant = [
+    "import builtins, json, os, sys, colorsys, pyodide_pool_figures",
+    "builtins.planted = 1",
+    "json.dumps = lambda *a, **k: 'hijacked'",
+    "pyodide_pool_figures.capture = lambda: [{'format': 'png', 'data_b64': 'ZXZpbA=='}]",
+    "os.environ['PLANTED'] = '1'",
+    "sys.path.insert(0, '/tmp/evil')",
+    "sys.setrecursionlimit(60)",
+    "open('/home/pyodide/planted.py', 'w').write('X = 1')",
+    "os.makedirs('/tmp/evil', exist_ok=True)",
+    "open('/lib/python3.14/site-packages/planted.py', 'w').write('X = 1')",
+    "os.chdir('/')",
+    "leaked_global = 1",
+  ].join("\n");
+  // Twice per worker, so that every worker has been planted on.
+  await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: plant })));
+  const check = [
+    "import builtins, json, os, sys",
+    "found = []",
+    "found += ['builtins'] if hasattr(builtins, 'planted') else []",
+    "found += ['json'] if json.dumps({}) != '{}' else []",
+    "found += ['environ'] if 'PLANTED' in os.environ else []",
+    "found += ['sys.path'] if '/tmp/evil' in sys.path else []",
+    "found += ['recursion'] if sys.getrecursionlimit() == 60 else []",
+    "found += ['home file'] if os.path.exists('/home/pyodide/planted.py') else []",
+    "found += ['tmp dir'] if os.path.exists('/tmp/evil') else []",
+    "found += ['site-packages'] if os.path.exists('/lib/python3.14/site-packages/planted.py') else []",
+    "found += ['cwd'] if os.getcwd() == '/' else []",
+    "found += ['global'] if 'leaked_global' in globals() else []",
+    "found += ['module'] if 'colorsys' in sys.modules else []",
+    "found",
+  ].join("\n");
+  const results = await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: check })));
+  assert.equal(new Set(results.map((r) => r.worker_id)).size, 2);
+  for (const r of results) {
+    assert.equal(r.result, "[]", JSON.stringify(r.error));
+    assert.deepEqual(r.figures, [], "the runtime patch was undone");
+  }
+});
+
+Deno.test("attack fails: a changed stdlib zip taints the worker, which is replaced", async () => {
+  const sup = await pool();
+  const r = await sup.execute({ code: "open('/lib/python314.zip', 'ab').write(b'garbage')" });
+  assert.equal(r.status, "ok");
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const health = await sup.call("health") as { ready_workers: number; workers: { id: string }[] };
+    if (health.ready_workers === 2 && !health.workers.some((w) => w.id === r.worker_id)) break;
+    if (Date.now() > deadline) throw new Error("the tainted worker was not replaced");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  assert.equal(stats.restarts.tainted, 1);
+});
+
+Deno.test("attack fails: filling the file system is cut by the timeout and cleaned up", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code:
+      "chunk = b'x' * (1 << 20)\nwith open('/tmp/fill', 'wb') as f:\n    for _ in range(200):\n        f.write(chunk)\n    while True:\n        pass",
+    timeout_ms: 1500,
+  });
+  assert.equal(r.status, "timeout");
+  const after = await sup.execute({ code: "import os\nos.path.exists('/tmp/fill')" });
+  assert.equal(after.result, "False");
+});
+
+Deno.test({
+  name: "the pool is healthy after every attack; no file was written on the host",
+  fn: async () => {
+    const sup = await pool();
+    const health = await sup.call("health") as { status: string };
+    assert.equal(health.status, "ok");
+    assert.equal((await sup.execute({ code: "6 * 7" })).result, "42");
+    assert.throws(() => Deno.statSync(CANARY));
+    const pids = await sup.workerPids();
+    assert.equal((await sup.close()).code, 0);
+    await waitForExit(pids);
+  },
+});
