@@ -22,7 +22,7 @@ class WorkDir:
         self.path = f"{_ROOT}/run-{next(_numbers)}"
         self.max_file_bytes = max_file_bytes
         self._given = {}
-        os.makedirs(self.path)
+        os.mkdir(self.path)
         for entry in files:
             content = base64.b64decode(entry["content_b64"])
             target = os.path.join(self.path, entry["path"])
@@ -34,6 +34,8 @@ class WorkDir:
 
     def collect(self):
         """Files created or changed under the directory, content capped at max_file_bytes."""
+        if not self._given and not os.listdir(self.path):
+            return []  # the common case, without a walk
         changed = []
         for folder, _dirs, names in os.walk(self.path):
             for name in names:
@@ -54,4 +56,7 @@ class WorkDir:
 
     def remove(self):
         os.chdir(HOME)
-        shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.rmdir(self.path)  # empty: the common case
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
