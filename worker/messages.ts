@@ -13,9 +13,11 @@ export const ControlSlot = {
   Interrupt: 0,
   /** Why the interrupt was sent, one of `InterruptReason`. */
   Reason: 1,
+  /** 1 while the runtime finishes a request (collects, reports, resets): no interrupts then. */
+  Finishing: 2,
 } as const;
 
-export const CONTROL_SLOTS = 2;
+export const CONTROL_SLOTS = 3;
 export const SIGINT = 2;
 
 export const InterruptReason = {

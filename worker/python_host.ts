@@ -210,7 +210,10 @@ export class PythonHost {
         return;
       }
       // Pyodide clears the slot when Python takes the signal; a run still going swallowed it.
-      if (Atomics.load(this.#control, ControlSlot.Interrupt) === 0) {
+      if (
+        Atomics.load(this.#control, ControlSlot.Interrupt) === 0 &&
+        Atomics.load(this.#control, ControlSlot.Finishing) === 0
+      ) {
         run.stoppedBy = "repeated_interrupt";
         this.#interrupt(reason);
       }
@@ -220,6 +223,8 @@ export class PythonHost {
   }
 
   #interrupt(reason: number): void {
+    // The code is done and the runtime is finishing; the answer comes without an interrupt.
+    if (Atomics.load(this.#control, ControlSlot.Finishing) === 1) return;
     Atomics.store(this.#control, ControlSlot.Reason, reason);
     Atomics.store(this.#control, ControlSlot.Interrupt, SIGINT);
     // Wakes a patched time.sleep blocked in Atomics.wait.

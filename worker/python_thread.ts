@@ -104,6 +104,8 @@ async function start(init: InitMessage): Promise<Thread> {
   const control = new Int32Array(init.control);
   const interrupt = new Int32Array(init.control, ControlSlot.Interrupt * 4, 1);
   const stopFor = (reason: number) => {
+    // An interrupt inside the runtime's own finishing steps would break its reset.
+    if (Atomics.load(control, ControlSlot.Finishing) === 1) return;
     Atomics.store(control, ControlSlot.Reason, reason);
     Atomics.store(control, ControlSlot.Interrupt, SIGINT);
   };
@@ -142,7 +144,10 @@ async function start(init: InitMessage): Promise<Thread> {
     Atomics.wait(interrupt, 0, 0, ms);
     pyodide.checkInterrupt();
   });
-  install(waitMs, init.maxOutputBytes);
+  const enterFinish = isolatedFunction(() => {
+    Atomics.store(control, ControlSlot.Finishing, 1);
+  });
+  install(waitMs, enterFinish, init.maxOutputBytes);
   install.destroy();
   runtime.destroy();
   hardenThread(pyodide, init.allowNetwork);
@@ -210,6 +215,7 @@ async function start(init: InitMessage): Promise<Thread> {
   return {
     async run(message) {
       Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
+      Atomics.store(control, ControlSlot.Finishing, 0);
       streaming = message.stream ? { seq: message.seq } : undefined;
       running = true;
       const json = await runToJson(message);

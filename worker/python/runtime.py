@@ -27,6 +27,7 @@ import pyodide_pool_workdir as workdir
 CODE_FILENAME = "<code>"
 
 _max_repr_chars = 1 << 20
+_enter_finish = None
 _MAX_TRACEBACK_FRAMES = 100
 
 # Compiling through CodeRunner (parse, rewrite the last expression, compile) costs about
@@ -42,15 +43,16 @@ def _compile(code):
 _compile_cached = functools.lru_cache(maxsize=256)(_compile)
 
 
-def install(wait_ms, max_repr_chars):
+def install(wait_ms, enter_finish, max_repr_chars):
     """Called once per interpreter start: patches time.sleep so that the timeout interrupt can
     stop it, and reseeds `random` (a restored snapshot carries the state it was taken with).
 
     `wait_ms` is a JavaScript function that blocks on the interrupt buffer (Atomics.wait) for
     at most the given milliseconds and raises KeyboardInterrupt if it was signalled.
     """
-    global _max_repr_chars
+    global _max_repr_chars, _enter_finish
     _max_repr_chars = max_repr_chars
+    _enter_finish = enter_finish
     # Every worker restored from one memory snapshot would share its random state.
     if "random" in sys.modules:
         sys.modules["random"].seed()
@@ -122,6 +124,8 @@ class _Run:
         self.workdir = workdir.WorkDir(request.get("files") or [], request["max_file_bytes"])
 
     def finish(self, status, value=None, error=None):
+        # From here on the main thread sends no interrupt: the reset must run to its end.
+        _enter_finish()
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -203,6 +207,7 @@ def run(request_json):
     try:
         current = _Run(request)
     except BaseException as exc:  # noqa: BLE001 - bad session state or files are results too
+        _enter_finish()
         _reset()
         return json.dumps({"status": "error", "result": None, "error": _error(exc)})
     lines = code.splitlines(keepends=True)
