@@ -10,7 +10,7 @@
 
 import { logger } from "../lib/logging.ts";
 import { RUNTIME_SOURCES } from "../worker/runtime_sources.ts";
-import { pyodideDirectory, SANDBOX_DENY_FLAGS } from "./worker_command.ts";
+import { pyodideDirectory, SANDBOX_DENY_FLAGS, sandboxedRun } from "./worker_command.ts";
 
 const PROJECT_ROOT = new URL("../", import.meta.url);
 const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
@@ -74,12 +74,7 @@ async function buildSnapshot(target: string, timeoutMs: number): Promise<void> {
   await Deno.mkdir(SNAPSHOT_DIRECTORY, { recursive: true });
   const output = await new Deno.Command(Deno.execPath(), {
     args: [
-      "run",
-      "--no-prompt",
-      "--cached-only",
-      "--no-remote",
-      "--config",
-      path("deno.json"),
+      ...sandboxedRun(),
       `--allow-read=${pyodideDirectory()},${path("worker")},${SNAPSHOT_DIRECTORY}`,
       `--allow-write=${SNAPSHOT_DIRECTORY}`,
       ...SANDBOX_DENY_FLAGS.filter((flag) => flag !== "--deny-write"),

@@ -8,6 +8,7 @@
 import type { Config } from "../lib/config.ts";
 
 const PROJECT_ROOT = new URL("../", import.meta.url);
+const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
 
 /** Everything a worker (and the snapshot builder) may not do. */
 export const SANDBOX_DENY_FLAGS = [
@@ -19,6 +20,15 @@ export const SANDBOX_DENY_FLAGS = [
   "--deny-sys",
   "--deny-import",
 ];
+
+/**
+ * `deno run` for the sandboxed processes (workers and the snapshot builder), before their
+ * permission flags: never ask on a terminal, and never fetch code (everything is installed
+ * beforehand).
+ */
+export function sandboxedRun(): string[] {
+  return ["run", "--no-prompt", "--cached-only", "--no-remote", "--config", path("deno.json")];
+}
 
 export interface WorkerCommand {
   executable: string;
@@ -53,7 +63,6 @@ export function buildWorkerCommand(
   snapshot?: string,
   lockFileUrl?: string,
 ): WorkerCommand {
-  const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
   // worker/ holds the Web Worker's modules and the Python runtime, which load at run time
   // and so need read access; nothing else of the project is readable.
   const readable = [
@@ -75,14 +84,7 @@ export function buildWorkerCommand(
     executable: Deno.execPath(),
     readable,
     args: [
-      "run",
-      // Never ask on a terminal: a permission not granted is an error.
-      "--no-prompt",
-      // Everything is installed beforehand; a worker never fetches code.
-      "--cached-only",
-      "--no-remote",
-      "--config",
-      path("deno.json"),
+      ...sandboxedRun(),
       "--allow-read=" + readable.join(","),
       ...(hosts.length > 0 ? [`--allow-net=${hosts.join(",")}`] : []),
       ...deny,

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { encodeBase64 } from "./helpers/base64.ts";
 import { buildPackageDirectory } from "./helpers/packages.ts";
-import { waitForExit } from "./helpers/processes.ts";
+import { waitForExit, waitUntil } from "./helpers/processes.ts";
 import { Supervisor } from "../lib/pool_client.ts";
 
 interface Health {
@@ -30,14 +30,6 @@ const pool = () =>
       String(64 << 20),
     ],
   });
-
-async function waitUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const bytes = (b64: string) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 

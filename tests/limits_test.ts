@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
-import { waitForExit } from "./helpers/processes.ts";
+import { waitForExit, waitUntil } from "./helpers/processes.ts";
 
 interface Health {
   ready_workers: number;
@@ -27,14 +27,6 @@ const pool = () =>
       "1000",
     ],
   });
-
-async function waitUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const twoReady = async (sup: Supervisor) =>
   await waitUntil("two ready workers", async () => {

@@ -6,19 +6,11 @@
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
-import { waitForExit } from "./helpers/processes.ts";
+import { waitForExit, waitUntil } from "./helpers/processes.ts";
 
 interface Health {
   ready_workers: number;
   workers: { id: string; pid: number; sessions: string[] }[];
-}
-
-async function waitUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 Deno.test("sessions move to the replacement of a recycled worker, expire, and are capped", async () => {

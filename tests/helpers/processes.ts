@@ -1,4 +1,4 @@
-/** Test helpers that watch processes. */
+/** Test helpers that wait: for processes to exit, for a condition to hold. */
 
 /** True while a process with this pid runs (a zombie, exited but not yet reaped, does not). */
 export function isAlive(pid: number): boolean {
@@ -19,5 +19,18 @@ export async function waitForExit(pids: number[], timeoutMs = 10_000): Promise<v
       throw new Error(`still alive: ${pids.filter(isAlive).join(", ")}`);
     }
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Polls `probe` every 100 ms until it holds, or throws after `timeoutMs`. */
+export async function waitUntil(
+  what: string,
+  probe: () => Promise<boolean>,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
