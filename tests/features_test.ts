@@ -213,7 +213,6 @@ Deno.test("open matplotlib figures come back as PNG and are closed", async () =>
   assert.deepEqual(widths, [3, 5]);
   const after = await sup.execute({
     code: "import matplotlib.pyplot as plt\nplt.get_fignums()",
-    session_id: undefined,
   });
   assert.equal(after.result, "[]");
   assert.deepEqual(after.figures, []);
