@@ -17,7 +17,7 @@ import { SessionRegistry } from "./sessions.ts";
 import { PoolStats } from "./stats.ts";
 import { TaskQueue } from "./task_queue.ts";
 import { prepareSnapshot } from "./snapshot.ts";
-import { buildWorkerCommand, type WorkerCommand } from "./worker_command.ts";
+import { buildWorkerCommand, internalMaxLineBytes, type WorkerCommand } from "./worker_command.ts";
 import {
   type ExitInfo,
   WorkerDeadlineError,
@@ -315,7 +315,8 @@ export class Pool {
     const limit = this.config.usePool ? jitter(this.config.workerRequestLimit) : 1;
     const worker = new WorkerProcess(id, this.#command!, {
       initTimeoutMs: this.config.initTimeout * 1000,
-      maxLineBytes: this.config.maxLineBytes,
+      // Worker lines may be larger than the client's (results with base64 states and files).
+      maxLineBytes: internalMaxLineBytes(this.config),
       requestLimit: limit,
     });
     this.#workers.set(id, worker);
