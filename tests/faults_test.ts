@@ -6,22 +6,12 @@
 import assert from "node:assert/strict";
 import { runChaos } from "../lib/chaos.ts";
 import { Supervisor, supervisorCommand } from "../lib/pool_client.ts";
-import { isAlive, waitForExit } from "./helpers/processes.ts";
+import { isAlive, waitFor, waitForExit } from "./helpers/processes.ts";
 
 interface Health {
   status: string;
   ready_workers: number;
   workers: { id: string; pid: number; state: string }[];
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 async function busyWorker(sup: Supervisor) {

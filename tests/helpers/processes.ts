@@ -22,15 +22,26 @@ export async function waitForExit(pids: number[], timeoutMs = 10_000): Promise<v
   }
 }
 
+/** Polls `probe` every 100 ms until it returns a value, and returns it; throws after `timeoutMs`. */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Polls `probe` every 100 ms until it holds, or throws after `timeoutMs`. */
 export async function waitUntil(
   what: string,
   probe: () => Promise<boolean>,
   timeoutMs = 60_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await waitFor(what, async () => (await probe()) || undefined, timeoutMs);
 }

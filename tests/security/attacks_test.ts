@@ -16,7 +16,7 @@
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../../lib/pool_client.ts";
-import { waitForExit } from "../helpers/processes.ts";
+import { waitForExit, waitUntil } from "../helpers/processes.ts";
 
 const SECRET = "pool-secret-7d1c";
 const PROJECT = new URL("../../", import.meta.url).pathname;
@@ -227,13 +227,10 @@ Deno.test("attack fails: a changed stdlib zip taints the worker, which is replac
   const sup = await pool();
   const r = await sup.execute({ code: "open('/lib/python314.zip', 'ab').write(b'garbage')" });
   assert.equal(r.status, "ok");
-  const deadline = Date.now() + 30_000;
-  for (;;) {
+  await waitUntil("the tainted worker's replacement", async () => {
     const health = await sup.call("health") as { ready_workers: number; workers: { id: string }[] };
-    if (health.ready_workers === 2 && !health.workers.some((w) => w.id === r.worker_id)) break;
-    if (Date.now() > deadline) throw new Error("the tainted worker was not replaced");
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+    return health.ready_workers === 2 && !health.workers.some((w) => w.id === r.worker_id);
+  }, 30_000);
   const stats = await sup.call("stats") as { restarts: Record<string, number> };
   assert.equal(stats.restarts.tainted, 1);
 });
