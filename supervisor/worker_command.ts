@@ -85,6 +85,9 @@ export function buildWorkerCommand(
     readable,
     args: [
       ...sandboxedRun(),
+      // A small young generation: about 17 MB less resident memory per worker, at no cost
+      // in latency measured (docs/performance.md).
+      "--v8-flags=--max-semi-space-size=1",
       "--allow-read=" + readable.join(","),
       ...(hosts.length > 0 ? [`--allow-net=${hosts.join(",")}`] : []),
       ...deny,

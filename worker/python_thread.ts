@@ -9,6 +9,7 @@
 /// <reference lib="deno.worker" />
 
 import type { PyProxy } from "pyodide/ffi";
+import { FsWatch } from "./fs_watch.ts";
 import { bootInterpreter, type Interpreter } from "./interpreter.ts";
 import { hardenThread, isolatedFunction, pythonGlobals } from "./sandbox.ts";
 import {
@@ -84,7 +85,7 @@ async function boot(init: InitMessage): Promise<Interpreter> {
   const jsglobals = pythonGlobals(init.allowNetwork);
   if (init.snapshotPath) {
     try {
-      const snapshot = await Deno.readFile(init.snapshotPath);
+      const snapshot = Deno.readFile(init.snapshotPath);
       return await bootInterpreter({ snapshot, lockFileUrl, jsglobals });
     } catch (error) {
       console.error(`snapshot restore failed, starting from scratch: ${error}`);
@@ -133,7 +134,8 @@ async function start(init: InitMessage): Promise<Thread> {
   const cancelCurrent = runtime.cancel_current.copy() as PyProxy & (() => void);
   const seal = runtime.seal.copy() as PyProxy & (() => void);
   const acceptInstalled = runtime.accept_installed.copy() as PyProxy & (() => void);
-  const tainted = runtime.tainted.copy() as PyProxy & (() => boolean);
+  const watchedPaths = runtime.watched_paths.copy() as PyProxy & (() => string);
+  const restoreFiles = runtime.restore_files.copy() as PyProxy & ((changed: string) => boolean);
   const functions = {
     drop_session: runtime.drop_session.copy(),
     export_sessions: runtime.export_sessions.copy(),
@@ -153,6 +155,17 @@ async function start(init: InitMessage): Promise<Thread> {
   hardenThread(pyodide, init.allowNetwork);
   seal();
   seal.destroy();
+  const fsWatch = new FsWatch(pyodide.FS);
+  fsWatch.mark(JSON.parse(watchedPaths()));
+  // Set once a request changed a file the reset cannot restore; the worker is then replaced.
+  let tainted = false;
+  /** Undoes the file system changes of the request that just ran (the reset's last part). */
+  const restoreChangedFiles = () => {
+    const changed = fsWatch.changed();
+    if (changed.length === 0) return;
+    if (!restoreFiles(JSON.stringify(changed))) tainted = true;
+    fsWatch.mark(JSON.parse(watchedPaths()));
+  };
 
   // The Wasm heap only grows; its size is what a worker costs. Pyodide has no public getter.
   const wasm = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
@@ -184,6 +197,7 @@ async function start(init: InitMessage): Promise<Thread> {
       messages.push(error instanceof Error ? error.message : String(error));
     }
     acceptInstalled();
+    fsWatch.mark(JSON.parse(watchedPaths()));
     const failed = missing.filter((name) => !(name in pyodide.loadedPackages));
     if (failed.length === 0) return undefined;
     return errorJson(
@@ -219,6 +233,9 @@ async function start(init: InitMessage): Promise<Thread> {
       streaming = message.stream ? { seq: message.seq } : undefined;
       running = true;
       const json = await runToJson(message);
+      // No interrupt may land in the file reset.
+      Atomics.store(control, ControlSlot.Finishing, 1);
+      restoreChangedFiles();
       running = false;
       streaming = undefined;
       // A signal that arrived after Python's last check must not hit the next request.
@@ -241,7 +258,7 @@ async function start(init: InitMessage): Promise<Thread> {
         seq: message.seq,
         outcome,
         heapBytes: heapBytes(),
-        tainted: tainted(),
+        tainted,
       });
     },
     call({ seq, fn, arg }) {

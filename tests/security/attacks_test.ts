@@ -223,6 +223,25 @@ Deno.test("attack fails: nothing a request changes is seen by the next one", asy
   }
 });
 
+Deno.test("attack fails: a file changed behind its times is restored", async () => {
+  const sup = await pool();
+  const rc = "/home/pyodide/.config/matplotlib/matplotlibrc";
+  // Put the modification time back after writing, or truncate (which changes no time at all):
+  // the reset must not rely on what Python can set.
+  const plants = [
+    `import os\nst = os.stat('${rc}')\nopen('${rc}', 'w').write('backend: evil\\n')\n` +
+    `os.utime('${rc}', ns=(st.st_atime_ns, st.st_mtime_ns))`,
+    `import os\nos.truncate('${rc}', 0)`,
+  ];
+  for (const plant of plants) {
+    await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: plant })));
+    const results = await Promise.all(
+      [1, 2, 3, 4].map(() => sup.execute({ code: `open('${rc}').read()` })),
+    );
+    for (const r of results) assert.equal(r.result, "'backend: Agg\\n'", plant);
+  }
+});
+
 Deno.test("attack fails: a changed stdlib zip taints the worker, which is replaced", async () => {
   const sup = await pool();
   const r = await sup.execute({ code: "open('/lib/python314.zip', 'ab').write(b'garbage')" });

@@ -141,27 +141,27 @@ class _Run:
         except BaseException as exc:  # noqa: BLE001 - the runtime must always answer
             outcome = {"status": "error", "result": None, "error": _error(exc)}
         finally:
-            self.workdir.remove()
+            self.workdir.leave()
             _reset()
         return json.dumps(outcome)
 
 
 def _reset():
     baseline = _live["baseline"]
-    if baseline is not None and not baseline.restore():
-        _live["tainted"] = True
+    if baseline is not None:
+        baseline.restore()
 
 
 # The stdlib modules the runtime reports results through: a request that patched one of them
 # could change how the next request is reported, so their globals are restored every time.
 _RUNTIME_STDLIB = (
-    "base64", "builtins", "io", "json", "json.encoder", "linecache", "os", "pickle", "shutil",
+    "base64", "io", "json", "json.encoder", "linecache", "os", "pickle", "shutil",
     "sys", "traceback",
 )
 
 # Mutable state lives in this dict, never in rebound globals: the isolation reset puts every
 # module's globals back as they were when the worker was sealed.
-_live = {"task": None, "baseline": None, "tainted": False}
+_live = {"task": None, "baseline": None}
 
 
 def seal():
@@ -177,9 +177,14 @@ def accept_installed():
         _live["baseline"].allow_new_files()
 
 
-def tainted():
-    """True once a request changed something the reset cannot undo."""
-    return _live["tainted"]
+def watched_paths():
+    """The folders and files the JavaScript side watches for changes, as JSON."""
+    return json.dumps(_live["baseline"].watched_paths())
+
+
+def restore_files(changed_json):
+    """Undoes changes to the watched paths given (JSON); False if one cannot be undone."""
+    return _live["baseline"].restore_files(json.loads(changed_json))
 
 
 def cancel_current():

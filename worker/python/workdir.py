@@ -2,27 +2,24 @@
 after it, and nothing left behind for the next request."""
 
 import base64
-import itertools
 import os
-import shutil
 
 HOME = "/home/pyodide"
-_ROOT = "/tmp/pyodide-pool"
-# Mutated in place, never rebound: the isolation reset restores module globals.
-_numbers = itertools.count(1)
+# One directory serves every run: it is empty in the isolation baseline, so whatever a run
+# leaves in it is removed with the rest of the file system's changes.
+PATH = "/tmp/pyodide-pool/run"
 
 
 def prepare():
-    """Creates the root of the run directories (before the isolation baseline is taken)."""
-    os.makedirs(_ROOT, exist_ok=True)
+    """Creates the run directory (before the isolation baseline is taken)."""
+    os.makedirs(PATH, exist_ok=True)
 
 
 class WorkDir:
     def __init__(self, files, max_file_bytes):
-        self.path = f"{_ROOT}/run-{next(_numbers)}"
+        self.path = PATH
         self.max_file_bytes = max_file_bytes
         self._given = {}
-        os.mkdir(self.path)
         for entry in files:
             content = base64.b64decode(entry["content_b64"])
             target = os.path.join(self.path, entry["path"])
@@ -54,9 +51,6 @@ class WorkDir:
                 changed.append(entry)
         return sorted(changed, key=lambda entry: entry["path"])
 
-    def remove(self):
+    def leave(self):
+        """Its contents go with the file system reset, which follows."""
         os.chdir(HOME)
-        try:
-            os.rmdir(self.path)  # empty: the common case
-        except OSError:
-            shutil.rmtree(self.path, ignore_errors=True)
