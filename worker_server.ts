@@ -56,6 +56,7 @@ const out = new LineWriter(Deno.stdout.writable, () => Deno.exit(0));
 
 const python = new PythonHost({
   maxOutputBytes,
+  maxFileBytes,
   maxHeapBytes,
   snapshotPath: args.snapshot,
   lockFileUrl: args["lock-file-url"],
@@ -134,9 +135,8 @@ const server = new RpcServer({
         session_id: request.session_id,
         session_bytes: request.session_bytes,
         return_session: request.return_session,
-        files: request.files,
-        max_file_bytes: maxFileBytes,
       }),
+      files: request.files ?? [],
       packages: request.packages ?? [],
       timeoutMs,
       onOutput: request.stream

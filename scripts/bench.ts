@@ -1,6 +1,7 @@
 /**
  * The pool's benchmark: starts the real supervisor, drives it over stdio as a client, and
- * prints a table of warm latency, throughput, cold start, pool vs fresh worker, and memory.
+ * prints a table of warm latency, throughput, cold start, pool vs fresh worker, large payloads
+ * and memory, each beside its target (issue 7) and whether this run met it.
  *
  *     deno task bench            # table on stdout
  *     deno task bench --json     # the same figures as JSON
@@ -11,6 +12,7 @@
 import { parseArgs } from "node:util";
 import { Supervisor } from "../lib/pool_client.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
+import { encodeBase64 } from "../tests/helpers/base64.ts";
 
 const { values: options } = parseArgs({
   args: Deno.args,
@@ -70,6 +72,49 @@ async function throughput(pool: Supervisor, count: number, window: number) {
   return { count, in_flight: window, seconds, requests_per_second: count / seconds };
 }
 
+/** Median seconds of `runs` calls of `once`. */
+async function medianSeconds(runs: number, once: () => Promise<void>): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await once();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return times.sort((a, b) => a - b)[Math.floor(runs / 2)];
+}
+
+/** A 10 MiB file in and a changed copy out, and 1 MB of stdout, in MB/s of payload moved. */
+async function largePayloads(pool: Supervisor) {
+  const size = 10 << 20;
+  const content = new Uint8Array(size);
+  for (let i = 0; i < size; i += 4096) content[i] = i & 0xff;
+  const contentB64 = encodeBase64(content);
+  const fileSeconds = await medianSeconds(3, async () => {
+    const r = await pool.execute({
+      code: "data = open('in.bin', 'rb').read()\nopen('out.bin', 'wb').write(data[::-1])",
+      files: [{ path: "in.bin", content_b64: contentB64 }],
+    });
+    const out = r.files?.find((f) => f.path === "out.bin");
+    if (r.status !== "ok" || out?.size !== size) {
+      throw new Error(`file round trip failed: ${r.status} ${JSON.stringify(r.error)}`);
+    }
+  });
+  const stdoutBytes = 1_000_000;
+  const stdoutSeconds = await medianSeconds(5, async () => {
+    const r = await pool.execute({ code: `import sys\nsys.stdout.write('x' * ${stdoutBytes})` });
+    if (r.stdout.length !== stdoutBytes) {
+      throw new Error(`stdout came back ${r.stdout.length} long`);
+    }
+  });
+  const mbps = (bytes: number, seconds: number) => bytes / (1 << 20) / seconds;
+  return {
+    file_10mib_in_and_out_ms: fileSeconds * 1000,
+    file_mb_per_s: mbps(2 * size, fileSeconds),
+    stdout_1mb_ms: stdoutSeconds * 1000,
+    stdout_mb_per_s: mbps(stdoutBytes, stdoutSeconds),
+  };
+}
+
 async function freshWorkerLatency(count: number) {
   const { pool } = await startPool(["--pool-size", "1", "--use-pool=false"]);
   const times: number[] = [];
@@ -91,10 +136,15 @@ const warm = await startPool([
   "--worker-request-limit",
   "100000",
 ]);
+const idleStats = await warm.pool.call("stats") as Stats;
 progress("sequential latency");
 const latency = await sequentialLatency(warm.pool, Number(options.requests));
 progress("pipelined throughput");
 const pipelined = await throughput(warm.pool, Number(options["throughput-requests"]), 32);
+// Memory before the large payloads, which grow the workers' heaps.
+const stats = await warm.pool.call("stats") as Stats;
+progress("large payloads");
+const payloads = await largePayloads(warm.pool);
 progress("isolation reset cost");
 // Times the reset the runtime runs after every request (worker/python/isolation.py).
 const reset = await warm.pool.execute({
@@ -106,7 +156,6 @@ const reset = await warm.pool.execute({
 });
 if (reset.status !== "ok") throw new Error(`reset timing failed: ${JSON.stringify(reset.error)}`);
 const resetUs = Number(reset.result);
-const stats = await warm.pool.call("stats") as Stats;
 await warm.pool.close();
 progress("cold start without the snapshot");
 const plain = await startPool([
@@ -121,6 +170,41 @@ progress("fresh worker per request");
 const fresh = await freshWorkerLatency(Number(options["fresh-requests"]));
 
 const mb = (bytes: number) => bytes / (1 << 20);
+const workerRss = stats.workers.map((w) => mb(w.rss_bytes));
+const speedup = fresh.mean_ms / latency.p50_ms;
+const snapshotStartMs = Math.max(...warm.workerStartupMs);
+
+/** Issue 7's targets, each with what this run measured. */
+const targets = [
+  { name: "warm p50 (ms)", target: "<= 0.5", value: latency.p50_ms, met: latency.p50_ms <= 0.5 },
+  { name: "warm p99 (ms)", target: "<= 2", value: latency.p99_ms, met: latency.p99_ms <= 2 },
+  {
+    name: "throughput, 2 workers (req/s)",
+    target: ">= 5000",
+    value: pipelined.requests_per_second,
+    met: pipelined.requests_per_second >= 5000,
+  },
+  { name: "pool vs fresh worker", target: ">= 1000x", value: speedup, met: speedup >= 1000 },
+  {
+    name: "worker start from snapshot (ms)",
+    target: "<= 300",
+    value: snapshotStartMs,
+    met: snapshotStartMs <= 300,
+  },
+  {
+    name: "idle worker RSS (MB)",
+    target: "<= 160",
+    value: Math.max(...workerRss),
+    met: Math.max(...workerRss) <= 160,
+  },
+  {
+    name: "supervisor RSS after load (MB)",
+    target: "<= 60",
+    value: mb(stats.supervisor_rss_bytes),
+    met: mb(stats.supervisor_rss_bytes) <= 60,
+  },
+];
+
 const report = {
   machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
   warm_latency: latency,
@@ -130,13 +214,16 @@ const report = {
     worker_startup_ms: warm.workerStartupMs,
     worker_startup_without_snapshot_ms: plain.workerStartupMs[0],
   },
-  fresh_worker: { ...fresh, pool_speedup_vs_p50: fresh.mean_ms / latency.p50_ms },
+  fresh_worker: { ...fresh, pool_speedup_vs_p50: speedup },
+  large_payloads: payloads,
   isolation_reset_us: resetUs,
   memory: {
+    supervisor_rss_idle_mb: mb(idleStats.supervisor_rss_bytes),
     supervisor_rss_mb: mb(stats.supervisor_rss_bytes),
-    worker_rss_mb: stats.workers.map((w) => mb(w.rss_bytes)),
+    worker_rss_mb: workerRss,
     worker_heap_mb: stats.workers.map((w) => mb(w.heap_bytes)),
   },
+  targets,
 };
 
 if (options.json) {
@@ -155,13 +242,32 @@ if (options.json) {
     ["worker spawn to ready, snapshot (ms)", warm.workerStartupMs.map((m) => f(m, 0)).join(", ")],
     ["worker spawn to ready, no snapshot (ms)", f(plain.workerStartupMs[0], 0)],
     ["fresh worker per request, mean (ms)", f(fresh.mean_ms, 0)],
-    ["pool speedup (fresh mean / warm p50)", `${f(report.fresh_worker.pool_speedup_vs_p50, 0)}x`],
+    ["pool speedup (fresh mean / warm p50)", `${f(speedup, 0)}x`],
+    [
+      "10 MiB file in and out (ms, MB/s)",
+      `${f(payloads.file_10mib_in_and_out_ms, 0)}, ${f(payloads.file_mb_per_s, 1)}`,
+    ],
+    [
+      "1 MB of stdout (ms, MB/s)",
+      `${f(payloads.stdout_1mb_ms, 1)}, ${f(payloads.stdout_mb_per_s, 1)}`,
+    ],
     ["isolation reset per request (us)", f(resetUs, 1)],
-    ["supervisor RSS (MB)", f(report.memory.supervisor_rss_mb, 1)],
-    ["idle worker RSS (MB)", report.memory.worker_rss_mb.map((m) => f(m, 1)).join(", ")],
+    [
+      "supervisor RSS idle / after load (MB)",
+      `${f(report.memory.supervisor_rss_idle_mb, 1)} / ${f(report.memory.supervisor_rss_mb, 1)}`,
+    ],
+    ["idle worker RSS (MB)", workerRss.map((m) => f(m, 1)).join(", ")],
     ["worker Wasm heap (MB)", report.memory.worker_heap_mb.map((m) => f(m, 1)).join(", ")],
   ];
-  const width = Math.max(...rows.map(([k]) => k.length));
+  const width = Math.max(...rows.map(([k]) => k.length), ...targets.map((t) => t.name.length));
   console.log(`pyodide-pool bench (${report.machine.cores} cores, deno ${report.machine.deno})`);
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
+  console.log(`\ntargets (issue 7)`);
+  for (const t of targets) {
+    console.log(
+      `${t.name.padEnd(width)}  ${f(t.value, 2).padStart(9)}  ${t.target.padEnd(9)}  ${
+        t.met ? "met" : "missed"
+      }`,
+    );
+  }
 }

@@ -152,6 +152,23 @@ Deno.test("unsafe file paths are rejected with -32602", async () => {
   assert.equal(bad.error?.data?.field, "files[0].content_b64");
 });
 
+Deno.test("colliding file paths are an error result that leaves nothing behind", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code: "1",
+    files: [{ path: "a", content_b64: encodeBase64("x") }, {
+      path: "a/b",
+      content_b64: encodeBase64("y"),
+    }],
+  });
+  assert.equal(r.status, "error");
+  assert.equal(r.error?.type, "FileError");
+  assert.match(r.error!.message, /cannot write "a\/b"/);
+  assert.deepEqual(r.files, []);
+  const next = await sup.execute({ code: "import os\nsorted(os.listdir('.'))" });
+  assert.equal(next.result, "[]");
+});
+
 // Packages and figures
 
 Deno.test("packages lists the local directory's packages", async () => {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ExecuteResult, ExecuteStatus } from "../lib/protocol.ts";
+import type { ExecuteResult, ExecuteStatus, InputFile } from "../lib/protocol.ts";
 
 /** Slots of the shared Int32Array that the main thread uses to stop Python. */
 export const ControlSlot = {
@@ -31,6 +31,8 @@ export interface InitMessage {
   type: "init";
   control: SharedArrayBuffer;
   maxOutputBytes: number;
+  /** Files created by a run larger than this come back without content. */
+  maxFileBytes: number;
   /** Cap on the Wasm heap: growing past it fails, which Python sees as MemoryError. */
   maxHeapBytes: number;
   /** Memory snapshot to start from, if any. */
@@ -44,8 +46,10 @@ export interface InitMessage {
 export interface RunMessage {
   type: "run";
   seq: number;
-  /** The request for Python's `run` as JSON (code, stdin, session, files, caps). */
+  /** The request for Python's `run` as JSON (code, stdin, session). */
   request: string;
+  /** Files to write into the run directory first. */
+  files: InputFile[];
   /** Packages to have loaded before the code runs. */
   packages: string[];
   /** Post `output` messages as the code writes. */

@@ -19,10 +19,13 @@ import {
   SIGINT,
   type ToThread,
 } from "./messages.ts";
+import type { InputFile } from "../lib/protocol.ts";
 
 export interface PythonHostOptions {
   /** Cap for stdout and for stderr, in bytes. */
   maxOutputBytes: number;
+  /** Cap on the content of each file a run returns, in bytes. */
+  maxFileBytes: number;
   /** Cap on the Wasm heap, in bytes. */
   maxHeapBytes: number;
   /** Memory snapshot to start (and restart) the interpreter from. */
@@ -50,6 +53,7 @@ const REINTERRUPT_EVERY_MS = 50;
 export interface RunRequest {
   /** The request for Python's `run`, as JSON. */
   request: string;
+  files: InputFile[];
   packages: string[];
   timeoutMs: number;
   /** Receives output as it is written, when set. */
@@ -167,6 +171,7 @@ export class PythonHost {
       type: "init",
       control: this.#control.buffer as SharedArrayBuffer,
       maxOutputBytes: this.options.maxOutputBytes,
+      maxFileBytes: this.options.maxFileBytes,
       maxHeapBytes: this.options.maxHeapBytes,
       snapshotPath: this.options.snapshotPath,
       lockFileUrl: this.options.lockFileUrl,
@@ -178,14 +183,23 @@ export class PythonHost {
     this.#thread.postMessage(message);
   }
 
-  async #runNow({ request, packages, timeoutMs, onOutput }: RunRequest): Promise<RunReport> {
+  async #runNow(
+    { request, files, packages, timeoutMs, onOutput }: RunRequest,
+  ): Promise<RunReport> {
     await this.#ready;
     Atomics.store(this.#control, ControlSlot.Interrupt, 0);
     let resolve!: (outcome: RunOutcome) => void;
     const finished = new Promise<RunOutcome>((r) => resolve = r);
     const run: ActiveRun = { seq: ++this.#seq, resolve, onOutput };
     this.#active = run;
-    this.#post({ type: "run", seq: run.seq, request, packages, stream: onOutput !== undefined });
+    this.#post({
+      type: "run",
+      seq: run.seq,
+      request,
+      files,
+      packages,
+      stream: onOutput !== undefined,
+    });
     const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
     try {
       const outcome = await finished;

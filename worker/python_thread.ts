@@ -11,6 +11,7 @@
 import type { PyProxy } from "pyodide/ffi";
 import { FsWatch } from "./fs_watch.ts";
 import { bootInterpreter, type Interpreter } from "./interpreter.ts";
+import { type GivenFiles, RunFiles } from "./run_files.ts";
 import { hardenThread, isolatedFunction, pythonGlobals } from "./sandbox.ts";
 import {
   type CallMessage,
@@ -156,6 +157,7 @@ async function start(init: InitMessage): Promise<Thread> {
   seal();
   seal.destroy();
   const fsWatch = new FsWatch(pyodide.FS);
+  const runFiles = new RunFiles(pyodide.FS, init.maxFileBytes);
   fsWatch.mark(JSON.parse(watchedPaths()));
   // Set once a request changed a file the reset cannot restore; the worker is then replaced.
   let tainted = false;
@@ -207,9 +209,15 @@ async function start(init: InitMessage): Promise<Thread> {
   };
 
   /** Runs the request; a Python exception that escapes the runtime itself is still a result. */
-  const runToJson = async (message: RunMessage): Promise<string> => {
+  const runToJson = async (message: RunMessage, given: GivenFiles): Promise<string> => {
     const packageError = await loadPackages(message.packages);
     if (packageError) return packageError;
+    try {
+      runFiles.put(message.files, given);
+    } catch (error) {
+      // The file system reset removes what was written.
+      return errorJson("FileError", (error as Error).message);
+    }
     try {
       const json = runPython(message.request);
       if (typeof json === "string") return json;
@@ -232,16 +240,18 @@ async function start(init: InitMessage): Promise<Thread> {
       Atomics.store(control, ControlSlot.Finishing, 0);
       streaming = message.stream ? { seq: message.seq } : undefined;
       running = true;
-      const json = await runToJson(message);
+      const given: GivenFiles = new Map();
+      const json = await runToJson(message, given);
       // No interrupt may land in the file reset.
       Atomics.store(control, ControlSlot.Finishing, 1);
+      const files = runFiles.collect(given);
       restoreChangedFiles();
       running = false;
       streaming = undefined;
       // A signal that arrived after Python's last check must not hit the next request.
       Atomics.store(control, ControlSlot.Interrupt, 0);
       const outcome = JSON.parse(json) as RunOutcome;
-      outcome.files ??= [];
+      outcome.files = files;
       outcome.figures ??= [];
       outcome.truncated = stdout.truncated || stderr.truncated;
       outcome.stdout = stdout.take();

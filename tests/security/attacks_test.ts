@@ -242,16 +242,34 @@ Deno.test("attack fails: a file changed behind its times is restored", async () 
   }
 });
 
-Deno.test("attack fails: a changed stdlib zip taints the worker, which is replaced", async () => {
+/** Runs `code` on the pool and checks that its worker was tainted, and then replaced. */
+async function assertTaintsItsWorker(code: string): Promise<void> {
   const sup = await pool();
-  const r = await sup.execute({ code: "open('/lib/python314.zip', 'ab').write(b'garbage')" });
+  const tainted = async () =>
+    ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts.tainted ?? 0;
+  const before = await tainted();
+  const r = await sup.execute({ code });
   assert.equal(r.status, "ok");
   await waitUntil("the tainted worker's replacement", async () => {
     const health = await sup.call("health") as { ready_workers: number; workers: { id: string }[] };
     return health.ready_workers === 2 && !health.workers.some((w) => w.id === r.worker_id);
   }, 30_000);
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
-  assert.equal(stats.restarts.tainted, 1);
+  assert.equal(await tainted(), before + 1);
+}
+
+Deno.test("attack fails: a watched folder replaced by a link taints the worker", async () => {
+  await assertTaintsItsWorker(
+    "import os, shutil\nos.chdir('/')\nshutil.rmtree('/tmp/pyodide-pool/run')\n" +
+      "os.symlink('/home', '/tmp/pyodide-pool/run')",
+  );
+  const after = await (await pool()).execute({
+    code: "import os\nos.path.islink('/tmp/pyodide-pool/run')",
+  });
+  assert.equal(after.result, "False");
+});
+
+Deno.test("attack fails: a changed stdlib zip taints the worker, which is replaced", async () => {
+  await assertTaintsItsWorker("open('/lib/python314.zip', 'ab').write(b'garbage')");
 });
 
 Deno.test("attack fails: filling the file system is cut by the timeout and cleaned up", async () => {

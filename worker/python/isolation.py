@@ -100,12 +100,20 @@ class Baseline:
 
     def restore_files(self, changed):
         """Undoes the changes to `changed`, watched paths that were modified: entries added to
-        a folder are removed, a removed folder is made again, a small file is rewritten.
-        False if a large file changed (the worker is then tainted, and must be replaced)."""
+        a folder are removed, a small file is rewritten. False if that cannot be done: a large
+        file changed, or a watched folder or file was removed or replaced (by a link, say).
+        The worker is then tainted, and must be replaced."""
         clean = True
         for path in changed:
             if path in self._folders:
-                os.makedirs(path, exist_ok=True)
+                if not _is_real(path, os.path.isdir):
+                    clean = False
+                    continue
+                for name in self._folders[path]:
+                    entry = os.path.join(path, name)
+                    kind = os.path.isdir if entry in self._folders else os.path.isfile
+                    if not _is_real(entry, kind):
+                        clean = False
                 for name in set(os.listdir(path)) - self._folders[path]:
                     entry = os.path.join(path, name)
                     if os.path.isdir(entry) and not os.path.islink(entry):
@@ -122,6 +130,11 @@ class Baseline:
     def allow_new_files(self):
         """Takes the files as they are now into the baseline (after a package installs)."""
         self._take_files()
+
+
+def _is_real(path, kind):
+    """True if `path` is what `kind` tests for (a folder, a file), and not a link to one."""
+    return not os.path.islink(path) and kind(path)
 
 
 def _same(current, saved):

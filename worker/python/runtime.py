@@ -110,7 +110,7 @@ def _repr(value):
 
 
 class _Run:
-    """One request: its namespace, working directory and the parts of its result."""
+    """One request: its namespace and the parts of its result."""
 
     def __init__(self, request):
         self.request = request
@@ -121,7 +121,7 @@ class _Run:
             self.namespace = state.load(request["session_bytes"])
         else:
             self.namespace = state.fresh_namespace()
-        self.workdir = workdir.WorkDir(request.get("files") or [], request["max_file_bytes"])
+        workdir.enter()
 
     def finish(self, status, value=None, error=None):
         # From here on the main thread sends no interrupt: the reset must run to its end.
@@ -133,7 +133,6 @@ class _Run:
                 "status": status,
                 "result": _repr(value) if error is None else None,
                 "error": error,
-                "files": self.workdir.collect(),
                 "figures": figures.capture(),
             }
             if self.request.get("return_session"):
@@ -141,7 +140,7 @@ class _Run:
         except BaseException as exc:  # noqa: BLE001 - the runtime must always answer
             outcome = {"status": "error", "result": None, "error": _error(exc)}
         finally:
-            self.workdir.leave()
+            workdir.leave()
             _reset()
         return json.dumps(outcome)
 
@@ -204,14 +203,14 @@ async def _run_async(run, runner):
 
 
 def run(request_json):
-    """Runs one request (JSON: code, stdin, session_id, session_bytes, return_session, files,
-    max_file_bytes); returns the outcome as JSON, or an asyncio task that returns it."""
+    """Runs one request (JSON: code, stdin, session_id, session_bytes, return_session);
+    returns the outcome as JSON, or an asyncio task that returns it."""
     request = json.loads(request_json)
     code = request["code"]
     sys.stdin = io.StringIO(request.get("stdin") or "")
     try:
         current = _Run(request)
-    except BaseException as exc:  # noqa: BLE001 - bad session state or files are results too
+    except BaseException as exc:  # noqa: BLE001 - bad session state is a result too
         _enter_finish()
         _reset()
         return json.dumps({"status": "error", "result": None, "error": _error(exc)})

@@ -1,0 +1,112 @@
+/**
+ * A request's files: written into the run directory before the code runs, and the files the
+ * code created or changed there read back after it. Done on the JavaScript side of
+ * Emscripten's file system: through Python, a 10 MiB file in and out cost about 1.5 s (JSON
+ * and base64 in Wasm, and a Wasm heap grown by four copies); here it is a native base64 and
+ * one copy into the file system.
+ *
+ * @module
+ */
+
+import type { InputFile, OutputFile } from "../lib/protocol.ts";
+
+/** The part of Emscripten's FS API used here. */
+interface EmscriptenFs {
+  mkdirTree(path: string): void;
+  writeFile(path: string, data: Uint8Array): void;
+  readFile(path: string): Uint8Array;
+  readdir(path: string): string[];
+  stat(path: string): { mode: number; size: number };
+  lstat(path: string): { mode: number };
+  isDir(mode: number): boolean;
+  isLink(mode: number): boolean;
+  isFile(mode: number): boolean;
+}
+
+/** The run directory every request works in; worker/python/workdir.py makes it current. */
+export const RUN_DIRECTORY = "/tmp/pyodide-pool/run";
+
+/** What was written before a run, to leave unchanged files out of the result. */
+export type GivenFiles = Map<string, Uint8Array>;
+
+export class RunFiles {
+  constructor(private readonly fs: EmscriptenFs, private readonly maxFileBytes: number) {}
+
+  /**
+   * Writes the request's files (paths were checked at the edge: relative, no `..`), noting
+   * each in `given`. Throws a readable error when two paths collide ("a" and "a/b").
+   */
+  put(files: InputFile[], given: GivenFiles): void {
+    for (const { path, content_b64 } of files) {
+      const content = Uint8Array.fromBase64(content_b64);
+      const target = `${RUN_DIRECTORY}/${path}`;
+      try {
+        this.fs.mkdirTree(target.slice(0, target.lastIndexOf("/")));
+        this.fs.writeFile(target, content);
+      } catch (error) {
+        // Emscripten's ErrnoError carries only a number.
+        const errno = (error as { errno?: number }).errno;
+        throw new Error(
+          `cannot write ${JSON.stringify(path)}: a folder of that name, or a file where one ` +
+            `of its folders should be, came earlier in files (errno ${errno})`,
+        );
+      }
+      given.set(path, content);
+    }
+  }
+
+  /**
+   * Files created or changed in the run directory, sorted by path, content capped. None if
+   * the code removed the directory or put something else in its place (the reset then
+   * taints the worker).
+   */
+  collect(given: GivenFiles): OutputFile[] {
+    try {
+      if (!this.fs.isDir(this.fs.lstat(RUN_DIRECTORY).mode)) return [];
+    } catch {
+      return [];
+    }
+    const changed: OutputFile[] = [];
+    const walk = (folder: string, prefix: string) => {
+      for (const name of this.fs.readdir(folder)) {
+        if (name === "." || name === "..") continue;
+        const full = `${folder}/${name}`;
+        const relative = prefix + name;
+        // Folders are walked, links to folders are not (a link may loop); links to files
+        // are read, as Python's open() would.
+        const isLink = this.fs.isLink(this.fs.lstat(full).mode);
+        let stat;
+        try {
+          stat = this.fs.stat(full);
+        } catch {
+          continue; // a dangling link
+        }
+        if (this.fs.isDir(stat.mode)) {
+          if (!isLink) walk(full, `${relative}/`);
+          continue;
+        }
+        if (!this.fs.isFile(stat.mode)) continue;
+        const before = given.get(relative);
+        if (stat.size > this.maxFileBytes && before?.length !== stat.size) {
+          changed.push({ path: relative, size: stat.size, content_b64: null, truncated: true });
+          continue;
+        }
+        const content = this.fs.readFile(full);
+        if (sameBytes(before, content)) continue;
+        changed.push(
+          content.length > this.maxFileBytes
+            ? { path: relative, size: content.length, content_b64: null, truncated: true }
+            : { path: relative, size: content.length, content_b64: content.toBase64() },
+        );
+      }
+    };
+    walk(RUN_DIRECTORY, "");
+    return changed.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  }
+}
+
+function sameBytes(a: Uint8Array | undefined, b: Uint8Array): boolean {
+  if (a === undefined || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
