@@ -11,6 +11,7 @@
 import { readFrames } from "../lib/framing.ts";
 import { classifyMessage, parseExecuteParams } from "../lib/protocol.ts";
 import { pickWorker, type WorkerView } from "../supervisor/balancer.ts";
+import { FsWatch } from "../worker/fs_watch.ts";
 import { bootInterpreter } from "../worker/interpreter.ts";
 
 const line = JSON.stringify({
@@ -47,9 +48,12 @@ const noop = () => {};
 runtime.install(noop, noop, 1 << 20);
 runtime.seal();
 const run = runtime.run.copy();
-const request = JSON.stringify({ code: "x = 1 + 1", stdin: "", max_file_bytes: 1 << 20 });
+const request = JSON.stringify({ code: "x = 1 + 1", stdin: "" });
+const fsWatch = new FsWatch(pyodide.FS);
+fsWatch.mark(JSON.parse(runtime.watched_paths()));
 Deno.bench("exec helper: one trivial request through run(), with the reset", () => {
   run(request);
+  if (fsWatch.changed().length > 0) throw new Error("the trivial request changed a file");
 });
 Deno.bench("exec helper: runPython of the same line, for comparison", () => {
   pyodide.runPython("x = 1 + 1");
