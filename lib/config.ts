@@ -240,6 +240,14 @@ export const SETTINGS: readonly Setting[] = [
     help: "let clients call the shutdown method",
   },
   {
+    key: "mcp",
+    flag: "mcp",
+    env: "PYODIDE_MCP",
+    kind: "bool",
+    default: false,
+    help: "serve the Model Context Protocol on stdin/stdout instead of plain JSON-RPC",
+  },
+  {
     key: "logLevel",
     flag: "log-level",
     env: "PYODIDE_LOG_LEVEL",
@@ -284,6 +292,8 @@ export interface Config {
   workerAllowNet: string[];
   shutdownGrace: number;
   allowShutdown: boolean;
+  /** Serve MCP (tools run_python, list_packages) instead of the JSON-RPC methods. */
+  mcp: boolean;
   logLevel: "debug" | "info" | "warning" | "error";
   logFormat: "text" | "json";
 }

@@ -34,7 +34,8 @@ export type Frame =
  * ```
  */
 export async function* readFrames(
-  stream: ReadableStream<Uint8Array>,
+  // Any async iterable: a web ReadableStream, or a Node Readable in lib/client.ts.
+  stream: AsyncIterable<Uint8Array>,
   maxLineBytes: number,
 ): AsyncGenerator<Frame> {
   const decoder = new TextDecoder();

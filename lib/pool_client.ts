@@ -1,30 +1,17 @@
 /**
- * A TypeScript client for Deno: starts the supervisor as a child process and talks JSON-RPC
- * to it over its stdin/stdout. The tests and the benchmarks drive the pool through it.
+ * The test and benchmark client: starts the supervisor as a Deno child process and talks
+ * JSON-RPC to it, with what tests need besides calls (raw lines, every line received, the
+ * stderr text, the process itself). Requests go through the same RpcConnection as the
+ * public client, lib/client.ts.
  *
  * @module
  */
 
-import { readFrames } from "./framing.ts";
+import { supervisorCommand } from "./client.ts";
 import type { ExecuteResult } from "./protocol.ts";
+import { RpcConnection } from "./rpc_connection.ts";
 
-/**
- * The supervisor's command line, as `deno task start` runs it. A small young generation
- * (1 MB semi-spaces) keeps the supervisor's memory flat under load: with V8's default the
- * resident size climbs to about 150 MB after a few thousand requests, with it to about 75.
- */
-export function supervisorCommand(args: string[] = []): [string, string[]] {
-  return [Deno.execPath(), [
-    "run",
-    "--allow-read",
-    "--allow-env",
-    "--allow-run",
-    `--allow-write=${new URL("../.snapshots", import.meta.url).pathname}`,
-    "--v8-flags=--max-semi-space-size=1",
-    new URL("../supervisor/main.ts", import.meta.url).pathname,
-    ...args,
-  ]];
-}
+export { supervisorCommand };
 
 export interface Response {
   jsonrpc: "2.0";
@@ -55,10 +42,11 @@ export class Supervisor {
   readonly received: unknown[] = [];
   stderr = "";
   #writer: WritableStreamDefaultWriter<Uint8Array>;
-  #waiters = new Map<string | number, (response: Response) => void>();
+  #connection: RpcConnection;
   #lineWaiters: Array<() => void> = [];
   #nextId = 1;
   #encoder = new TextEncoder();
+  /** Resolves when stdout has ended; requests still pending have then failed. */
   readonly stdoutClosed: Promise<void>;
 
   private constructor(args: string[], env: Record<string, string>) {
@@ -71,7 +59,14 @@ export class Supervisor {
       env: { PYODIDE_LOG_LEVEL: "warning", ...env },
     }).spawn();
     this.#writer = this.process.stdin.getWriter();
-    this.stdoutClosed = this.#read();
+    this.#connection = new RpcConnection(this.process.stdout, (text) => this.sendRaw(text), {
+      maxLineBytes: 64 << 20,
+      onMessage: (value) => {
+        this.received.push(value);
+        for (const wake of this.#lineWaiters.splice(0)) wake();
+      },
+    });
+    this.stdoutClosed = this.#connection.closed;
     this.#readStderr();
   }
 
@@ -93,14 +88,10 @@ export class Supervisor {
     await this.#writer.write(this.#encoder.encode(text));
   }
 
-  /** Sends a request and returns its whole response. */
+  /** Sends a request and returns its whole response; rejects if the supervisor goes first. */
   async request(method: string, params?: unknown, id?: string | number): Promise<Response> {
     const requestId = id ?? `t${this.#nextId++}`;
-    const response = new Promise<Response>((resolve) => this.#waiters.set(requestId, resolve));
-    const message: Record<string, unknown> = { jsonrpc: "2.0", id: requestId, method };
-    if (params !== undefined) message.params = params;
-    await this.sendRaw(JSON.stringify(message) + "\n");
-    return await response;
+    return await this.#connection.request(method, params, requestId) as Response;
   }
 
   /** Sends a request and returns its result, throwing on a JSON-RPC error. */
@@ -141,21 +132,6 @@ export class Supervisor {
     const status = await this.process.status;
     await this.stdoutClosed;
     return status;
-  }
-
-  async #read(): Promise<void> {
-    for await (const frame of readFrames(this.process.stdout, 64 << 20)) {
-      if (frame.kind !== "line") throw new Error("oversized line from the supervisor");
-      const value = JSON.parse(frame.text);
-      this.received.push(value);
-      for (const message of Array.isArray(value) ? value : [value]) {
-        if (message && "id" in message && message.id !== null) {
-          this.#waiters.get(message.id)?.(message);
-          this.#waiters.delete(message.id);
-        }
-      }
-      for (const wake of this.#lineWaiters.splice(0)) wake();
-    }
   }
 
   async #readStderr(): Promise<void> {

@@ -43,10 +43,13 @@ try {
   console.error(`pyodide-pool: ${error.message}`);
   Deno.exit(2);
 }
-const output = new LineWriter(Deno.stdout.writable, (error) => {
-  log.warn("stdout closed ({error}); shutting down", { error: String(error) });
-  stop("stdout closed", false);
-});
+/** One way of serving the client on stdin/stdout: plain JSON-RPC, or MCP with --mcp. */
+interface Endpoint {
+  /** Serves until stdin closes. */
+  serve(): Promise<void>;
+  /** Resolves once every request received has been answered and the answers written. */
+  answered(): Promise<void>;
+}
 
 let stopping: Promise<void> | undefined;
 function stop(reason: string, drainQueue: boolean): Promise<void> {
@@ -59,8 +62,7 @@ function stop(reason: string, drainQueue: boolean): Promise<void> {
       Deno.exit(1);
     }, graceMs + 10_000);
     await pool.shutdown(graceMs, { drainQueue });
-    await server.settled();
-    await output.flushed();
+    await endpoint.answered();
     clearTimeout(watchdog);
     log.info("stopped");
     Deno.exit(0);
@@ -68,17 +70,45 @@ function stop(reason: string, drainQueue: boolean): Promise<void> {
   return stopping;
 }
 
-const server = createClientServer({
-  config,
-  pool,
-  requestShutdown: (reason) => stop(reason, false),
-  notify: (method, params) => output.write(JSON.stringify({ jsonrpc: "2.0", method, params })),
-});
+function jsonRpcEndpoint(): Endpoint {
+  const output = new LineWriter(Deno.stdout.writable, (error) => {
+    log.warn("stdout closed ({error}); shutting down", { error: String(error) });
+    stop("stdout closed", false);
+  });
+  const server = createClientServer({
+    config,
+    pool,
+    requestShutdown: (reason) => stop(reason, false),
+    notify: (method, params) => output.write(JSON.stringify({ jsonrpc: "2.0", method, params })),
+  });
+  return {
+    serve: () => server.serve(Deno.stdin.readable, output),
+    answered: async () => {
+      await server.settled();
+      await output.flushed();
+    },
+  };
+}
+
+async function mcpEndpoint(): Promise<Endpoint> {
+  // Loaded only here: the MCP SDK and zod would add to every plain supervisor's memory.
+  const { serveMcp } = await import("./mcp_endpoint.ts");
+  return await serveMcp({
+    config,
+    pool,
+    onOutputClosed: (error) => {
+      log.warn("stdout closed ({error}); shutting down", { error: String(error) });
+      stop("stdout closed", false);
+    },
+  });
+}
+
+const endpoint = config.mcp ? await mcpEndpoint() : jsonRpcEndpoint();
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => stop(signal, false));
 }
 
 // Requests queue while the workers start, so serving begins at once.
 pool.start();
-await server.serve(Deno.stdin.readable, output);
+await endpoint.serve();
 await stop("stdin closed", true);

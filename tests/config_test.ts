@@ -43,6 +43,9 @@ Deno.test("flags override env, which overrides the config file", () => {
 Deno.test("boolean settings accept a bare flag and =false", () => {
   assert.equal(config(["--use-pool=false"]).usePool, false);
   assert.equal(config(["--allow-shutdown"]).allowShutdown, true);
+  assert.equal(config(["--mcp"]).mcp, true);
+  assert.equal(config([], { PYODIDE_MCP: "true" }).mcp, true);
+  assert.equal(config([]).mcp, false);
   assert.equal(config([], { PYODIDE_USE_POOL: "false" }).usePool, false);
 });
 
