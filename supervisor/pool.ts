@@ -408,7 +408,8 @@ export class Pool {
     this.#running.set(worker, task);
     const started = performance.now();
     this.stats.wait.recordMs(started - task.arrivedAt);
-    const remainingMs = Math.max(1, task.timeoutMs - (started - task.arrivedAt));
+    // Whole milliseconds: the worker names its limit in the timeout message.
+    const remainingMs = Math.max(1, Math.round(task.timeoutMs - (started - task.arrivedAt)));
     const deadlineMs = remainingMs + this.config.timeoutGrace * 1000;
     try {
       const { params } = task;
