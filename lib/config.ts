@@ -357,6 +357,9 @@ function convert(setting: Setting, raw: unknown, source: string): unknown {
   }
 }
 
+/** A flag padded to the help text's column, with at least two spaces after it. */
+const column = (flag: string) => `${flag}  `.padEnd(34);
+
 /** The `--help` text, generated from the settings table. */
 export function helpText(): string {
   const lines = [
@@ -365,14 +368,14 @@ export function helpText(): string {
     "Usage: deno task start [options]",
     "",
     "Options (flags override environment variables, which override the config file):",
-    `  --config FILE                 JSONC config file with the keys below (env ${CONFIG_FILE_ENV})`,
-    "  -h, --help                    show this help",
+    `  ${column("--config FILE")}JSONC config file with the keys below (env ${CONFIG_FILE_ENV})`,
+    `  ${column("-h, --help")}show this help`,
   ];
   for (const s of SETTINGS) {
     const flag = s.kind === "bool" ? `--${s.flag}[=false]` : `--${s.flag} VALUE`;
-    lines.push(`  ${flag.padEnd(30)}${s.help}`);
+    lines.push(`  ${column(flag)}${s.help}`);
     lines.push(
-      `  ${"".padEnd(30)}key ${s.key}, env ${s.env}, default ${
+      `  ${column("")}key ${s.key}, env ${s.env}, default ${
         s.default === undefined ? "none" : JSON.stringify(s.default)
       }`,
     );

@@ -35,9 +35,11 @@ export const ROOT_CATEGORY = "pyodide-pool";
  * ```
  */
 export async function configureLogging(level: LogLevelName, format: LogFormat): Promise<void> {
-  const formatter = format === "json"
-    ? getJsonLinesFormatter()
-    : getTextFormatter({ timestamp: "date-time-timezone" });
+  const formatter = format === "json" ? getJsonLinesFormatter() : getTextFormatter({
+    timestamp: "date-time-timezone",
+    // One line per record: strings as they are, anything else as compact JSON.
+    value: (value) => typeof value === "string" ? value : JSON.stringify(value),
+  });
   const encoder = new TextEncoder();
   const stderr: Sink = (record: LogRecord) => {
     Deno.stderr.writeSync(encoder.encode(formatter(record)));

@@ -32,7 +32,7 @@ await configureLogging(config.logLevel, config.logFormat);
 const log = logger("supervisor");
 log.info("starting {size} workers (config: {config})", {
   size: config.usePool ? config.poolSize : 0,
-  config: JSON.stringify(config),
+  config,
 });
 
 let pool: Pool;
