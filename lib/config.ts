@@ -34,7 +34,45 @@ export const SETTINGS: readonly Setting[] = [
     default: 3,
     min: 1,
     max: 64,
-    help: "number of warm workers",
+    help: "number of warm workers (the fixed size; see --min-workers/--max-workers to scale)",
+  },
+  {
+    key: "minWorkers",
+    flag: "min-workers",
+    env: "PYODIDE_MIN_WORKERS",
+    kind: "int",
+    default: undefined,
+    min: 1,
+    max: 64,
+    help: "fewest workers when scaling (default: the pool size)",
+  },
+  {
+    key: "maxWorkers",
+    flag: "max-workers",
+    env: "PYODIDE_MAX_WORKERS",
+    kind: "int",
+    default: undefined,
+    min: 1,
+    max: 64,
+    help: "most workers when scaling (default: the minimum, that is a fixed size)",
+  },
+  {
+    key: "scaleUpWaitMs",
+    flag: "scale-up-wait-ms",
+    env: "PYODIDE_SCALE_UP_WAIT_MS",
+    kind: "int",
+    default: 200,
+    min: 1,
+    help: "grow the pool when the oldest queued request has waited this many ms",
+  },
+  {
+    key: "scaleDownIdle",
+    flag: "scale-down-idle",
+    env: "PYODIDE_SCALE_DOWN_IDLE",
+    kind: "seconds",
+    default: 60,
+    min: 0,
+    help: "retire a worker above the minimum once it has been idle this many seconds",
   },
   {
     key: "workerRequestLimit",
@@ -248,6 +286,16 @@ export const SETTINGS: readonly Setting[] = [
     help: "serve the Model Context Protocol on stdin/stdout instead of plain JSON-RPC",
   },
   {
+    key: "metricsPort",
+    flag: "metrics-port",
+    env: "PYODIDE_METRICS_PORT",
+    kind: "int",
+    default: undefined,
+    min: 0,
+    max: 65535,
+    help: "serve Prometheus metrics and /health on http://127.0.0.1:PORT (0: any free port)",
+  },
+  {
     key: "logLevel",
     flag: "log-level",
     env: "PYODIDE_LOG_LEVEL",
@@ -269,6 +317,14 @@ export const SETTINGS: readonly Setting[] = [
 
 export interface Config {
   poolSize: number;
+  /** The pool scales between these (both the pool size unless set). */
+  minWorkers: number;
+  maxWorkers: number;
+  scaleUpWaitMs: number;
+  /** Seconds. */
+  scaleDownIdle: number;
+  /** Port of the metrics and health HTTP server on 127.0.0.1; off when undefined. */
+  metricsPort: number | undefined;
   workerRequestLimit: number;
   healthCheckInterval: number;
   healthCheckTimeout: number;
@@ -462,7 +518,17 @@ export function loadConfig(
       config[s.key] = convert(s, fromFile[s.key], `config file ${configFile}`);
     } else config[s.key] = s.default;
   }
+  // Without the scaling flags the pool has a fixed size: --pool-size.
+  config.minWorkers ??= config.maxWorkers !== undefined
+    ? Math.min(config.poolSize as number, config.maxWorkers as number)
+    : config.poolSize;
+  config.maxWorkers ??= config.minWorkers;
   const result = config as unknown as Config;
+  if (result.minWorkers > result.maxWorkers) {
+    throw new ConfigError(
+      `invalid minWorkers: ${result.minWorkers} exceeds maxWorkers ${result.maxWorkers}`,
+    );
+  }
   if (result.packageIndexUrl !== undefined && !URL.canParse(result.packageIndexUrl)) {
     throw new ConfigError(`invalid packageIndexUrl: ${result.packageIndexUrl} is not a URL`);
   }

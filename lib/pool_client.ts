@@ -140,8 +140,12 @@ export class Supervisor {
   }
 }
 
+/** The workers a pool started with `args` has once ready: --min-workers, else --pool-size. */
 function poolSizeOf(args: string[]): number {
   if (args.some((a) => a === "--use-pool=false")) return 0;
-  const index = args.indexOf("--pool-size");
-  return index >= 0 ? Number(args[index + 1]) : 3;
+  for (const flag of ["--min-workers", "--pool-size"]) {
+    const index = args.indexOf(flag);
+    if (index >= 0) return Number(args[index + 1]);
+  }
+  return 3;
 }

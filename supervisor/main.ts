@@ -30,8 +30,11 @@ if ("help" in loaded) {
 const { config } = loaded;
 await configureLogging(config.logLevel, config.logFormat);
 const log = logger("supervisor");
-log.info("starting {size} workers (config: {config})", {
-  size: config.usePool ? config.poolSize : 0,
+log.info("starting {size} workers{scaling} (config: {config})", {
+  size: config.usePool ? config.minWorkers : 0,
+  scaling: config.usePool && config.maxWorkers > config.minWorkers
+    ? `, scaling up to ${config.maxWorkers}`
+    : "",
   config,
 });
 

@@ -11,6 +11,7 @@ import type { Config } from "../lib/config.ts";
 import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import type { ExecuteParams, ExecuteResult } from "../lib/protocol.ts";
+import { decideScale } from "./autoscaler.ts";
 import { pickWorker } from "./balancer.ts";
 import { PackageCatalog } from "./packages.ts";
 import { SessionRegistry } from "./sessions.ts";
@@ -42,6 +43,8 @@ interface Task {
 
 const HEALTH_CODE = "print('HEALTH_OK')";
 const MAX_RESTART_DELAY_MS = 30_000;
+/** How often the autoscaling policy looks at the pool, when it is on. */
+const SCALE_CHECK_MS = 100;
 
 /** A timeout result produced by the supervisor itself (queue wait or unresponsive worker). */
 function timeoutResult(message: string, workerId: string, durationMs: number): ExecuteResult {
@@ -68,6 +71,8 @@ export class Pool {
   #startFailures = 0;
   #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #healthTimer: ReturnType<typeof setInterval> | undefined;
+  /** Runs the autoscaling policy; only when --max-workers exceeds --min-workers. */
+  #scaleTimer: ReturnType<typeof setInterval> | undefined;
   /** False once shutdown starts: new requests get -32002. */
   #accepting = true;
   /** True once the pool stops for good: no more spawns or restarts. */
@@ -102,7 +107,7 @@ export class Pool {
       this.#log.info("fresh-worker mode: each request starts its own worker (slow baseline)");
       return;
     }
-    const workers = Array.from({ length: this.config.poolSize }, () => this.#spawn());
+    const workers = Array.from({ length: this.config.minWorkers }, () => this.#spawn());
     let ready = 0;
     await Promise.all(workers.map(async (worker) => {
       try {
@@ -123,6 +128,9 @@ export class Pool {
       total: workers.length,
       ms: Math.round(performance.now() - started),
     });
+    if (this.config.maxWorkers > this.config.minWorkers) {
+      this.#scaleTimer = setInterval(() => this.#autoscale(), SCALE_CHECK_MS);
+    }
     if (this.config.healthCheckInterval > 0) {
       this.#healthTimer = setInterval(
         () => this.#healthCheck(),
@@ -225,7 +233,7 @@ export class Pool {
       sessions: this.sessions.idsOn(w.id),
     }));
     const ready = workers.filter((w) => w.state === "idle" || w.state === "busy").length;
-    const wanted = this.config.usePool ? this.config.poolSize : 0;
+    const wanted = this.config.usePool ? this.config.minWorkers : 0;
     return {
       status: !this.#accepting
         ? "shutting_down"
@@ -236,6 +244,8 @@ export class Pool {
         : "unavailable",
       ready_workers: ready,
       pool_size: this.config.poolSize,
+      min_workers: this.config.minWorkers,
+      max_workers: this.config.maxWorkers,
       use_pool: this.config.usePool,
       queue_depth: this.#queue.size,
       workers,
@@ -260,11 +270,12 @@ export class Pool {
       requests: this.stats.requests.toJSON(),
       requests_total: this.stats.requests.total,
       restarts: this.stats.restarts.toJSON(),
+      scaling: this.stats.scaling.toJSON(),
       queue_depth: this.#queue.size,
       busy_workers: busy,
       idle_workers: [...this.#workers.values()].filter((w) => w.state === "idle").length,
       utilization: this.#workers.size
-        ? Math.min(1, this.stats.busyMs / (uptimeMs * Math.max(1, this.config.poolSize)))
+        ? Math.min(1, this.stats.busyMs / (uptimeMs * this.#workers.size))
         : 0,
       wait: this.stats.wait.summary(),
       run: this.stats.run.summary(),
@@ -284,6 +295,7 @@ export class Pool {
     this.#accepting = false;
     clearInterval(this.#healthTimer);
     clearInterval(this.#sessionTimer);
+    clearInterval(this.#scaleTimer);
     const deadline = performance.now() + graceMs;
     const busy = () => this.#running.size > 0 || (drainQueue && this.#queue.size > 0);
     if (!drainQueue) this.#rejectQueued("the pool is shutting down; the request never ran");
@@ -622,6 +634,36 @@ export class Pool {
       if (!this.#closing) this.#spawn();
     }, delay);
     this.#restartTimers.add(timer);
+  }
+
+  /** Applies one step of the autoscaling policy (autoscaler.ts). */
+  #autoscale(): void {
+    if (this.#closing || !this.#accepting) return;
+    const now = performance.now();
+    const oldest = this.#queue[Symbol.iterator]().next();
+    const decision = decideScale({
+      workers: [...this.#workers.values()].map((w) => ({
+        id: w.id,
+        state: w.state,
+        leaving: w.retiring || w.recycling,
+        idleMs: now - Math.max(w.lastUsedAt, w.spawnedAt + (w.startupMs ?? 0)),
+        sessions: this.sessions.countOn(w.id),
+      })),
+      oldestWaitMs: oldest.done ? undefined : now - oldest.value.arrivedAt,
+      minWorkers: this.config.minWorkers,
+      maxWorkers: this.config.maxWorkers,
+      scaleUpWaitMs: this.config.scaleUpWaitMs,
+      scaleDownIdleMs: this.config.scaleDownIdle * 1000,
+    });
+    if (decision.action === "none") return;
+    this.stats.scaling.add(decision.action === "grow" ? "up" : "down");
+    if (decision.action === "grow") {
+      this.#log.info("scaling up to {to} workers: {reason}", decision);
+      this.#spawn();
+    } else {
+      this.#log.info("scaling down to {to} workers: {reason}", decision);
+      this.#retire(this.#workers.get(decision.id)!);
+    }
   }
 
   /** Asks every idle worker to really run Python; replaces those that fail or hang. */

@@ -67,6 +67,8 @@ export class PoolStats {
   readonly requests = new Counter();
   /** Worker replacements by reason. */
   readonly restarts = new Counter();
+  /** Autoscaling steps: `up`, `down`. */
+  readonly scaling = new Counter();
   /** Time from arrival to the start of the run. */
   readonly wait = new LatencyHistogram();
   /** Time the worker took, as the supervisor sees it. */

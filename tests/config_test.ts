@@ -85,3 +85,17 @@ Deno.test("--help lists every setting with its env name", () => {
     assert.ok(result.help.includes(name), name);
   }
 });
+
+Deno.test("the pool scales between min and max workers, a fixed pool size without them", () => {
+  const fixed = config(["--pool-size", "4"]);
+  assert.deepEqual([fixed.minWorkers, fixed.maxWorkers], [4, 4]);
+  const scaling = config(["--min-workers", "1", "--max-workers", "5"]);
+  assert.deepEqual([scaling.minWorkers, scaling.maxWorkers], [1, 5]);
+  const upTo = config(["--max-workers", "2"], { PYODIDE_POOL_SIZE: "3" });
+  assert.deepEqual([upTo.minWorkers, upTo.maxWorkers], [2, 2]);
+  assert.throws(
+    () => config(["--min-workers", "3", "--max-workers", "2"]),
+    (e) => e instanceof ConfigError && /minWorkers: 3 exceeds maxWorkers 2/.test(e.message),
+  );
+  assert.throws(() => config(["--min-workers", "0"]), ConfigError);
+});
