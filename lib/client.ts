@@ -159,6 +159,8 @@ export function supervisorCommand(args: string[] = []): [string, string[]] {
     "--allow-env",
     "--allow-run",
     `--allow-write=${path("../.snapshots")}`,
+    // Loopback only, for --metrics-port; the workers get no network at all.
+    "--allow-net=127.0.0.1",
     "--v8-flags=--max-semi-space-size=1",
     path("../supervisor/main.ts"),
     ...args,

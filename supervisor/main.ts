@@ -111,6 +111,12 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => stop(signal, false));
 }
 
+if (config.metricsPort !== undefined) {
+  // Loaded only here: prom-client would add to every supervisor's memory.
+  const { serveMetrics } = await import("./metrics.ts");
+  serveMetrics(pool, config.metricsPort);
+}
+
 // Requests queue while the workers start, so serving begins at once.
 pool.start();
 await endpoint.serve();

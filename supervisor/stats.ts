@@ -25,9 +25,12 @@ export const Int32Histogram =
 export class LatencyHistogram {
   // 1 µs to 1 hour, three significant digits.
   #histogram = new Int32Histogram(1, 3_600_000_000, 3);
+  /** Also told of every value (the Prometheus histograms, with --metrics-port). */
+  onRecord: ((ms: number) => void) | undefined;
 
   recordMs(ms: number): void {
     this.#histogram.recordValue(Math.max(1, Math.round(ms * 1000)));
+    this.onRecord?.(ms);
   }
 
   summary(): Record<string, number> {
