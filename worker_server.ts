@@ -232,7 +232,8 @@ python.ready.then((ready) => {
 });
 
 await serving;
-// stdin closed: the supervisor is gone or done with us.
+// stdin closed: the supervisor is gone or done with us. A request still running is abandoned:
+// no one is left to read its answer, and a worker must never outlive its supervisor.
 python.terminate();
 await out.flushed();
 Deno.exit(0);

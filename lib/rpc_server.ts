@@ -75,7 +75,10 @@ export class RpcServer {
     this.#server.applyMiddleware(this.#mapErrors(Object.keys(methods)));
   }
 
-  /** Reads frames until the stream ends; resolves once every answer is written. */
+  /**
+   * Reads frames until the stream ends, and resolves then: requests still running are
+   * answered later (await `settled()` for them), or not at all if the caller exits.
+   */
   async serve(input: ReadableStream<Uint8Array>, writer: LineWriter): Promise<void> {
     for await (const frame of readFrames(input, this.options.maxLineBytes)) {
       const pending = this.handleFrame(frame).then((response) => {
@@ -84,7 +87,6 @@ export class RpcServer {
       this.#inFlight.add(pending);
       pending.finally(() => this.#inFlight.delete(pending));
     }
-    await this.settled();
   }
 
   /** Resolves when every request received so far has been answered. */

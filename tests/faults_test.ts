@@ -141,12 +141,15 @@ Deno.test("stdin EOF: requests sent before it are still answered, then a clean e
   await waitForExit(pids);
 });
 
-Deno.test("workers exit when the supervisor is SIGKILLed", async () => {
+Deno.test("workers exit when the supervisor is SIGKILLed, even one running a request", async () => {
   const sup = await Supervisor.start({ args: ["--pool-size", "2"] });
   const pids = await sup.workerPids();
+  // Busy for a minute: it must not wait for its request to end.
+  sup.request("execute", { code: "import time\ntime.sleep(60)" }).catch(() => {});
+  await new Promise((r) => setTimeout(r, 200));
   sup.process.kill("SIGKILL");
   await sup.process.status;
-  await waitForExit(pids);
+  await waitForExit(pids, 5_000);
   await sup.stdoutClosed;
   await sup.close();
 });

@@ -1,0 +1,175 @@
+"""The Python client against a real supervisor (run by tests/python_client_test.ts in CI).
+
+    PYTHONPATH=clients/python python3 -m unittest discover -s clients/python/tests -t clients/python
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+from pyodide_pool import (
+    ConnectionClosedError,
+    ExecuteResult,
+    InvalidParamsError,
+    MethodNotFoundError,
+    Pool,
+    RpcError,
+    SessionNotFoundError,
+)
+
+QUIET = ["--log-level", "warning"]
+
+
+class SharedPoolTest(unittest.TestCase):
+    """Tests that can share one warm pool of two workers."""
+
+    pool: Pool
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.pool = Pool(["--pool-size", "2", *QUIET], wait_for_workers=2)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        code = cls.pool.close()
+        assert code == 0, f"the supervisor exited with {code}"
+
+    def test_execute_returns_a_typed_result(self) -> None:
+        result = self.pool.execute("print('hello')\n6 * 7")
+        self.assertIsInstance(result, ExecuteResult)
+        self.assertTrue(result.ok)
+        self.assertEqual(result.result, "42")
+        self.assertEqual(result.stdout, "hello\n")
+        self.assertIn(result.worker_id, ("w1", "w2"))
+
+    def test_python_exceptions_are_results(self) -> None:
+        result = self.pool.execute("1 / 0")
+        self.assertEqual(result.status, "error")
+        assert result.error is not None
+        self.assertEqual(result.error.type, "ZeroDivisionError")
+        self.assertIn("1 / 0", result.error.traceback)
+
+    def test_timeouts_are_results(self) -> None:
+        result = self.pool.execute("while True: pass", timeout_ms=100)
+        self.assertEqual(result.status, "timeout")
+        self.assertEqual(self.pool.execute("1 + 1").result, "2")
+
+    def test_json_rpc_errors_raise_by_code(self) -> None:
+        with self.assertRaises(InvalidParamsError) as raised:
+            self.pool.execute("1", timeout=5.0, timeuot_ms=10)
+        self.assertEqual(raised.exception.code, -32602)
+        self.assertEqual(raised.exception.data["field"], "timeuot_ms")
+        with self.assertRaises(MethodNotFoundError):
+            self.pool.call("nope")
+        with self.assertRaises(RpcError):
+            self.pool.execute("1", session_id="")
+
+    def test_files_in_and_out_as_bytes(self) -> None:
+        result = self.pool.execute(
+            "open('out.bin', 'wb').write(open('in.bin', 'rb').read()[::-1])",
+            files={"in.bin": bytes(range(256))},
+        )
+        self.assertEqual([f.path for f in result.files], ["out.bin"])
+        self.assertEqual(result.files[0].content, bytes(range(256))[::-1])
+
+    def test_sessions_server_held_and_client_held(self) -> None:
+        self.pool.execute("n = 1", session_id="py-client")
+        self.assertEqual(self.pool.execute("n += 1\nn", session_id="py-client").result, "2")
+        state = self.pool.execute("total = 10", return_session=True).session_bytes
+        assert state is not None
+        self.assertEqual(self.pool.execute("total * 2", session_bytes=state).result, "20")
+
+    def test_on_output_streams_before_the_result(self) -> None:
+        chunks = []
+        result = self.pool.execute(
+            "import time\nprint('a', flush=True)\ntime.sleep(0.05)\nprint('b')",
+            on_output=lambda stream, text: chunks.append((stream, text)),
+        )
+        self.assertEqual("".join(text for _, text in chunks), "a\nb\n")
+        self.assertEqual(result.stdout, "a\nb\n")
+
+    def test_threads_share_the_pool(self) -> None:
+        with ThreadPoolExecutor(max_workers=20) as executor:
+            results = list(executor.map(lambda i: self.pool.execute(f"{i} * {i}"), range(20)))
+        self.assertEqual([r.result for r in results], [str(i * i) for i in range(20)])
+        self.assertEqual({r.worker_id for r in results}, {"w1", "w2"})
+
+    def test_asyncio_gathers_many_requests(self) -> None:
+        async def main() -> list:
+            return await asyncio.gather(
+                *(self.pool.execute_async(f"{i} + 1") for i in range(10))
+            )
+
+        results = asyncio.run(main())
+        self.assertEqual([r.result for r in results], [str(i + 1) for i in range(10)])
+
+    def test_health_stats_packages(self) -> None:
+        self.assertEqual(self.pool.health()["ready_workers"], 2)
+        self.assertIn("ok", self.pool.stats()["requests"])
+        self.assertIn(self.pool.packages()["source"], ("none", "directory", "index"))
+
+
+class LifetimeTest(unittest.TestCase):
+    """Pools of their own: starting, closing, dying."""
+
+    def test_context_manager_stops_the_supervisor(self) -> None:
+        with Pool(["--pool-size", "1", *QUIET]) as pool:
+            self.assertEqual(pool.execute("1").result, "1")
+            pid = pool.pid
+        assert pid is not None
+        with self.assertRaises(ProcessLookupError):
+            os.kill(pid, 0)
+        with self.assertRaises(ConnectionClosedError):
+            pool.execute("1")
+
+    def test_a_dead_supervisor_fails_pending_calls(self) -> None:
+        pool = Pool(["--pool-size", "1", *QUIET], wait_for_workers=1)
+        pending = pool.execute_future("import time\ntime.sleep(30)")
+        time.sleep(0.2)
+        assert pool.pid is not None
+        os.kill(pool.pid, signal.SIGKILL)
+        with self.assertRaises(ConnectionClosedError) as raised:
+            pending.result(timeout=30)
+        self.assertEqual(raised.exception.exit_code, -signal.SIGKILL)
+        with self.assertRaises(ConnectionClosedError):
+            pool.health()
+        pool.close()
+
+    def test_attach_to_a_supervisor_started_elsewhere(self) -> None:
+        from pyodide_pool import supervisor_command
+        from pyodide_pool.pool import project_root
+
+        process = subprocess.Popen(
+            supervisor_command(["--pool-size", "1", *QUIET]),
+            cwd=str(project_root()),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stdin is not None
+        pool = Pool.attach(process.stdout, process.stdin)
+        self.assertEqual(pool.execute("2 ** 10").result, "1024")
+        pool.close()
+        self.assertEqual(process.wait(60), 0)
+
+    def test_session_lost_with_its_worker(self) -> None:
+        with Pool(["--pool-size", "1", *QUIET], wait_for_workers=1) as pool:
+            pool.execute("x = 1", session_id="doomed")
+            worker_pid = pool.health()["workers"][0]["pid"]
+            os.kill(worker_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while pool.health()["workers"][0]["pid"] == worker_pid:
+                self.assertLess(time.monotonic(), deadline, "no replacement worker")
+                time.sleep(0.05)
+            with self.assertRaises(SessionNotFoundError) as raised:
+                pool.execute("x", session_id="doomed")
+            self.assertEqual(raised.exception.data["session_id"], "doomed")
+
+
+if __name__ == "__main__":
+    unittest.main()
