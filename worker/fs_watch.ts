@@ -36,13 +36,22 @@ export class FsWatch {
 
   constructor(private readonly fs: EmscriptenFs) {}
 
-  /** Watches `paths` from now on, as they are now. */
+  /**
+   * Watches `paths` from now on, as they are now. A path that no longer exists is left out:
+   * its removal already tainted the worker.
+   */
   mark(paths: string[]): void {
-    this.#watched = paths.map((path) => {
-      const { node } = this.fs.lookupPath(path);
+    this.#watched = [];
+    for (const path of paths) {
+      let node: FsNode;
+      try {
+        node = this.fs.lookupPath(path).node;
+      } catch {
+        continue;
+      }
       node.ctime = UNCHANGED;
-      return { path, node, size: node.usedBytes };
-    });
+      this.#watched.push({ path, node, size: node.usedBytes });
+    }
   }
 
   /** The watched paths changed since `mark`. */

@@ -156,6 +156,7 @@ async function start(init: InitMessage): Promise<Thread> {
   hardenThread(pyodide, init.allowNetwork);
   seal();
   seal.destroy();
+  const { PythonError } = pyodide.ffi;
   const fsWatch = new FsWatch(pyodide.FS);
   const runFiles = new RunFiles(pyodide.FS, init.maxFileBytes);
   fsWatch.mark(JSON.parse(watchedPaths()));
@@ -165,7 +166,13 @@ async function start(init: InitMessage): Promise<Thread> {
   const restoreChangedFiles = () => {
     const changed = fsWatch.changed();
     if (changed.length === 0) return;
-    if (!restoreFiles(JSON.stringify(changed))) tainted = true;
+    try {
+      if (!restoreFiles(JSON.stringify(changed))) tainted = true;
+    } catch (error) {
+      // The reset itself failed (a file it cannot write, say): no request may run here again.
+      if (!(error instanceof PythonError)) throw error;
+      tainted = true;
+    }
     fsWatch.mark(JSON.parse(watchedPaths()));
   };
 
@@ -181,7 +188,6 @@ async function start(init: InitMessage): Promise<Thread> {
     heapBytes: heapBytes(),
   });
 
-  const { PythonError } = pyodide.ffi;
   const errorJson = (type: string, message: string, traceback = "") =>
     JSON.stringify({ status: "error", result: null, error: { type, message, traceback } });
 

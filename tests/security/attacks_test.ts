@@ -268,6 +268,14 @@ Deno.test("attack fails: a watched folder replaced by a link taints the worker",
   assert.equal(after.result, "False");
 });
 
+Deno.test("attack fails: a removed watched folder taints the worker", async () => {
+  await assertTaintsItsWorker("import shutil\nshutil.rmtree('/home/pyodide/.config')");
+  const after = await (await pool()).execute({
+    code: "import os\nos.path.exists('/home/pyodide/.config/matplotlib/matplotlibrc')",
+  });
+  assert.equal(after.result, "True");
+});
+
 Deno.test("attack fails: a changed stdlib zip taints the worker, which is replaced", async () => {
   await assertTaintsItsWorker("open('/lib/python314.zip', 'ab').write(b'garbage')");
 });
