@@ -66,7 +66,9 @@ const python = new PythonHost({
     // A broken interpreter cannot be trusted with the next request: the supervisor sees the
     // exit, fails only the request in flight, and starts a replacement.
     log.error("fatal: {message}", { message });
-    Deno.exit(70);
+    // An answer already given (the run that ended before the failure) goes out first.
+    const waited = new Promise((resolve) => setTimeout(resolve, 1000));
+    Promise.race([out.flushed(), waited]).finally(() => Deno.exit(70));
   },
 });
 

@@ -134,6 +134,7 @@ async function start(init: InitMessage): Promise<Thread> {
   const runPython = runtime.run.copy() as PyProxy & ((request: string) => unknown);
   const cancelCurrent = runtime.cancel_current.copy() as PyProxy & (() => void);
   const seal = runtime.seal.copy() as PyProxy & (() => void);
+  const resetInterpreter = runtime.reset.copy() as PyProxy & (() => void);
   const acceptInstalled = runtime.accept_installed.copy() as PyProxy & (() => void);
   const watchedPaths = runtime.watched_paths.copy() as PyProxy & (() => string);
   const restoreFiles = runtime.restore_files.copy() as PyProxy & ((changed: string) => boolean);
@@ -214,6 +215,24 @@ async function start(init: InitMessage): Promise<Thread> {
     );
   };
 
+  /**
+   * The runtime's report. The request may have patched what the runtime reports with (say
+   * `json.dumps`; the reset undoes it after the report): a report that is not what the
+   * runtime writes becomes an error result of that request, not a broken worker.
+   */
+  const readOutcome = (json: string): RunOutcome => {
+    try {
+      const outcome = JSON.parse(json);
+      if (typeof outcome?.status === "string") return outcome as RunOutcome;
+    } catch {
+      // Reported below.
+    }
+    return JSON.parse(errorJson(
+      "RuntimeError",
+      "the result could not be reported: the code replaced part of what the runtime uses",
+    ));
+  };
+
   /** Runs the request; a Python exception that escapes the runtime itself is still a result. */
   const runToJson = async (message: RunMessage, given: GivenFiles): Promise<string> => {
     const packageError = await loadPackages(message.packages);
@@ -248,15 +267,24 @@ async function start(init: InitMessage): Promise<Thread> {
       running = true;
       const given: GivenFiles = new Map();
       const json = await runToJson(message, given);
-      // No interrupt may land in the file reset.
+      // No interrupt may land in the reporting or the reset.
       Atomics.store(control, ControlSlot.Finishing, 1);
       const files = runFiles.collect(given);
-      restoreChangedFiles();
+      // The reset runs after the answer is sent, off the request's path, and before the next
+      // request (this handler ends with it). Unless files changed outside the run directory:
+      // then the answer says whether the worker is tainted, so both resets come first, the
+      // interpreter's before the files' (the file reset calls os and shutil, which the
+      // request may have patched).
+      const resetFirst = fsWatch.changed().length > 0;
+      if (resetFirst) {
+        resetInterpreter();
+        restoreChangedFiles();
+      }
       running = false;
       streaming = undefined;
       // A signal that arrived after Python's last check must not hit the next request.
       Atomics.store(control, ControlSlot.Interrupt, 0);
-      const outcome = JSON.parse(json) as RunOutcome;
+      const outcome = readOutcome(json);
       outcome.files = files;
       outcome.figures ??= [];
       outcome.truncated = stdout.truncated || stderr.truncated;
@@ -276,6 +304,9 @@ async function start(init: InitMessage): Promise<Thread> {
         heapBytes: heapBytes(),
         tainted,
       });
+      // A reset that fails leaves an interpreter no request may use: the error ends the
+      // thread, and the worker process (once the answer above is written) with it.
+      if (!resetFirst) resetInterpreter();
     },
     call({ seq, fn, arg }) {
       try {

@@ -73,10 +73,11 @@ class Baseline:
         return [*self._folders, *self._files]
 
     def restore(self):
-        """Puts back everything but the files (see `restore_files`)."""
+        """Puts back everything but the files (see `restore_files`). Module globals come
+        first: the steps after them call `os` and `sys`, which a request may have patched."""
+        self._restore_modules()
         os.chdir(HOME)
         sys.setrecursionlimit(self._recursion_limit)
-        self._restore_modules()
         if os.environ._data is not self._environ_data or not _same(
             self._environ_data, self._environ_data_saved
         ):
@@ -90,13 +91,14 @@ class Baseline:
         sys.path_hooks[:] = self._path_hooks
 
     def _restore_modules(self):
+        # The guarded globals first: they include `sys.modules` itself, should it be rebound.
+        for current, saved in self._module_dicts:
+            _restore_dict(current, saved)
         if not _same(sys.modules, self._modules):
             for name in list(sys.modules):
                 if name not in self._modules:
                     del sys.modules[name]
             sys.modules.update(self._modules)
-        for current, saved in self._module_dicts:
-            _restore_dict(current, saved)
 
     def restore_files(self, changed):
         """Undoes the changes to `changed`, watched paths that were modified: entries added to

@@ -124,7 +124,9 @@ class _Run:
         workdir.enter()
 
     def finish(self, status, value=None, error=None):
-        # From here on the main thread sends no interrupt: the reset must run to its end.
+        """The outcome as JSON. The reset (`reset`) follows once the answer is on its way: it
+        always runs before the next request, but off this request's path."""
+        # From here on the main thread sends no interrupt: reporting and reset must end.
         _enter_finish()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -139,13 +141,13 @@ class _Run:
                 outcome["session_bytes"], outcome["session_dropped"] = state.dump(self.namespace)
         except BaseException as exc:  # noqa: BLE001 - the runtime must always answer
             outcome = {"status": "error", "result": None, "error": _error(exc)}
-        finally:
-            workdir.leave()
-            _reset()
         return json.dumps(outcome)
 
 
-def _reset():
+def reset():
+    """Undoes what the last request changed in the interpreter (isolation.py); its files are
+    checked from JavaScript. Called after every request, before the next one runs."""
+    workdir.leave()
     baseline = _live["baseline"]
     if baseline is not None:
         baseline.restore()
@@ -212,7 +214,6 @@ def run(request_json):
         current = _Run(request)
     except BaseException as exc:  # noqa: BLE001 - bad session state is a result too
         _enter_finish()
-        _reset()
         return json.dumps({"status": "error", "result": None, "error": _error(exc)})
     lines = code.splitlines(keepends=True)
     linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
