@@ -271,10 +271,10 @@ async function start(init: InitMessage): Promise<Thread> {
       Atomics.store(control, ControlSlot.Finishing, 1);
       const files = runFiles.collect(given);
       // The reset runs after the answer is sent, off the request's path, and before the next
-      // request (this handler ends with it). Unless files changed outside the run directory:
-      // then the answer says whether the worker is tainted, so both resets come first, the
-      // interpreter's before the files' (the file reset calls os and shutil, which the
-      // request may have patched).
+      // request (this handler ends with it). Unless the request changed files (its run
+      // directory's included): the answer then says whether the worker is tainted, so both
+      // resets come first, the interpreter's before the files' (the file reset calls os and
+      // shutil, which the request may have patched).
       const resetFirst = fsWatch.changed().length > 0;
       if (resetFirst) {
         resetInterpreter();
