@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Drive pyodide-pool from Python with the client package in clients/python (standard library
-only): start a pool, run code, handle errors, run requests from threads and from asyncio.
+only): start a pool, run code, stream output, keep state, handle errors, run requests from
+threads and from asyncio.
 
     python3 scripts/client_example.py
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python"))
 
-from pyodide_pool import InvalidParamsError, Pool  # noqa: E402
+from pyodide_pool import ExecuteResult, InvalidParamsError, Pool  # noqa: E402
 
 
 def main() -> int:
@@ -29,11 +30,21 @@ def main() -> int:
 
         print("timeout:", pool.execute("while True: pass", timeout_ms=200).status)
 
+        chunks: list[tuple[str, str]] = []
+        pool.execute(
+            "for i in range(3): print(i)",
+            on_output=lambda stream, text: chunks.append((stream, text)),
+        )
+        print("streamed:", "".join(text for _, text in chunks).split())
+
+        state = pool.execute("total = 10", return_session=True).session_bytes
+        print("session:", pool.execute("total * 2", session_bytes=state).result)
+
         with ThreadPoolExecutor(max_workers=4) as threads:
             results = list(threads.map(lambda i: pool.execute(f"{i} ** 2"), range(8)))
         print("parallel:", [r.result for r in results])
 
-        async def gathered() -> list:
+        async def gathered() -> list[ExecuteResult]:
             return await asyncio.gather(*(pool.execute_async(f"{i} * 10") for i in range(4)))
 
         print("asyncio:", [r.result for r in asyncio.run(gathered())])

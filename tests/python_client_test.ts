@@ -49,6 +49,8 @@ Deno.test("scripts/client_example.py drives the pool through the package", async
   assert.match(stdout, /^stdout: hello pyodide$/m);
   assert.match(stdout, /^error: error ZeroDivisionError$/m);
   assert.match(stdout, /^timeout: timeout$/m);
+  assert.match(stdout, /^streamed: \['0', '1', '2'\]$/m);
+  assert.match(stdout, /^session: 20$/m);
   assert.match(stdout, /^parallel: \['0', '1', '4', '9', '16', '25', '36', '49'\]$/m);
   assert.match(stdout, /^asyncio: \['0', '10', '20', '30'\]$/m);
   assert.match(stdout, /^rpc error: -32602 timeout_ms$/m);

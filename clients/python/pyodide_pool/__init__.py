@@ -9,6 +9,7 @@
 from .errors import (
     CancelledError,
     ConnectionClosedError,
+    ErrorCode,
     InternalError,
     InvalidParamsError,
     InvalidRequestError,
@@ -20,19 +21,22 @@ from .errors import (
     SessionNotFoundError,
     ShuttingDownError,
     WorkerDiedError,
+    rpc_error_from,
 )
-from .pool import Pool, supervisor_command
+from .pool import OutputCallback, Pool, deno_command, project_root, supervisor_command
 from .results import ExecuteResult, Figure, OutputFile, PythonError
 
 __all__ = [
     "CancelledError",
     "ConnectionClosedError",
+    "ErrorCode",
     "ExecuteResult",
     "Figure",
     "InternalError",
     "InvalidParamsError",
     "InvalidRequestError",
     "MethodNotFoundError",
+    "OutputCallback",
     "OutputFile",
     "OverloadedError",
     "ParseError",
@@ -43,5 +47,8 @@ __all__ = [
     "SessionNotFoundError",
     "ShuttingDownError",
     "WorkerDiedError",
+    "deno_command",
+    "project_root",
+    "rpc_error_from",
     "supervisor_command",
 ]

@@ -1,9 +1,30 @@
-"""Exceptions: one per JSON-RPC error code the pool answers with (docs/protocol.md), and one
-for a pool that is gone."""
+"""Exceptions: one per JSON-RPC error code the pool answers with (lib/errors.ts, with the class
+names of lib/client.ts), and one for a pool that is gone."""
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any, Dict, Mapping, Optional, Type
+
+
+class ErrorCode(IntEnum):
+    """Every JSON-RPC error code pyodide-pool answers with (`ErrorCode` in lib/errors.ts)."""
+
+    ParseError = -32700
+    InvalidRequest = -32600
+    MethodNotFound = -32601
+    InvalidParams = -32602
+    InternalError = -32603
+    Overloaded = -32000
+    """The queue is full: retry later."""
+    WorkerDied = -32001
+    """The worker died while running this request; it is never re-run automatically."""
+    ShuttingDown = -32002
+    """The pool is shutting down and takes no more work."""
+    Cancelled = -32003
+    """The client cancelled the request with `$/cancelRequest`."""
+    SessionNotFound = -32004
+    """The session does not exist, or was lost with its worker."""
 
 
 class PoolError(Exception):
@@ -11,7 +32,8 @@ class PoolError(Exception):
 
 
 class ConnectionClosedError(PoolError):
-    """The supervisor exited or closed its output: pending and later calls fail with this."""
+    """The supervisor exited or closed its output: pending and later calls fail with this.
+    `exit_code` is its exit code when known (negative: killed by that signal)."""
 
     def __init__(self, message: str, exit_code: Optional[int] = None) -> None:
         super().__init__(message)
@@ -21,81 +43,75 @@ class ConnectionClosedError(PoolError):
 class RpcError(PoolError):
     """A JSON-RPC error response: the request could not be served. `data` says what to do."""
 
-    code: int = 0
-
     def __init__(self, code: int, message: str, data: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(f"{message} (error {code})")
         self.code = code
         self.message = message
-        self.data: Dict[str, Any] = data or {}
+        self.data: Dict[str, Any] = data if data is not None else {}
 
 
 class ParseError(RpcError):
-    code = -32700
+    """-32700: the request line was not JSON."""
 
 
 class InvalidRequestError(RpcError):
-    code = -32600
+    """-32600: not a valid JSON-RPC request."""
 
 
 class MethodNotFoundError(RpcError):
-    code = -32601
+    """-32601: no such method (or `shutdown` without --allow-shutdown)."""
 
 
 class InvalidParamsError(RpcError):
-    """`data["field"]` names the param at fault."""
-
-    code = -32602
+    """-32602: a param is invalid; `data["field"]` names it."""
 
 
 class InternalError(RpcError):
-    code = -32603
+    """-32603: the pool failed unexpectedly."""
 
 
 class OverloadedError(RpcError):
-    """The queue is full: retry later."""
-
-    code = -32000
+    """-32000: the queue is full; retry later."""
 
 
 class WorkerDiedError(RpcError):
-    """The worker died while running the request; it was not re-run."""
-
-    code = -32001
+    """-32001: the worker died while running the request; it was not re-run."""
 
 
 class ShuttingDownError(RpcError):
-    code = -32002
+    """-32002: the pool is shutting down."""
 
 
 class CancelledError(RpcError):
-    code = -32003
+    """-32003: cancelled (the request's future was cancelled)."""
 
 
 class SessionNotFoundError(RpcError):
-    """The session expired, or was lost with its worker."""
-
-    code = -32004
+    """-32004: the session does not exist, expired, or was lost with its worker."""
 
 
-_BY_CODE: Dict[int, Type[RpcError]] = {
-    cls.code: cls
-    for cls in (
-        ParseError,
-        InvalidRequestError,
-        MethodNotFoundError,
-        InvalidParamsError,
-        InternalError,
-        OverloadedError,
-        WorkerDiedError,
-        ShuttingDownError,
-        CancelledError,
-        SessionNotFoundError,
-    )
+ERROR_CLASSES: Dict[int, Type[RpcError]] = {
+    ErrorCode.ParseError: ParseError,
+    ErrorCode.InvalidRequest: InvalidRequestError,
+    ErrorCode.MethodNotFound: MethodNotFoundError,
+    ErrorCode.InvalidParams: InvalidParamsError,
+    ErrorCode.InternalError: InternalError,
+    ErrorCode.Overloaded: OverloadedError,
+    ErrorCode.WorkerDied: WorkerDiedError,
+    ErrorCode.ShuttingDown: ShuttingDownError,
+    ErrorCode.Cancelled: CancelledError,
+    ErrorCode.SessionNotFound: SessionNotFoundError,
 }
 
 
 def rpc_error_from(error: Mapping[str, Any]) -> RpcError:
-    """The exception for an `error` member of a response."""
-    code = int(error.get("code", 0))
-    return _BY_CODE.get(code, RpcError)(code, str(error.get("message", "")), error.get("data"))
+    """An error response's `error` member as the exception class for its code (RpcError for
+    the others)."""
+    try:
+        code = int(error.get("code", 0))
+    except (TypeError, ValueError):
+        code = 0
+    data = error.get("data")
+    return ERROR_CLASSES.get(code, RpcError)(
+        code, str(error.get("message", "")), data if isinstance(data, dict) else {}
+    )

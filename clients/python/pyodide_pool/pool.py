@@ -1,8 +1,8 @@
 """The client: one supervisor process (started here, or attached to), JSON-RPC over its pipes.
 
 Thread-safe: any number of threads (or asyncio tasks, through `execute_async`) may have
-requests in flight at once; they are pipelined on the one connection, and a reader thread
-hands each response to the request with its id.
+requests in flight at once. They are pipelined on the one connection, and a reader thread hands
+each response to the request with its id.
 """
 
 from __future__ import annotations
@@ -11,16 +11,27 @@ import asyncio
 import base64
 import itertools
 import json
+import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from .errors import ConnectionClosedError, PoolError, rpc_error_from
 from .results import ExecuteResult
@@ -28,50 +39,77 @@ from .results import ExecuteResult
 OutputCallback = Callable[[str, str], None]
 """Called with (stream, text) as a streamed run writes: stream is "stdout" or "stderr"."""
 
+Files = Union[Mapping[str, Union[bytes, str]], Sequence[Mapping[str, str]]]
+"""`execute`'s `files`: {path: content} (bytes, or str written as UTF-8), or the protocol's
+list of {"path": ..., "content_b64": ...}."""
+
 DENO_FROM_NPM = ["npx", "--yes", "deno@2.9.6"]
+
+_log = logging.getLogger("pyodide_pool")
 
 
 def project_root() -> Path:
-    """The pyodide-pool checkout: PYODIDE_POOL_ROOT, else the one this package lives in."""
+    """The pyodide-pool checkout: PYODIDE_POOL_ROOT, else the one this package lives in
+    (clients/python/../..)."""
     configured = os.environ.get("PYODIDE_POOL_ROOT")
     return Path(configured) if configured else Path(__file__).resolve().parents[3]
 
 
-def deno_command(root: Path) -> List[str]:
-    """How to run Deno: PYODIDE_POOL_DENO, `deno` on PATH, the project's npm-installed binary,
-    or npx (which fetches Deno 2.9.6 from npm, as the README does). The npm package's own
-    binary is preferred to its Node launcher, so that the process started is Deno itself."""
+def deno_command(root: Optional[Path] = None) -> List[str]:
+    """How to run Deno: PYODIDE_POOL_DENO, else `deno` on the PATH, else the checkout's
+    node_modules/.bin/deno, else `npx --yes deno@2.9.6`. For node_modules/.bin/deno, the npm
+    package's binary next to its Node launcher is preferred, so that the process started (and
+    killed) is Deno itself."""
     configured = os.environ.get("PYODIDE_POOL_DENO")
     if configured:
         return [configured]
     on_path = shutil.which("deno")
     if on_path:
         return [on_path]
-    for installed in (root / "node_modules" / "deno" / "deno", root / "node_modules" / ".bin" / "deno"):
-        if installed.exists():
-            return [str(installed)]
+    launcher = (root or project_root()) / "node_modules" / ".bin" / "deno"
+    if launcher.exists():
+        binary = launcher.resolve().with_name("deno")
+        return [str(binary if os.access(binary, os.X_OK) else launcher)]
     return list(DENO_FROM_NPM)
 
 
 def supervisor_command(args: Sequence[str] = (), root: Optional[Path] = None) -> List[str]:
-    """The supervisor's command line: deno.json's `start` task (one source of truth for its
-    permissions and flags), run directly rather than through `deno task`, so that the process
-    this client holds is the supervisor itself. Run it with the project root as cwd."""
-    root = root or project_root()
-    task = json.loads((root / "deno.json").read_text())["tasks"]["start"]
-    words = shlex.split(task)
-    if words[0] != "deno":
-        raise PoolError(f"unexpected start task in {root / 'deno.json'}: {task}")
-    return deno_command(root) + words[1:] + list(args)
+    """The supervisor's command line, as `supervisorCommand()` in lib/client.ts builds it, with
+    `args` (supervisor flags) appended. Paths are absolute: it runs from any directory."""
+    root = Path(root) if root is not None else project_root()
+    main = root / "supervisor" / "main.ts"
+    if not main.is_file():
+        raise PoolError(
+            f"no pyodide-pool checkout at {root} ({main} is missing): "
+            "pass root= or set PYODIDE_POOL_ROOT"
+        )
+    return [
+        *deno_command(root),
+        "run",
+        "--allow-read",
+        "--allow-env",
+        "--allow-run",
+        f"--allow-write={root / '.snapshots'}",
+        # Loopback only, for --metrics-port; the workers get no network at all.
+        "--allow-net=127.0.0.1",
+        "--v8-flags=--max-semi-space-size=1",
+        str(main),
+        *args,
+    ]
+
+
+_Converter = Callable[[Any], Any]
 
 
 class Pool:
     """A pyodide-pool supervisor and a connection to it.
 
-    >>> with Pool(["--pool-size", "2"]) as pool:          # doctest: +SKIP
+    >>> with Pool(["--pool-size", "2"]) as pool:  # doctest: +SKIP
     ...     print(pool.execute("6 * 7").result)
     42
     """
+
+    _process: Optional[subprocess.Popen[bytes]]
 
     def __init__(
         self,
@@ -80,223 +118,428 @@ class Pool:
         command: Optional[Sequence[str]] = None,
         env: Optional[Mapping[str, str]] = None,
         root: Optional[Union[str, Path]] = None,
-        stderr: Optional[IO[bytes]] = None,
-        wait_for_workers: Optional[int] = None,
+        cwd: Optional[Union[str, Path]] = None,
+        stderr: Union[None, int, IO[Any]] = None,
+        wait_for_workers: int = 0,
         start_timeout: float = 120.0,
     ) -> None:
-        """Starts a supervisor with `args` (supervisor flags, e.g. ["--pool-size", "2"]), or
-        `command` (a whole command line). Its logs go to `stderr` (default: this process's).
-        Waits until `wait_for_workers` workers are ready (default: none, since requests queue
-        while workers start)."""
-        project = Path(root) if root else project_root()
-        argv = list(command) if command else supervisor_command(args, project)
+        """Starts a supervisor: `command` (default: `supervisor_command()` for `root`, else
+        PYODIDE_POOL_ROOT, else this package's checkout) with `args` appended, such as
+        ["--pool-size", "2"]. `env` is added to this process's environment. Its logs go to
+        `stderr` (default: this process's; subprocess.DEVNULL drops them). With
+        `wait_for_workers`, returns once that many workers are ready (else at once: requests
+        queue while workers start), or raises PoolError after `start_timeout` seconds."""
+        project = Path(root) if root is not None else None
+        base = list(command) if command is not None else supervisor_command(root=project)
+        argv = [*base, *args]
         try:
-            self._process: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
+            self._process = subprocess.Popen(
                 argv,
-                cwd=str(project),
+                cwd=None if cwd is None else str(cwd),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env={**os.environ, **(env or {})},
                 # Its own process group: a launcher (npx) and the supervisor under it can be
-                # killed together.
+                # killed together, and a Ctrl-C meant for this program does not reach it (closing
+                # its stdin stops it).
                 start_new_session=True,
             )
         except OSError as error:
-            raise ConnectionClosedError(f"could not start the supervisor ({argv[0]}): {error}")
+            raise ConnectionClosedError(
+                f"cannot start the supervisor ({argv[0]}): {error}"
+            ) from error
         assert self._process.stdin is not None and self._process.stdout is not None
         self._connect(self._process.stdout, self._process.stdin)
-        if wait_for_workers:
-            self.wait_for_workers(wait_for_workers, start_timeout)
+        if wait_for_workers > 0:
+            try:
+                self.wait_for_workers(wait_for_workers, start_timeout)
+            except BaseException:
+                self.close(timeout=5.0)
+                raise
 
     @classmethod
-    def attach(cls, reader: IO[bytes], writer: IO[bytes]) -> "Pool":
-        """A connection to a supervisor started elsewhere: its stdout and its stdin."""
+    def attach(cls, reader: IO[bytes], writer: IO[bytes]) -> Pool:
+        """A connection to a supervisor started elsewhere, through its stdout (`reader`) and its
+        stdin (`writer`), both binary. `close()` closes `writer`."""
         pool = cls.__new__(cls)
         pool._process = None
         pool._connect(reader, writer)
         return pool
 
     def _connect(self, reader: IO[bytes], writer: IO[bytes]) -> None:
-        self._reader_stream = reader
-        self._writer = writer
+        self._input = reader
+        self._output = writer
         self._ids = itertools.count(1)
-        self._pending: Dict[int, Future] = {}
+        self._pending: Dict[int, Tuple[Future[Any], Optional[_Converter]]] = {}
         self._listeners: Dict[int, OutputCallback] = {}
-        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()  # _pending, _listeners, _closed, _closing
+        self._write_lock = threading.Lock()  # one line at a time on the supervisor's stdin
         self._closed: Optional[ConnectionClosedError] = None
+        self._closing = False
         self._reader = threading.Thread(target=self._read, name="pyodide-pool-reader", daemon=True)
         self._reader.start()
 
     # Calls
 
-    def call_future(
-        self, method: str, params: Any = None, on_output: Optional[OutputCallback] = None
-    ) -> "Future[Any]":
+    def call_future(self, method: str, params: Any = None) -> Future[Any]:
         """Sends a request; the future resolves with its result or fails with an RpcError."""
-        future: Future = Future()
-        with self._lock:
-            if self._closed:
-                raise self._closed
-            request_id = next(self._ids)
-            self._pending[request_id] = future
-            if on_output:
-                self._listeners[request_id] = on_output
-            message: Dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-            if params is not None:
-                message["params"] = params
-            try:
-                self._writer.write((json.dumps(message) + "\n").encode())
-                self._writer.flush()
-            except (OSError, ValueError) as error:
-                self._pending.pop(request_id, None)
-                self._listeners.pop(request_id, None)
-                raise ConnectionClosedError(f"the supervisor's input is closed: {error}")
+        return self._request(method, params)[0]
+
+    def call(self, method: str, params: Any = None) -> Any:
+        """Calls any method and waits for its result; raises the RpcError subclass for the
+        code of an error response, or ConnectionClosedError."""
+        return self._request(method, params)[0].result()
+
+    def execute_future(
+        self,
+        code: str,
+        *,
+        timeout_ms: Optional[float] = None,
+        stdin: Optional[str] = None,
+        session_id: Optional[str] = None,
+        session_bytes: Optional[str] = None,
+        return_session: Optional[bool] = None,
+        files: Optional[Files] = None,
+        packages: Optional[Sequence[str]] = None,
+        stream: Optional[bool] = None,
+        on_output: Optional[OutputCallback] = None,
+    ) -> Future[ExecuteResult]:
+        """`execute` as a concurrent.futures.Future. Cancelling the future (while it is
+        pending) sends `$/cancelRequest`: a queued request never runs, a running one is
+        interrupted."""
+        params: Dict[str, Any] = {"code": code}
+        if timeout_ms is not None:
+            params["timeout_ms"] = timeout_ms
+        if stdin is not None:
+            params["stdin"] = stdin
+        if session_id is not None:
+            params["session_id"] = session_id
+        if session_bytes is not None:
+            params["session_bytes"] = session_bytes
+        if return_session is not None:
+            params["return_session"] = return_session
+        if files is not None:
+            params["files"] = _encode_files(files)
+        if packages is not None:
+            params["packages"] = list(packages)
+        if on_output is not None:
+            params["stream"] = True
+        elif stream is not None:
+            params["stream"] = stream
+        future, request_id = self._request("execute", params, on_output, ExecuteResult.from_json)
+
+        def cancel_if_cancelled(done: Future[Any]) -> None:
+            if done.cancelled():
+                with self._state_lock:
+                    self._pending.pop(request_id, None)
+                    self._listeners.pop(request_id, None)
+                self._notify("$/cancelRequest", {"id": request_id})
+
+        future.add_done_callback(cancel_if_cancelled)
         return future
 
-    def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
-        """Sends a request and waits for its result; raises an RpcError subclass on an error."""
-        return self.call_future(method, params).result(timeout)
+    def execute(
+        self,
+        code: str,
+        *,
+        timeout_ms: Optional[float] = None,
+        stdin: Optional[str] = None,
+        session_id: Optional[str] = None,
+        session_bytes: Optional[str] = None,
+        return_session: Optional[bool] = None,
+        files: Optional[Files] = None,
+        packages: Optional[Sequence[str]] = None,
+        stream: Optional[bool] = None,
+        on_output: Optional[OutputCallback] = None,
+    ) -> ExecuteResult:
+        """Runs Python `code`; the options are the `execute` params (docs/protocol.md), sent
+        only when given. `on_output(stream, text)` is called (on the reader thread) with the
+        output as the code writes it; it turns on `stream`. Python's own failures are results
+        (`status`), not exceptions."""
+        return self.execute_future(
+            code,
+            timeout_ms=timeout_ms,
+            stdin=stdin,
+            session_id=session_id,
+            session_bytes=session_bytes,
+            return_session=return_session,
+            files=files,
+            packages=packages,
+            stream=stream,
+            on_output=on_output,
+        ).result()
 
-    def execute_future(self, code: str, **options: Any) -> "Future[ExecuteResult]":
-        params, on_output = _execute_params(code, options)
-        raw = self.call_future("execute", params, on_output)
-        result: Future = Future()
-
-        def convert(done: "Future[Any]") -> None:
-            error = done.exception()
-            if error is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(ExecuteResult.from_json(done.result()))
-
-        raw.add_done_callback(convert)
-        return result
-
-    def execute(self, code: str, *, timeout: Optional[float] = None, **options: Any) -> ExecuteResult:
-        """Runs `code`. Options are the `execute` params of docs/protocol.md: timeout_ms, stdin,
-        session_id, session_bytes (bytes), return_session, files ({path: bytes}), packages,
-        and on_output, a callback that receives the output as it is written. `timeout` (in
-        seconds) bounds the wait here, not the run (use timeout_ms for that)."""
-        return self.execute_future(code, **options).result(timeout)
-
-    async def execute_async(self, code: str, **options: Any) -> ExecuteResult:
-        """`execute` for asyncio: many may be awaited at once (asyncio.gather)."""
-        return await asyncio.wrap_future(self.execute_future(code, **options))
+    async def execute_async(
+        self,
+        code: str,
+        *,
+        timeout_ms: Optional[float] = None,
+        stdin: Optional[str] = None,
+        session_id: Optional[str] = None,
+        session_bytes: Optional[str] = None,
+        return_session: Optional[bool] = None,
+        files: Optional[Files] = None,
+        packages: Optional[Sequence[str]] = None,
+        stream: Optional[bool] = None,
+        on_output: Optional[OutputCallback] = None,
+    ) -> ExecuteResult:
+        """`execute` for asyncio: any number may be in flight at once (asyncio.gather).
+        Cancelling the task cancels the request."""
+        return await asyncio.wrap_future(
+            self.execute_future(
+                code,
+                timeout_ms=timeout_ms,
+                stdin=stdin,
+                session_id=session_id,
+                session_bytes=session_bytes,
+                return_session=return_session,
+                files=files,
+                packages=packages,
+                stream=stream,
+                on_output=on_output,
+            )
+        )
 
     def health(self) -> Dict[str, Any]:
-        return self.call("health")
+        """Pool and per-worker state: status, ready_workers, pool_size, queue_depth, workers."""
+        return self.call("health")  # type: ignore[no-any-return]
 
     def stats(self) -> Dict[str, Any]:
-        return self.call("stats")
+        """Counters, queue depth, latency percentiles and memory per worker."""
+        return self.call("stats")  # type: ignore[no-any-return]
 
     def packages(self) -> Dict[str, Any]:
-        return self.call("packages")
+        """The packages that can be loaded, and those loaded pool-wide."""
+        return self.call("packages")  # type: ignore[no-any-return]
 
     def shutdown(self) -> Dict[str, Any]:
-        """Asks the pool to stop (it must run with --allow-shutdown)."""
-        return self.call("shutdown")
+        """Asks the pool to stop (needs --allow-shutdown); it answers what it has, then exits."""
+        return self.call("shutdown")  # type: ignore[no-any-return]
 
     def wait_for_workers(self, count: int, timeout: float = 120.0) -> Dict[str, Any]:
-        """Waits until `count` workers are ready; returns the last health report."""
+        """Polls `health` until `count` workers are ready; returns the last report. Raises
+        PoolError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             health = self.health()
-            if health["ready_workers"] >= count:
+            if health.get("ready_workers", 0) >= count:
                 return health
             if time.monotonic() > deadline:
-                raise PoolError(f"{count} workers not ready after {timeout} s: {health}")
+                raise PoolError(f"the pool did not get {count} ready workers: {health}")
             time.sleep(0.1)
 
     # Lifetime
 
     @property
     def pid(self) -> Optional[int]:
+        """The supervisor's process id, when this client started it."""
         return self._process.pid if self._process else None
 
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Sends a signal to the supervisor (when this client started it)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(sig)
+
     def close(self, timeout: float = 60.0) -> Optional[int]:
-        """Closes the supervisor's input: it answers what it has received, then exits. Kills it
-        if it has not exited after `timeout` seconds. Returns its exit code."""
-        try:
-            self._writer.close()
-        except OSError:
-            pass
+        """Closes the supervisor's stdin: it answers every request it has received, then exits.
+        Past `timeout` seconds it is killed (with its process group). Returns its exit code
+        (None when attached). Later calls raise ConnectionClosedError."""
+        with self._state_lock:
+            self._closing = True
+        with self._write_lock:
+            try:
+                self._output.close()
+            except (OSError, ValueError):
+                pass
         if self._process is None:
             self._reader.join(timeout)
             return None
         try:
             code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
+            _kill_group(self._process)
             code = self._process.wait()
-        self._reader.join(5)
-        self._reader_stream.close()
+        self._reader.join(5.0)
+        if not self._reader.is_alive():
+            self._input.close()
         return code
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    # The reader thread
+    # The connection
+
+    def _request(
+        self,
+        method: str,
+        params: Any = None,
+        on_output: Optional[OutputCallback] = None,
+        convert: Optional[_Converter] = None,
+    ) -> Tuple[Future[Any], int]:
+        """Sends a request: its future and its id."""
+        future: Future[Any] = Future()
+        with self._state_lock:
+            if self._closed is not None:
+                raise ConnectionClosedError(str(self._closed), self._closed.exit_code)
+            if self._closing:
+                raise ConnectionClosedError("the pool is closed")
+            request_id = next(self._ids)
+            message: Dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+            if params is not None:
+                message["params"] = params
+            # Before registering: a value JSON cannot carry fails here, and nothing is pending.
+            line = (json.dumps(message, allow_nan=False) + "\n").encode()
+            self._pending[request_id] = (future, convert)
+            if on_output is not None:
+                self._listeners[request_id] = on_output
+        try:
+            self._write(line)
+        except ConnectionClosedError as error:
+            with self._state_lock:
+                self._pending.pop(request_id, None)
+                self._listeners.pop(request_id, None)
+            # The supervisor is gone: say how it ended (the reader finds out within a second).
+            if self._process is not None and threading.current_thread() is not self._reader:
+                self._reader.join(2.0)
+            closed = self._closed
+            if closed is not None:
+                raise ConnectionClosedError(str(closed), closed.exit_code) from error
+            raise
+        return future, request_id
+
+    def _notify(self, method: str, params: Any) -> None:
+        """Sends a notification; a closed connection is ignored (nothing is pending then)."""
+        line = (json.dumps({"jsonrpc": "2.0", "method": method, "params": params}) + "\n").encode()
+        try:
+            self._write(line)
+        except ConnectionClosedError:
+            pass
+
+    def _write(self, line: bytes) -> None:
+        with self._write_lock:
+            try:
+                self._output.write(line)
+                self._output.flush()
+            except (OSError, ValueError) as error:
+                raise ConnectionClosedError(f"the supervisor's stdin is closed: {error}") from error
 
     def _read(self) -> None:
+        """The reader thread: every line of the supervisor's stdout, until it ends."""
+        reason: Optional[str] = None
         try:
-            for line in self._reader_stream:
-                if line.strip():
-                    self._dispatch(json.loads(line))
-        except (OSError, ValueError) as error:
-            reason = f"the connection failed: {error}"
-        else:
-            reason = "the supervisor closed its output"
-        code = self._process.wait() if self._process else None
-        if code is not None:
-            reason += f" (exit code {code})"
-        with self._lock:
-            self._closed = ConnectionClosedError(reason, code)
+            for line in self._input:
+                if reason is not None or not line.strip():
+                    continue  # after a broken line: drain, so that the supervisor never blocks
+                try:
+                    value = json.loads(line)
+                except ValueError as error:
+                    # A broken line leaves no way to tell whose answer it was: nothing pending
+                    # can be trusted any more.
+                    reason = f"unreadable output from the supervisor: {error}"
+                    self._fail(ConnectionClosedError(reason))
+                    continue
+                try:
+                    self._dispatch(value)
+                except Exception:  # noqa: BLE001 - the reader must outlive any one message
+                    _log.exception("pyodide_pool: cannot handle a message from the supervisor")
+        except (OSError, ValueError):
+            pass  # the stream broke (the process went away): the same as its end
+        self._fail(self._exit_reason())
+
+    def _exit_reason(self) -> ConnectionClosedError:
+        if self._process is None:
+            return ConnectionClosedError("the supervisor closed its stdout")
+        try:
+            # stdout can end a moment before the exit.
+            code = self._process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return ConnectionClosedError("the supervisor closed its stdout")
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        return ConnectionClosedError(f"the supervisor exited ({how})", code)
+
+    def _fail(self, error: ConnectionClosedError) -> None:
+        """Fails every pending request with `error`, and every later one at once."""
+        with self._state_lock:
+            if self._closed is None:
+                self._closed = error
             pending = list(self._pending.values())
             self._pending.clear()
             self._listeners.clear()
-        for future in pending:
-            future.set_exception(self._closed)
+        for future, _ in pending:
+            _settle(future, exception=ConnectionClosedError(str(error), error.exit_code))
 
     def _dispatch(self, value: Any) -> None:
         for message in value if isinstance(value, list) else [value]:
-            if message.get("method") == "output":
-                params = message.get("params") or {}
-                listener = self._listeners.get(params.get("id"))
-                if listener:
-                    listener(params.get("stream", ""), params.get("text", ""))
+            if not isinstance(message, dict):
+                continue
+            if "method" in message and "id" not in message:
+                self._notification(str(message["method"]), message.get("params"))
                 continue
             request_id = message.get("id")
-            with self._lock:
-                future = self._pending.pop(request_id, None)
-                self._listeners.pop(request_id, None)
-            if future is None:
+            if not isinstance(request_id, int):
                 continue
-            if "error" in message:
-                future.set_exception(rpc_error_from(message["error"]))
-            else:
-                future.set_result(message.get("result"))
+            with self._state_lock:
+                entry = self._pending.pop(request_id, None)
+                self._listeners.pop(request_id, None)
+            if entry is None:
+                continue  # cancelled, or not ours
+            future, convert = entry
+            error = message.get("error")
+            if error is not None:
+                _settle(future, exception=rpc_error_from(error if isinstance(error, dict) else {}))
+                continue
+            try:
+                result = message.get("result")
+                _settle(future, result=convert(result) if convert else result)
+            except Exception as failure:  # noqa: BLE001 - a malformed result fails its call only
+                _settle(future, exception=PoolError(f"unexpected result: {failure!r}"))
+
+    def _notification(self, method: str, params: Any) -> None:
+        if method != "output" or not isinstance(params, dict):
+            return
+        request_id = params.get("id")
+        listener = self._listeners.get(request_id) if isinstance(request_id, int) else None
+        if listener is None:
+            return
+        try:
+            listener(str(params.get("stream", "")), str(params.get("text", "")))
+        except Exception:  # noqa: BLE001 - a failing callback must not stop the reader
+            _log.exception("pyodide_pool: the on_output callback raised")
 
 
-def _execute_params(code: str, options: Dict[str, Any]) -> "tuple[Dict[str, Any], Optional[OutputCallback]]":
-    """The `execute` params for `code` and the options, bytes encoded as base64."""
-    options = dict(options)
-    on_output = options.pop("on_output", None)
-    params: Dict[str, Any] = {"code": code}
-    files = options.pop("files", None)
-    if files is not None:
-        params["files"] = [
-            {"path": path, "content_b64": base64.b64encode(content).decode("ascii")}
-            for path, content in files.items()
-        ]
-    state = options.pop("session_bytes", None)
-    if state is not None:
-        params["session_bytes"] = base64.b64encode(state).decode("ascii")
-    # Everything else goes as given: the pool rejects unknown params with InvalidParamsError.
-    params.update({key: value for key, value in options.items() if value is not None})
-    if on_output is not None:
-        params["stream"] = True
-    return params, on_output
+def _settle(
+    future: Future[Any], result: Any = None, exception: Optional[BaseException] = None
+) -> None:
+    """Resolves `future` unless it is already done (cancelled by its caller)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def _encode_files(files: Files) -> List[Dict[str, str]]:
+    if isinstance(files, Mapping):
+        encoded = []
+        for path, content in files.items():
+            data = content.encode() if isinstance(content, str) else bytes(content)
+            encoded.append({"path": path, "content_b64": base64.b64encode(data).decode("ascii")})
+        return encoded
+    return [dict(file) for file in files]
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL for the supervisor and everything it started (its own process group)."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except OSError:
+        pass

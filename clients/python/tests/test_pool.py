@@ -8,19 +8,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import base64
 import subprocess
+import sys
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
 from pyodide_pool import (
     ConnectionClosedError,
+    ErrorCode,
     ExecuteResult,
     InvalidParamsError,
     MethodNotFoundError,
     Pool,
     RpcError,
     SessionNotFoundError,
+    supervisor_command,
 )
 
 QUIET = ["--log-level", "warning"]
@@ -62,8 +66,12 @@ class SharedPoolTest(unittest.TestCase):
 
     def test_json_rpc_errors_raise_by_code(self) -> None:
         with self.assertRaises(InvalidParamsError) as raised:
-            self.pool.execute("1", timeout=5.0, timeuot_ms=10)
+            self.pool.execute("1", timeout_ms=-5)
         self.assertEqual(raised.exception.code, -32602)
+        self.assertEqual(raised.exception.code, ErrorCode.InvalidParams)
+        self.assertEqual(raised.exception.data["field"], "timeout_ms")
+        with self.assertRaises(InvalidParamsError) as raised:
+            self.pool.call("execute", {"code": "1", "timeuot_ms": 10})
         self.assertEqual(raised.exception.data["field"], "timeuot_ms")
         with self.assertRaises(MethodNotFoundError):
             self.pool.call("nope")
@@ -76,12 +84,16 @@ class SharedPoolTest(unittest.TestCase):
             files={"in.bin": bytes(range(256))},
         )
         self.assertEqual([f.path for f in result.files], ["out.bin"])
+        self.assertEqual(result.files[0].size, 256)
         self.assertEqual(result.files[0].content, bytes(range(256))[::-1])
+        expected = base64.b64encode(bytes(range(256))[::-1]).decode()
+        self.assertEqual(result.files[0].content_b64, expected)
 
     def test_sessions_server_held_and_client_held(self) -> None:
         self.pool.execute("n = 1", session_id="py-client")
         self.assertEqual(self.pool.execute("n += 1\nn", session_id="py-client").result, "2")
         state = self.pool.execute("total = 10", return_session=True).session_bytes
+        self.assertIsInstance(state, str)  # base64, as on the wire
         assert state is not None
         self.assertEqual(self.pool.execute("total * 2", session_bytes=state).result, "20")
 
@@ -92,7 +104,16 @@ class SharedPoolTest(unittest.TestCase):
             on_output=lambda stream, text: chunks.append((stream, text)),
         )
         self.assertEqual("".join(text for _, text in chunks), "a\nb\n")
+        self.assertEqual({stream for stream, _ in chunks}, {"stdout"})
         self.assertEqual(result.stdout, "a\nb\n")
+
+    def test_a_failing_on_output_callback_does_not_stop_the_client(self) -> None:
+        def fail(_stream: str, _text: str) -> None:
+            raise RuntimeError("callback bug")
+
+        with self.assertLogs("pyodide_pool", "ERROR"):
+            self.assertEqual(self.pool.execute("print(1)\n2", on_output=fail).result, "2")
+        self.assertEqual(self.pool.execute("3").result, "3")
 
     def test_threads_share_the_pool(self) -> None:
         with ThreadPoolExecutor(max_workers=20) as executor:
@@ -101,13 +122,28 @@ class SharedPoolTest(unittest.TestCase):
         self.assertEqual({r.worker_id for r in results}, {"w1", "w2"})
 
     def test_asyncio_gathers_many_requests(self) -> None:
-        async def main() -> list:
+        async def main() -> list[ExecuteResult]:
             return await asyncio.gather(
                 *(self.pool.execute_async(f"{i} + 1") for i in range(10))
             )
 
         results = asyncio.run(main())
         self.assertEqual([r.result for r in results], [str(i + 1) for i in range(10)])
+
+    def test_cancelling_a_task_cancels_the_request(self) -> None:
+        async def main() -> None:
+            task = asyncio.ensure_future(self.pool.execute_async("import time\ntime.sleep(20)"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+
+        started = time.monotonic()
+        asyncio.run(main())
+        # The worker was interrupted: both workers answer at once, not after 20 s.
+        results = [self.pool.execute_future(f"{i}") for i in range(4)]
+        self.assertEqual([r.result(timeout=10).result for r in results], ["0", "1", "2", "3"])
+        self.assertLess(time.monotonic() - started, 10)
 
     def test_health_stats_packages(self) -> None:
         self.assertEqual(self.pool.health()["ready_workers"], 2)
@@ -141,13 +177,18 @@ class LifetimeTest(unittest.TestCase):
             pool.health()
         pool.close()
 
-    def test_attach_to_a_supervisor_started_elsewhere(self) -> None:
-        from pyodide_pool import supervisor_command
-        from pyodide_pool.pool import project_root
+    def test_a_supervisor_that_cannot_start_fails_calls(self) -> None:
+        pool = Pool(command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+        with self.assertRaises(ConnectionClosedError) as raised:
+            pool.execute("1")
+        self.assertEqual(raised.exception.exit_code, 3)
+        self.assertEqual(pool.close(), 3)
+        with self.assertRaises(ConnectionClosedError):
+            Pool(command=["/nonexistent/deno"])
 
+    def test_attach_to_a_supervisor_started_elsewhere(self) -> None:
         process = subprocess.Popen(
             supervisor_command(["--pool-size", "1", *QUIET]),
-            cwd=str(project_root()),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -156,6 +197,7 @@ class LifetimeTest(unittest.TestCase):
         self.assertEqual(pool.execute("2 ** 10").result, "1024")
         pool.close()
         self.assertEqual(process.wait(60), 0)
+        process.stdout.close()
 
     def test_session_lost_with_its_worker(self) -> None:
         with Pool(["--pool-size", "1", *QUIET], wait_for_workers=1) as pool:
