@@ -302,7 +302,7 @@ export const SETTINGS: readonly Setting[] = [
     kind: "enum",
     default: "info",
     choices: ["debug", "info", "warning", "error"],
-    help: "log level on stderr",
+    help: "log level on stderr: debug, info, warning or error",
   },
   {
     key: "logFormat",
@@ -311,7 +311,7 @@ export const SETTINGS: readonly Setting[] = [
     kind: "enum",
     default: "text",
     choices: ["text", "json"],
-    help: "log line format on stderr",
+    help: "log line format on stderr: text, or json (one JSON object per line)",
   },
 ];
 

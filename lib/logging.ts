@@ -13,6 +13,7 @@ import {
   type Logger,
   type LogRecord,
   type Sink,
+  type TextFormatter,
 } from "@logtape/logtape";
 
 export type LogLevelName = "debug" | "info" | "warning" | "error";
@@ -35,11 +36,7 @@ export const ROOT_CATEGORY = "pyodide-pool";
  * ```
  */
 export async function configureLogging(level: LogLevelName, format: LogFormat): Promise<void> {
-  const formatter = format === "json" ? getJsonLinesFormatter() : getTextFormatter({
-    timestamp: "date-time-timezone",
-    // One line per record: strings as they are, anything else as compact JSON.
-    value: (value) => typeof value === "string" ? value : JSON.stringify(value),
-  });
+  const formatter = logFormatter(format);
   const encoder = new TextEncoder();
   const stderr: Sink = (record: LogRecord) => {
     Deno.stderr.writeSync(encoder.encode(formatter(record)));
@@ -52,6 +49,25 @@ export async function configureLogging(level: LogLevelName, format: LogFormat): 
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
+}
+
+/** In a message, strings as they are, anything else as compact JSON. */
+const renderValue = (value: unknown) => typeof value === "string" ? value : JSON.stringify(value);
+
+/**
+ * One line per record. Both formats render the message's values alike, so that `--log-format
+ * json` says `worker w1 ready`, not `worker "w1" ready` (LogTape's JSON formatter would quote
+ * every string value); the values stay, typed, in `properties`.
+ */
+export function logFormatter(format: LogFormat): TextFormatter {
+  if (format === "text") {
+    return getTextFormatter({ timestamp: "date-time-timezone", value: renderValue });
+  }
+  const json = getJsonLinesFormatter();
+  return (record: LogRecord) => {
+    const message = record.message.map((part, i) => i % 2 === 1 ? renderValue(part) : part);
+    return json({ ...record, message: [message.join("")] });
+  };
 }
 
 /** The logger for one part of the project, e.g. `logger("pool")`. */

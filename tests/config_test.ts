@@ -84,6 +84,12 @@ Deno.test("--help lists every setting with its env name", () => {
   for (const name of ["--pool-size", "PYODIDE_POOL_SIZE", "PYODIDE_USE_POOL", "--config"]) {
     assert.ok(result.help.includes(name), name);
   }
+  // The choices of the enum settings.
+  assert.match(result.help, /--log-format VALUE +log line format on stderr: text, or json/);
+  assert.match(
+    result.help,
+    /--log-level VALUE +log level on stderr: debug, info, warning or error/,
+  );
 });
 
 Deno.test("the pool scales between min and max workers, a fixed pool size without them", () => {

@@ -129,6 +129,11 @@ class Pool:
         `stderr` (default: this process's; subprocess.DEVNULL drops them). With
         `wait_for_workers`, returns once that many workers are ready (else at once: requests
         queue while workers start), or raises PoolError after `start_timeout` seconds."""
+        if isinstance(args, (str, bytes)):
+            # A str is a sequence too: "--pool-size 2" would become one flag per character.
+            raise TypeError(
+                f"args must be a list of strings, such as ['--pool-size', '2']: {args!r}"
+            )
         project = Path(root) if root is not None else None
         base = list(command) if command is not None else supervisor_command(root=project)
         argv = [*base, *args]
@@ -208,6 +213,10 @@ class Pool:
         """`execute` as a concurrent.futures.Future. Cancelling the future (while it is
         pending) sends `$/cancelRequest`: a queued request never runs, a running one is
         interrupted."""
+        if isinstance(packages, (str, bytes)):
+            raise TypeError(f"packages must be a list of names, such as ['numpy']: {packages!r}")
+        if on_output is not None and not callable(on_output):
+            raise TypeError(f"on_output must be a callable (stream, text): {on_output!r}")
         params: Dict[str, Any] = {"code": code}
         if timeout_ms is not None:
             params["timeout_ms"] = timeout_ms

@@ -78,6 +78,16 @@ class SharedPoolTest(unittest.TestCase):
         with self.assertRaises(RpcError):
             self.pool.execute("1", session_id="")
 
+    def test_misused_options_raise_type_error_before_sending(self) -> None:
+        # A str is a sequence of characters: it would ask for packages "n", "u", "m", ...
+        with self.assertRaisesRegex(TypeError, "packages must be a list"):
+            self.pool.execute("1", packages="numpy")  # type: ignore[arg-type]
+        with self.assertRaisesRegex(TypeError, "on_output must be a callable"):
+            self.pool.execute("1", on_output=3)  # type: ignore[arg-type]
+        with self.assertRaisesRegex(TypeError, "args must be a list"):
+            Pool("--pool-size 1")
+        self.assertEqual(self.pool.execute("1", packages=()).result, "1")
+
     def test_files_in_and_out_as_bytes(self) -> None:
         result = self.pool.execute(
             "open('out.bin', 'wb').write(open('in.bin', 'rb').read()[::-1])",
