@@ -95,6 +95,25 @@ Deno.test("MCP: a timeout is a tool error that says so", async () => {
   assert.equal((await run({ code: "'again'" })).isError, false);
 });
 
+Deno.test("MCP: cancelling a call (notifications/cancelled) interrupts the running code", async () => {
+  const { client } = await server();
+  const controller = new AbortController();
+  // A limit well past the 5 s below, so only the cancellation can free the single worker.
+  const call = client.callTool(
+    { name: "run_python", arguments: { code: "while True: pass", timeout_ms: 30_000 } },
+    undefined,
+    { signal: controller.signal },
+  );
+  // The worker is idle (server() waited for it), so by now the loop runs in Python.
+  await new Promise((r) => setTimeout(r, 300));
+  controller.abort();
+  await assert.rejects(call);
+  const started = Date.now();
+  const r = await run({ code: "'after cancel'" });
+  assert.deepEqual(texts(r), ["status: ok", "result:\n'after cancel'"]);
+  assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+});
+
 Deno.test("MCP: invalid arguments get the same limits as execute", async () => {
   const r = await run({ code: "1", session_id: "has space" });
   assert.equal(r.isError, true);

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
-import { waitFor } from "./helpers/processes.ts";
+import { waitFor, waitUntil } from "./helpers/processes.ts";
 
 /** Parses Prometheus text into `name{labels}` -> value. */
 function parseMetrics(text: string): Map<string, number> {
@@ -29,6 +29,15 @@ async function runHealthTask(port: string): Promise<{ code: number; output: stri
   return { code, output: text.decode(stdout) + text.decode(stderr) };
 }
 
+/** The metrics port a supervisor started with `--metrics-port 0` (and info logs) chose. */
+function metricsPort(sup: Supervisor): Promise<string> {
+  return waitFor("the metrics URL", () => {
+    return Promise.resolve(
+      sup.stderr.match(/metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/)?.[1],
+    );
+  }, 10_000);
+}
+
 Deno.test("metrics: a scrape reports what the pool did; health answers for scripts", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--metrics-port", "0"],
@@ -38,11 +47,7 @@ Deno.test("metrics: a scrape reports what the pool did; health answers for scrip
     // Progress on start: each worker and the pool as they become ready.
     assert.match(sup.stderr, /worker w1 ready \(1\/1\) in \d+ ms/);
     assert.match(sup.stderr, /pool ready: 1\/1 workers in \d+ ms/);
-    const port = await waitFor("the metrics URL", () => {
-      return Promise.resolve(
-        sup.stderr.match(/metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/)?.[1],
-      );
-    }, 10_000);
+    const port = await metricsPort(sup);
     const scrape = async () => {
       const response = await fetch(`http://127.0.0.1:${port}/metrics`);
       assert.equal(response.status, 200);
@@ -92,4 +97,36 @@ Deno.test("metrics: a scrape reports what the pool did; health answers for scrip
     gone.output,
     new RegExp(`no answer from http://127\\.0\\.0\\.1:${closedPort}/health`),
   );
+});
+
+Deno.test("metrics: deno task health exits 1 while the pool shuts down", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--metrics-port", "0", "--shutdown-grace", "30"],
+    env: { PYODIDE_LOG_LEVEL: "info" },
+  });
+  try {
+    const port = await metricsPort(sup);
+    // A run that outlasts the check holds the pool in its shutdown's grace period; it is
+    // cancelled below, so the test does not wait for it.
+    const running = sup.request("execute", { code: "import time\ntime.sleep(30)" }, "long");
+    await waitUntil("the run to start", async () => {
+      const health = await sup.call("health") as { workers: { state: string }[] };
+      return health.workers[0]?.state === "busy";
+    }, 10_000);
+    sup.process.kill("SIGTERM");
+    await waitUntil("the pool to report its shutdown", async () => {
+      const response = await fetch(`http://127.0.0.1:${port}/health`);
+      return (await response.json()).status === "shutting_down";
+    }, 10_000);
+    const unhealthy = await runHealthTask(port);
+    assert.equal(unhealthy.code, 1, unhealthy.output);
+    assert.match(unhealthy.output, /^shutting_down: 1 of 1 workers ready, 0 queued/);
+    await sup.sendRaw(
+      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id: "long" } }) +
+        "\n",
+    );
+    assert.equal((await running).error?.code, -32003);
+  } finally {
+    assert.equal((await sup.close()).code, 0);
+  }
 });

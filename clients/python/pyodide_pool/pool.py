@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import reprlib
 import shutil
 import signal
 import subprocess
@@ -131,9 +132,7 @@ class Pool:
         queue while workers start), or raises PoolError after `start_timeout` seconds."""
         if isinstance(args, (str, bytes)):
             # A str is a sequence too: "--pool-size 2" would become one flag per character.
-            raise TypeError(
-                f"args must be a list of strings, such as ['--pool-size', '2']: {args!r}"
-            )
+            raise _misuse("args", "a list of strings, such as ['--pool-size', '2']", args)
         project = Path(root) if root is not None else None
         base = list(command) if command is not None else supervisor_command(root=project)
         argv = [*base, *args]
@@ -212,11 +211,13 @@ class Pool:
     ) -> Future[ExecuteResult]:
         """`execute` as a concurrent.futures.Future. Cancelling the future (while it is
         pending) sends `$/cancelRequest`: a queued request never runs, a running one is
-        interrupted."""
+        interrupted. Arguments of the wrong type raise TypeError before anything is sent."""
+        if not isinstance(code, str):
+            raise _misuse("code", "a str of Python source", code)
         if isinstance(packages, (str, bytes)):
-            raise TypeError(f"packages must be a list of names, such as ['numpy']: {packages!r}")
+            raise _misuse("packages", "a list of names, such as ['numpy']", packages)
         if on_output is not None and not callable(on_output):
-            raise TypeError(f"on_output must be a callable (stream, text): {on_output!r}")
+            raise _misuse("on_output", "a callable (stream, text)", on_output)
         params: Dict[str, Any] = {"code": code}
         if timeout_ms is not None:
             params["timeout_ms"] = timeout_ms
@@ -533,13 +534,39 @@ def _settle(
         pass
 
 
+def _misuse(name: str, expected: str, value: Any) -> TypeError:
+    """The TypeError for an argument of the wrong type, naming it (raised before sending)."""
+    return TypeError(f"{name} must be {expected}: {reprlib.repr(value)}")
+
+
 def _encode_files(files: Files) -> List[Dict[str, str]]:
+    """`files` as the protocol's list; TypeError for anything else."""
     if isinstance(files, Mapping):
         encoded = []
         for path, content in files.items():
-            data = content.encode() if isinstance(content, str) else bytes(content)
+            if not isinstance(path, str):
+                raise _misuse("each path in files", "a str", path)
+            if isinstance(content, str):
+                data = content.encode()
+            elif isinstance(content, (bytes, bytearray, memoryview)):
+                data = bytes(content)
+            else:
+                raise _misuse(f"files[{path!r}]", "bytes or str", content)
             encoded.append({"path": path, "content_b64": base64.b64encode(data).decode("ascii")})
         return encoded
+    if not isinstance(files, Sequence) or isinstance(files, (str, bytes, bytearray, memoryview)):
+        raise _misuse(
+            "files",
+            'a dict of path -> bytes or str, or a list of {"path", "content_b64"} dicts',
+            files,
+        )
+    for index, file in enumerate(files):
+        if not (
+            isinstance(file, Mapping)
+            and isinstance(file.get("path"), str)
+            and isinstance(file.get("content_b64"), str)
+        ):
+            raise _misuse(f"files[{index}]", 'a dict {"path": str, "content_b64": str}', file)
     return [dict(file) for file in files]
 
 

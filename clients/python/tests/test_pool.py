@@ -14,6 +14,7 @@ import sys
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Tuple
 
 from pyodide_pool import (
     ConnectionClosedError,
@@ -28,6 +29,20 @@ from pyodide_pool import (
 )
 
 QUIET = ["--log-level", "warning"]
+
+# execute() arguments of the wrong type, and the start of the TypeError each must raise.
+MISUSES: List[Tuple[str, Dict[str, Any]]] = [
+    ("code must be a str", {"code": b"1"}),
+    # A str is a sequence of characters: it would ask for packages "n", "u", "m", ...
+    ("packages must be a list", {"packages": "numpy"}),
+    ("on_output must be a callable", {"on_output": 3}),
+    ("files must be a dict of path -> bytes or str, or a list", {"files": "in.txt"}),
+    (r"files\[0\] must be a dict \{", {"files": [b"x"]}),
+    (r"files\[0\] must be a dict \{", {"files": [{"path": "a", "content_b64": 3}]}),
+    # bytes(3) would be three zero bytes.
+    (r"files\['a'\] must be bytes or str: 3", {"files": {"a": 3}}),
+    ("each path in files must be a str", {"files": {b"a": b"x"}}),
+]
 
 
 class SharedPoolTest(unittest.TestCase):
@@ -78,15 +93,19 @@ class SharedPoolTest(unittest.TestCase):
         with self.assertRaises(RpcError):
             self.pool.execute("1", session_id="")
 
-    def test_misused_options_raise_type_error_before_sending(self) -> None:
-        # A str is a sequence of characters: it would ask for packages "n", "u", "m", ...
-        with self.assertRaisesRegex(TypeError, "packages must be a list"):
-            self.pool.execute("1", packages="numpy")  # type: ignore[arg-type]
-        with self.assertRaisesRegex(TypeError, "on_output must be a callable"):
-            self.pool.execute("1", on_output=3)  # type: ignore[arg-type]
-        with self.assertRaisesRegex(TypeError, "args must be a list"):
+    def test_misused_options_raise_type_error(self) -> None:
+        for message, misuse in MISUSES:
+            with self.subTest(misuse=misuse), self.assertRaisesRegex(TypeError, f"^{message}"):
+                self.pool.execute(**{"code": "1", **misuse})
+        with self.assertRaisesRegex(TypeError, "^args must be a list"):
             Pool("--pool-size 1")
+        # The right types still pass, files in both forms.
         self.assertEqual(self.pool.execute("1", packages=()).result, "1")
+        read = "open('a').read() + open('b').read()"
+        as_dict = {"a": "x", "b": bytearray(b"y")}
+        self.assertEqual(self.pool.execute(read, files=as_dict).result, "'xy'")
+        listed = [{"path": "a", "content_b64": "eA=="}, {"path": "b", "content_b64": "eQ=="}]
+        self.assertEqual(self.pool.execute(read, files=listed).result, "'xy'")
 
     def test_files_in_and_out_as_bytes(self) -> None:
         result = self.pool.execute(
@@ -163,6 +182,19 @@ class SharedPoolTest(unittest.TestCase):
 
 class LifetimeTest(unittest.TestCase):
     """Pools of their own: starting, closing, dying."""
+
+    def test_misused_options_send_nothing(self) -> None:
+        # Attached to plain pipes: whatever the client writes stays in the pipe, to be read here.
+        from_pool, to_client = os.pipe()
+        from_client, to_pool = os.pipe()
+        with open(from_pool, "rb") as reader, open(from_client, "rb") as sent:
+            pool = Pool.attach(reader, open(to_pool, "wb"))
+            for _, misuse in MISUSES:
+                with self.subTest(misuse=misuse), self.assertRaises(TypeError):
+                    pool.execute(**{"code": "1", **misuse})
+            os.close(to_client)  # the "supervisor" closes its stdout: the reader thread ends
+            pool.close()
+            self.assertEqual(sent.read(), b"")
 
     def test_context_manager_stops_the_supervisor(self) -> None:
         with Pool(["--pool-size", "1", *QUIET]) as pool:
