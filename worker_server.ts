@@ -9,17 +9,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { ErrorCode, invalidParams, RpcError } from "./lib/errors.ts";
-import { LineWriter } from "./lib/framing.ts";
-import {
-  configureLogging,
-  type LogFormat,
-  logger as getLogger,
-  type LogLevelName,
-} from "./lib/logging.ts";
-import { type ExecuteResult, parseExecuteParams, type PythonError } from "./lib/protocol.ts";
-import { RpcServer } from "./lib/rpc_server.ts";
-import { triggerFailpoint } from "./worker/failpoints.ts";
+import type { LogFormat, LogLevelName } from "./lib/logging.ts";
+import type { ExecuteResult, PythonError } from "./lib/protocol.ts";
 import { PythonHost, type RunReport } from "./worker/python_host.ts";
 
 const { values: args } = parseArgs({
@@ -49,11 +40,12 @@ const maxFileBytes = Number(args["max-file-bytes"]);
 const startedAt = performance.now();
 let requests = 0;
 let recycleAsked = false;
+/** Until the handler below is in place, a fatal error is kept for it. */
+let earlyFatal: string | undefined;
+let onFatal = (message: string) => void (earlyFatal ??= message);
 
-await configureLogging(args["log-level"] as LogLevelName, args["log-format"] as LogFormat);
-const log = getLogger("worker", workerId);
-const out = new LineWriter(Deno.stdout.writable, () => Deno.exit(0));
-
+// The interpreter starts loading in its thread first; the modules below load meanwhile
+// (about 30 ms, mostly json-rpc-2.0, which is CommonJS, and LogTape) instead of before it.
 const python = new PythonHost({
   maxOutputBytes,
   maxFileBytes,
@@ -62,15 +54,37 @@ const python = new PythonHost({
   lockFileUrl: args["lock-file-url"],
   allowNetwork: args["allow-network"],
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
-  onFatal: (message) => {
-    // A broken interpreter cannot be trusted with the next request: the supervisor sees the
-    // exit, fails only the request in flight, and starts a replacement.
-    log.error("fatal: {message}", { message });
-    // An answer already given (the run that ended before the failure) goes out first.
-    const waited = new Promise((resolve) => setTimeout(resolve, 1000));
-    Promise.race([out.flushed(), waited]).finally(() => Deno.exit(70));
-  },
+  onFatal: (message) => onFatal(message),
 });
+
+const [
+  { ErrorCode, invalidParams, RpcError },
+  { LineWriter },
+  { configureLogging, logger },
+  { parseExecuteParams },
+  { RpcServer },
+  { triggerFailpoint },
+] = await Promise.all([
+  import("./lib/errors.ts"),
+  import("./lib/framing.ts"),
+  import("./lib/logging.ts"),
+  import("./lib/protocol.ts"),
+  import("./lib/rpc_server.ts"),
+  import("./worker/failpoints.ts"),
+]);
+await configureLogging(args["log-level"] as LogLevelName, args["log-format"] as LogFormat);
+const log = logger("worker", workerId);
+const out = new LineWriter(Deno.stdout.writable, () => Deno.exit(0));
+
+onFatal = (message) => {
+  // A broken interpreter cannot be trusted with the next request: the supervisor sees the
+  // exit, fails only the request in flight, and starts a replacement.
+  log.error("fatal: {message}", { message });
+  // An answer already given (the run that ended before the failure) goes out first.
+  const waited = new Promise((resolve) => setTimeout(resolve, 1000));
+  Promise.race([out.flushed(), waited]).finally(() => Deno.exit(70));
+};
+if (earlyFatal !== undefined) onFatal(earlyFatal);
 
 /**
  * Asks the supervisor to replace this process (it starts a replacement first):

@@ -30,7 +30,10 @@ function histogram() {
   return new Int32Histogram(1, 600_000_000, 3);
 }
 
-type Health = { ready_workers: number; workers: { startup_ms: number | null }[] };
+type Health = {
+  ready_workers: number;
+  workers: { pid: number; startup_ms: number | null }[];
+};
 type Stats = {
   supervisor_rss_bytes: number;
   workers: { rss_bytes: number; heap_bytes: number }[];
@@ -41,20 +44,35 @@ async function startPool(args: string[]) {
   const pool = await Supervisor.start({ args });
   const readyMs = performance.now() - started;
   const health = await pool.call("health") as Health;
-  return { pool, readyMs, workerStartupMs: health.workers.map((w) => w.startup_ms ?? NaN) };
+  return {
+    pool,
+    readyMs,
+    workerStartupMs: health.workers.map((w) => w.startup_ms ?? NaN),
+    workerPids: health.workers.map((w) => w.pid),
+  };
 }
 
 async function sequentialLatency(pool: Supervisor, count: number) {
   for (let i = 0; i < 200; i++) await pool.execute(TRIVIAL);
   const h = histogram();
+  // The part of each request spent inside the worker process (its own duration_ms).
+  const inWorker = histogram();
   for (let i = 0; i < count; i++) {
     const t0 = performance.now();
     const r = await pool.execute(TRIVIAL);
     h.recordValue(Math.round((performance.now() - t0) * 1000));
+    inWorker.recordValue(Math.round(r.duration_ms * 1000));
     if (r.status !== "ok") throw new Error(`unexpected result ${JSON.stringify(r)}`);
   }
   const ms = (p: number) => h.getValueAtPercentile(p) / 1000;
-  return { count, p50_ms: ms(50), p90_ms: ms(90), p99_ms: ms(99), max_ms: h.maxValue / 1000 };
+  return {
+    count,
+    p50_ms: ms(50),
+    p90_ms: ms(90),
+    p99_ms: ms(99),
+    max_ms: h.maxValue / 1000,
+    in_worker_p50_ms: inWorker.getValueAtPercentile(50) / 1000,
+  };
 }
 
 async function throughput(pool: Supervisor, count: number, window: number) {
@@ -70,6 +88,19 @@ async function throughput(pool: Supervisor, count: number, window: number) {
   await Promise.all(Array.from({ length: window }, lane));
   const seconds = (performance.now() - t0) / 1000;
   return { count, in_flight: window, seconds, requests_per_second: count / seconds };
+}
+
+/**
+ * Resident memory that is the process's own (RssAnon): RSS less the file pages of the Deno
+ * executable and libraries, which every process on the machine shares.
+ */
+function privateMb(pid: number): number {
+  // Deno reads another process's /proc entries only with --allow-all; `cat` needs no more
+  // than the --allow-run this script has anyway.
+  const { stdout } = new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).outputSync();
+  const status = new TextDecoder().decode(stdout);
+  const kb = Number(/^RssAnon:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
+  return kb / 1024;
 }
 
 /** Median seconds of `runs` calls of `once`. */
@@ -143,6 +174,8 @@ progress("pipelined throughput");
 const pipelined = await throughput(warm.pool, Number(options["throughput-requests"]), 32);
 // Memory before the large payloads, which grow the workers' heaps.
 const stats = await warm.pool.call("stats") as Stats;
+const supervisorPrivateMb = privateMb(warm.pool.process.pid);
+const workerPrivateMb = warm.workerPids.map(privateMb);
 progress("large payloads");
 const payloads = await largePayloads(warm.pool);
 progress("isolation reset cost");
@@ -221,6 +254,8 @@ const report = {
     supervisor_rss_idle_mb: mb(idleStats.supervisor_rss_bytes),
     supervisor_rss_mb: mb(stats.supervisor_rss_bytes),
     worker_rss_mb: workerRss,
+    supervisor_private_mb: supervisorPrivateMb,
+    worker_private_mb: workerPrivateMb,
     worker_heap_mb: stats.workers.map((w) => mb(w.heap_bytes)),
   },
   targets,
@@ -237,6 +272,7 @@ if (options.json) {
         f(latency.max_ms, 3)
       }`,
     ],
+    ["  of which inside the worker, p50 (ms)", f(latency.in_worker_p50_ms, 3)],
     ["throughput, 2 workers, 32 in flight (req/s)", f(pipelined.requests_per_second, 0)],
     ["pool ready, 2 workers in parallel (ms)", f(warm.readyMs, 0)],
     ["worker spawn to ready, snapshot (ms)", warm.workerStartupMs.map((m) => f(m, 0)).join(", ")],
@@ -257,6 +293,10 @@ if (options.json) {
       `${f(report.memory.supervisor_rss_idle_mb, 1)} / ${f(report.memory.supervisor_rss_mb, 1)}`,
     ],
     ["idle worker RSS (MB)", workerRss.map((m) => f(m, 1)).join(", ")],
+    [
+      "private resident memory, supervisor / workers (MB)",
+      `${f(supervisorPrivateMb, 1)} / ${workerPrivateMb.map((m) => f(m, 1)).join(", ")}`,
+    ],
     ["worker Wasm heap (MB)", report.memory.worker_heap_mb.map((m) => f(m, 1)).join(", ")],
   ];
   const width = Math.max(...rows.map(([k]) => k.length), ...targets.map((t) => t.name.length));
