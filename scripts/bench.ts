@@ -199,13 +199,23 @@ const plain = await startPool([
   "warning",
 ]);
 await plain.pool.close();
+// A replacement after a crash or recycle starts alone, so that is the start the target names;
+// the pool's first start above has both workers sharing the two cores.
+progress("cold start from the snapshot, one worker alone");
+const lone: number[] = [];
+for (let i = 0; i < 3; i++) {
+  const one = await startPool(["--pool-size", "1", "--log-level", "warning"]);
+  lone.push(one.workerStartupMs[0]);
+  await one.pool.close();
+}
+lone.sort((a, b) => a - b);
 progress("fresh worker per request");
 const fresh = await freshWorkerLatency(Number(options["fresh-requests"]));
 
 const mb = (bytes: number) => bytes / (1 << 20);
 const workerRss = stats.workers.map((w) => mb(w.rss_bytes));
 const speedup = fresh.mean_ms / latency.p50_ms;
-const snapshotStartMs = Math.max(...warm.workerStartupMs);
+const snapshotStartMs = lone[1];
 
 /** Issue 7's targets, each with what this run measured. */
 const targets = [
@@ -219,7 +229,7 @@ const targets = [
   },
   { name: "pool vs fresh worker", target: ">= 1000x", value: speedup, met: speedup >= 1000 },
   {
-    name: "worker start from snapshot (ms)",
+    name: "worker start from snapshot, alone (ms)",
     target: "<= 300",
     value: snapshotStartMs,
     met: snapshotStartMs <= 300,
@@ -245,6 +255,7 @@ const report = {
   cold_start: {
     pool_ready_ms: warm.readyMs,
     worker_startup_ms: warm.workerStartupMs,
+    worker_startup_alone_ms: lone,
     worker_startup_without_snapshot_ms: plain.workerStartupMs[0],
   },
   fresh_worker: { ...fresh, pool_speedup_vs_p50: speedup },
@@ -275,7 +286,11 @@ if (options.json) {
     ["  of which inside the worker, p50 (ms)", f(latency.in_worker_p50_ms, 3)],
     ["throughput, 2 workers, 32 in flight (req/s)", f(pipelined.requests_per_second, 0)],
     ["pool ready, 2 workers in parallel (ms)", f(warm.readyMs, 0)],
-    ["worker spawn to ready, snapshot (ms)", warm.workerStartupMs.map((m) => f(m, 0)).join(", ")],
+    [
+      "worker spawn to ready, snapshot, 2 at once (ms)",
+      warm.workerStartupMs.map((m) => f(m, 0)).join(", "),
+    ],
+    ["worker spawn to ready, snapshot, alone (ms)", lone.map((m) => f(m, 0)).join(", ")],
     ["worker spawn to ready, no snapshot (ms)", f(plain.workerStartupMs[0], 0)],
     ["fresh worker per request, mean (ms)", f(fresh.mean_ms, 0)],
     ["pool speedup (fresh mean / warm p50)", `${f(speedup, 0)}x`],
