@@ -40,7 +40,7 @@ from .results import ExecuteResult
 OutputCallback = Callable[[str, str], None]
 """Called with (stream, text) as a streamed run writes: stream is "stdout" or "stderr"."""
 
-Files = Union[Mapping[str, Union[bytes, str]], Sequence[Mapping[str, str]]]
+Files = Union[Mapping[Union[str, "os.PathLike[str]"], Union[bytes, str]], Sequence[Mapping[str, str]]]
 """`execute`'s `files`: {path: content} (bytes, or str written as UTF-8), or the protocol's
 list of {"path": ..., "content_b64": ...}."""
 
@@ -202,7 +202,7 @@ class Pool:
         timeout_ms: Optional[float] = None,
         stdin: Optional[str] = None,
         session_id: Optional[str] = None,
-        session_bytes: Optional[str] = None,
+        session_bytes: Optional[Union[str, bytes]] = None,
         return_session: Optional[bool] = None,
         files: Optional[Files] = None,
         packages: Optional[Sequence[str]] = None,
@@ -226,7 +226,7 @@ class Pool:
         if session_id is not None:
             params["session_id"] = session_id
         if session_bytes is not None:
-            params["session_bytes"] = session_bytes
+            params["session_bytes"] = _encode_session(session_bytes)
         if return_session is not None:
             params["return_session"] = return_session
         if files is not None:
@@ -256,7 +256,7 @@ class Pool:
         timeout_ms: Optional[float] = None,
         stdin: Optional[str] = None,
         session_id: Optional[str] = None,
-        session_bytes: Optional[str] = None,
+        session_bytes: Optional[Union[str, bytes]] = None,
         return_session: Optional[bool] = None,
         files: Optional[Files] = None,
         packages: Optional[Sequence[str]] = None,
@@ -287,7 +287,7 @@ class Pool:
         timeout_ms: Optional[float] = None,
         stdin: Optional[str] = None,
         session_id: Optional[str] = None,
-        session_bytes: Optional[str] = None,
+        session_bytes: Optional[Union[str, bytes]] = None,
         return_session: Optional[bool] = None,
         files: Optional[Files] = None,
         packages: Optional[Sequence[str]] = None,
@@ -539,11 +539,22 @@ def _misuse(name: str, expected: str, value: Any) -> TypeError:
     return TypeError(f"{name} must be {expected}: {reprlib.repr(value)}")
 
 
+def _encode_session(state: Union[str, bytes]) -> str:
+    """Client-held state as the protocol's base64: as returned (str), or decoded (bytes)."""
+    if isinstance(state, str):
+        return state
+    if isinstance(state, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(state)).decode("ascii")
+    raise _misuse("session_bytes", "the base64 str a return_session run gave, or bytes", state)
+
+
 def _encode_files(files: Files) -> List[Dict[str, str]]:
     """`files` as the protocol's list; TypeError for anything else."""
     if isinstance(files, Mapping):
         encoded = []
         for path, content in files.items():
+            if isinstance(path, os.PathLike):
+                path = os.fspath(path)
             if not isinstance(path, str):
                 raise _misuse("each path in files", "a str", path)
             if isinstance(content, str):
