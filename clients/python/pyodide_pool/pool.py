@@ -40,9 +40,12 @@ from .results import ExecuteResult
 OutputCallback = Callable[[str, str], None]
 """Called with (stream, text) as a streamed run writes: stream is "stdout" or "stderr"."""
 
-Files = Union[Mapping[Union[str, "os.PathLike[str]"], Union[bytes, str]], Sequence[Mapping[str, str]]]
-"""`execute`'s `files`: {path: content} (bytes, or str written as UTF-8), or the protocol's
-list of {"path": ..., "content_b64": ...}."""
+Files = Union[
+    Mapping[Union[str, "os.PathLike[str]"], Union[bytes, str]],
+    Sequence[Mapping[str, str]],
+]
+"""`execute`'s `files`: {path: content} (a str or os.PathLike path; bytes, or str written as
+UTF-8), or the protocol's list of {"path": ..., "content_b64": ...}."""
 
 DENO_FROM_NPM = ["npx", "--yes", "deno@2.9.6"]
 
@@ -241,9 +244,7 @@ class Pool:
 
         def cancel_if_cancelled(done: Future[Any]) -> None:
             if done.cancelled():
-                with self._state_lock:
-                    self._pending.pop(request_id, None)
-                    self._listeners.pop(request_id, None)
+                self._forget(request_id)
                 self._notify("$/cancelRequest", {"id": request_id})
 
         future.add_done_callback(cancel_if_cancelled)
@@ -409,9 +410,7 @@ class Pool:
         try:
             self._write(line)
         except ConnectionClosedError as error:
-            with self._state_lock:
-                self._pending.pop(request_id, None)
-                self._listeners.pop(request_id, None)
+            self._forget(request_id)
             # The supervisor is gone: say how it ended (the reader finds out within a second).
             if self._process is not None and threading.current_thread() is not self._reader:
                 self._reader.join(2.0)
@@ -420,6 +419,12 @@ class Pool:
                 raise ConnectionClosedError(str(closed), closed.exit_code) from error
             raise
         return future, request_id
+
+    def _forget(self, request_id: int) -> Optional[Tuple[Future[Any], Optional[_Converter]]]:
+        """Stops waiting for a request's answer and output; its pending entry, if any."""
+        with self._state_lock:
+            self._listeners.pop(request_id, None)
+            return self._pending.pop(request_id, None)
 
     def _notify(self, method: str, params: Any) -> None:
         """Sends a notification; a closed connection is ignored (nothing is pending then)."""
@@ -492,9 +497,7 @@ class Pool:
             request_id = message.get("id")
             if not isinstance(request_id, int):
                 continue
-            with self._state_lock:
-                entry = self._pending.pop(request_id, None)
-                self._listeners.pop(request_id, None)
+            entry = self._forget(request_id)
             if entry is None:
                 continue  # cancelled, or not ours
             future, convert = entry
