@@ -173,11 +173,28 @@ Deno.test("$/cancelRequest cancels a queued and a running request with -32003", 
   await cancel("run-1");
   await cancel("run-2");
   for (const r of await Promise.all(running)) {
-    assert.equal(r.error?.code, -32003);
-    assert.equal(r.error?.data?.stopped_by, "interrupt");
+    assert.equal(r.error?.code, -32003, JSON.stringify(r));
+    assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
   }
   assert.ok(Date.now() - started < 5000);
   assert.equal((await sup.execute({ code: "'after cancel'" })).result, "'after cancel'");
+});
+
+Deno.test("a request cancelled as it is sent is stopped by the first interrupt", async () => {
+  const sup = await pool();
+  await twoReady(sup);
+  // The cancel reaches the worker before or just after its Python thread takes up the run.
+  for (let i = 0; i < 10; i++) {
+    const id = `instant-${i}`;
+    const running = sup.request("execute", { code: "while True: pass" }, id);
+    await sup.sendRaw(
+      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
+    );
+    const r = await running;
+    assert.equal(r.error?.code, -32003, JSON.stringify(r));
+    assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
+  }
+  await twoReady(sup);
 });
 
 Deno.test({

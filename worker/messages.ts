@@ -13,8 +13,21 @@ export const ControlSlot = {
   Interrupt: 0,
   /** Why the interrupt was sent, one of `InterruptReason`. */
   Reason: 1,
-  /** 1 while the runtime finishes a request (collects, reports, resets): no interrupts then. */
-  Finishing: 2,
+  /** Where the thread is in a run, one of `RunPhase`; changed with compare-and-swap. */
+  Phase: 2,
+} as const;
+
+/**
+ * The thread's phase. Interrupts reach Python only in `Running`: outside it, the thread runs
+ * its own code (a finishing run's report and reset, or session calls) that must not be cut.
+ */
+export const RunPhase = {
+  /** No request code runs: before a run starts, or while the runtime finishes one. */
+  Closed: 0,
+  /** The request's code (and its package loading) runs. */
+  Running: 1,
+  /** A stop arrived before the thread took up the run: it answers without running the code. */
+  StopBeforeStart: 2,
 } as const;
 
 export const CONTROL_SLOTS = 3;

@@ -16,6 +16,7 @@ import {
   type ReadyMessage,
   type ReturnedMessage,
   type RunOutcome,
+  RunPhase,
   SIGINT,
   type ToThread,
 } from "./messages.ts";
@@ -65,6 +66,8 @@ interface ActiveRun {
   resolve: (outcome: RunOutcome) => void;
   onOutput?: RunRequest["onOutput"];
   stoppedBy?: StopStep;
+  /** Interrupts put in the slot for this run. */
+  interruptsSent: number;
   escalation?: ReturnType<typeof setTimeout>;
 }
 
@@ -187,10 +190,20 @@ export class PythonHost {
     { request, files, packages, timeoutMs, onOutput }: RunRequest,
   ): Promise<RunReport> {
     await this.#ready;
+    // The last run is answered, so the thread no longer reads what it left in the slots; the
+    // phase stays the thread's: it may still be resetting after that run, with Python closed
+    // to interrupts.
     Atomics.store(this.#control, ControlSlot.Interrupt, 0);
+    Atomics.store(this.#control, ControlSlot.Reason, InterruptReason.None);
+    Atomics.compareExchange(
+      this.#control,
+      ControlSlot.Phase,
+      RunPhase.StopBeforeStart,
+      RunPhase.Closed,
+    );
     let resolve!: (outcome: RunOutcome) => void;
     const finished = new Promise<RunOutcome>((r) => resolve = r);
-    const run: ActiveRun = { seq: ++this.#seq, resolve, onOutput };
+    const run: ActiveRun = { seq: ++this.#seq, resolve, onOutput, interruptsSent: 0 };
     this.#active = run;
     this.#post({
       type: "run",
@@ -203,7 +216,7 @@ export class PythonHost {
     const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
     try {
       const outcome = await finished;
-      return run.stoppedBy ? { ...outcome, stoppedBy: run.stoppedBy } : outcome;
+      return run.stoppedBy ? { ...outcome, stoppedBy: this.#stopStep(run) } : outcome;
     } finally {
       clearTimeout(timer);
       clearTimeout(run.escalation);
@@ -215,7 +228,7 @@ export class PythonHost {
   #stop(run: ActiveRun, reason: number): void {
     if (run.stoppedBy) return;
     run.stoppedBy = "interrupt";
-    this.#interrupt(reason);
+    this.#interrupt(run, reason);
     const giveUpAt = performance.now() + this.options.interruptGraceMs;
     const escalate = () => {
       if (performance.now() >= giveUpAt) {
@@ -223,23 +236,38 @@ export class PythonHost {
         this.#restartThread(run, reason);
         return;
       }
-      // Pyodide clears the slot when Python takes the signal; a run still going swallowed it.
+      // Pyodide clears the slot when Python takes the signal; a run still going swallowed it
+      // (or is slow to unwind: another interrupt then does no harm).
       if (
         Atomics.load(this.#control, ControlSlot.Interrupt) === 0 &&
-        Atomics.load(this.#control, ControlSlot.Finishing) === 0
+        Atomics.load(this.#control, ControlSlot.Phase) === RunPhase.Running
       ) {
-        run.stoppedBy = "repeated_interrupt";
-        this.#interrupt(reason);
+        this.#interrupt(run, reason);
       }
       run.escalation = setTimeout(escalate, REINTERRUPT_EVERY_MS);
     };
     run.escalation = setTimeout(escalate, REINTERRUPT_EVERY_MS);
   }
 
-  #interrupt(reason: number): void {
-    // The code is done and the runtime is finishing; the answer comes without an interrupt.
-    if (Atomics.load(this.#control, ControlSlot.Finishing) === 1) return;
+  /** Which step stopped `run`, from what Python took: an interrupt left in the slot it did not. */
+  #stopStep(run: ActiveRun): StopStep {
+    if (run.stoppedBy === "interpreter_restart") return run.stoppedBy;
+    const untaken = Atomics.load(this.#control, ControlSlot.Interrupt) === SIGINT ? 1 : 0;
+    return run.interruptsSent - untaken > 1 ? "repeated_interrupt" : "interrupt";
+  }
+
+  #interrupt(run: ActiveRun, reason: number): void {
     Atomics.store(this.#control, ControlSlot.Reason, reason);
+    // Before the thread takes up the run, the mark tells it to answer without running the
+    // code; while the run finishes, the mark is cleared before the next one.
+    const phase = Atomics.compareExchange(
+      this.#control,
+      ControlSlot.Phase,
+      RunPhase.Closed,
+      RunPhase.StopBeforeStart,
+    );
+    if (phase !== RunPhase.Running) return;
+    run.interruptsSent++;
     Atomics.store(this.#control, ControlSlot.Interrupt, SIGINT);
     // Wakes a patched time.sleep blocked in Atomics.wait.
     Atomics.notify(this.#control, ControlSlot.Interrupt);

@@ -21,6 +21,7 @@ import {
   InterruptReason,
   type RunMessage,
   type RunOutcome,
+  RunPhase,
   SIGINT,
   type ToThread,
 } from "./messages.ts";
@@ -106,8 +107,7 @@ async function start(init: InitMessage): Promise<Thread> {
   const control = new Int32Array(init.control);
   const interrupt = new Int32Array(init.control, ControlSlot.Interrupt * 4, 1);
   const stopFor = (reason: number) => {
-    // An interrupt inside the runtime's own finishing steps would break its reset.
-    if (Atomics.load(control, ControlSlot.Finishing) === 1) return;
+    if (Atomics.load(control, ControlSlot.Phase) !== RunPhase.Running) return;
     Atomics.store(control, ControlSlot.Reason, reason);
     Atomics.store(control, ControlSlot.Interrupt, SIGINT);
   };
@@ -127,7 +127,19 @@ async function start(init: InitMessage): Promise<Thread> {
   pyodide.setStdout({ write: stdout.write, isatty: false });
   pyodide.setStderr({ write: stderr.write, isatty: false });
   pyodide.setStdin({ error: true });
-  pyodide.setInterruptBuffer(interrupt);
+  // Python takes interrupts only while a request's code runs (`openRun` to `closeRun`): the
+  // phase check in the main thread cannot stop a signal it sent a moment before the run
+  // closed, and one that landed in the report or the reset would break the worker.
+  const openRun = () => pyodide.setInterruptBuffer(interrupt);
+  // Why the run was stopped (one of InterruptReason), as it stood when the run closed: a stop
+  // that comes later finds the code done, and does not turn its result into a timeout.
+  let closedFor: number = InterruptReason.None;
+  const closeRun = () => {
+    if (Atomics.load(control, ControlSlot.Phase) !== RunPhase.Running) return;
+    pyodide.setInterruptBuffer(undefined as unknown as Int32Array);
+    Atomics.store(control, ControlSlot.Phase, RunPhase.Closed);
+    closedFor = Atomics.load(control, ControlSlot.Reason);
+  };
 
   // Attribute proxies are borrowed from the module's: copies outlive it.
   const install = runtime.install.copy() as PyProxy & ((...a: unknown[]) => void);
@@ -148,10 +160,7 @@ async function start(init: InitMessage): Promise<Thread> {
     Atomics.wait(interrupt, 0, 0, ms);
     pyodide.checkInterrupt();
   });
-  const enterFinish = isolatedFunction(() => {
-    Atomics.store(control, ControlSlot.Finishing, 1);
-  });
-  install(waitMs, enterFinish, init.maxOutputBytes);
+  install(waitMs, isolatedFunction(closeRun), init.maxOutputBytes);
   install.destroy();
   runtime.destroy();
   hardenThread(pyodide, init.allowNetwork);
@@ -187,6 +196,18 @@ async function start(init: InitMessage): Promise<Thread> {
     loadMs: performance.now() - started,
     restored,
     heapBytes: heapBytes(),
+  });
+
+  /** The answer to a run stopped (timeout, cancel) before its message reached this thread. */
+  const stoppedBeforeStart = (reason: number): RunOutcome => ({
+    status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
+    stdout: "",
+    stderr: "",
+    truncated: false,
+    result: null,
+    error: { type: "KeyboardInterrupt", message: "stopped before the code started", traceback: "" },
+    files: [],
+    figures: [],
   });
 
   const errorJson = (type: string, message: string, traceback = "") =>
@@ -261,14 +282,28 @@ async function start(init: InitMessage): Promise<Thread> {
 
   return {
     async run(message) {
-      Atomics.store(control, ControlSlot.Reason, InterruptReason.None);
-      Atomics.store(control, ControlSlot.Finishing, 0);
+      const phase = Atomics.compareExchange(
+        control,
+        ControlSlot.Phase,
+        RunPhase.Closed,
+        RunPhase.Running,
+      );
+      if (phase === RunPhase.StopBeforeStart) {
+        Atomics.store(control, ControlSlot.Phase, RunPhase.Closed);
+        const outcome = stoppedBeforeStart(Atomics.load(control, ControlSlot.Reason));
+        send({ type: "done", seq: message.seq, outcome, heapBytes: heapBytes(), tainted });
+        return;
+      }
+      openRun();
+      // Output written between runs (by a destructor the reset set off, say) is no request's.
+      stdout.take();
+      stderr.take();
       streaming = message.stream ? { seq: message.seq } : undefined;
       running = true;
       const given: GivenFiles = new Map();
       const json = await runToJson(message, given);
-      // No interrupt may land in the reporting or the reset.
-      Atomics.store(control, ControlSlot.Finishing, 1);
+      // The runtime closed the run already, unless it failed before it could.
+      closeRun();
       const files = runFiles.collect(given);
       // The reset runs after the answer is sent, off the request's path, and before the next
       // request (this handler ends with it). Unless the request changed files (its run
@@ -282,15 +317,13 @@ async function start(init: InitMessage): Promise<Thread> {
       }
       running = false;
       streaming = undefined;
-      // A signal that arrived after Python's last check must not hit the next request.
-      Atomics.store(control, ControlSlot.Interrupt, 0);
       const outcome = readOutcome(json);
       outcome.files = files;
       outcome.figures ??= [];
       outcome.truncated = stdout.truncated || stderr.truncated;
       outcome.stdout = stdout.take();
       outcome.stderr = stderr.take();
-      const reason = Atomics.load(control, ControlSlot.Reason);
+      const reason = closedFor;
       if (reason === InterruptReason.OutputLimit) outcome.status = "output_limit";
       else if (outcome.status !== "ok" && reason === InterruptReason.Timeout) {
         outcome.status = "timeout";

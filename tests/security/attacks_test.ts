@@ -184,13 +184,27 @@ Deno.test("attack fails: a huge allocation and an infinite recursion", async () 
 Deno.test("attack fails: nothing a request changes is seen by the next one", async () => {
   const sup = await pool();
   const plant = [
-    "import builtins, json, os, sys, colorsys, pyodide_pool_figures",
+    "import builtins, gc, json, os, signal, sys, colorsys, pyodide_pool_figures",
     "builtins.planted = 1",
     "json.dumps = lambda *a, **k: 'hijacked'",
     "pyodide_pool_figures.capture = lambda: [{'format': 'png', 'data_b64': 'ZXZpbA=='}]",
     "os.environ['PLANTED'] = '1'",
     "sys.path.insert(0, '/tmp/evil')",
     "sys.setrecursionlimit(60)",
+    "spy = lambda *a: print('spied')",
+    "sys.settrace(spy)",
+    "sys.setprofile(spy)",
+    "sys.set_asyncgen_hooks(firstiter=spy)",
+    "sys.monitoring.use_tool_id(3, 'spy')",
+    "sys.monitoring.set_events(3, sys.monitoring.events.PY_START)",
+    "sys.monitoring.register_callback(3, sys.monitoring.events.PY_START, spy)",
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)",
+    "gc.disable()",
+    "sys.set_int_max_str_digits(700)",
+    // Its destructor runs in the reset, when no request runs.
+    "class Ghost:",
+    "    def __del__(self, say=print): say('ghost')",
+    "builtins.ghost = Ghost()",
     "open('/home/pyodide/planted.py', 'w').write('X = 1')",
     "os.makedirs('/tmp/evil', exist_ok=True)",
     "open('/lib/python3.14/site-packages/planted.py', 'w').write('X = 1')",
@@ -200,13 +214,19 @@ Deno.test("attack fails: nothing a request changes is seen by the next one", asy
   // Twice per worker, so that every worker has been planted on.
   await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: plant })));
   const check = [
-    "import builtins, json, os, sys",
+    "import builtins, gc, json, os, signal, sys",
     "found = []",
     "found += ['builtins'] if hasattr(builtins, 'planted') else []",
     "found += ['json'] if json.dumps({}) != '{}' else []",
     "found += ['environ'] if 'PLANTED' in os.environ else []",
     "found += ['sys.path'] if '/tmp/evil' in sys.path else []",
     "found += ['recursion'] if sys.getrecursionlimit() == 60 else []",
+    "found += ['trace'] if sys.gettrace() or sys.getprofile() else []",
+    "found += ['asyncgen hooks'] if sys.get_asyncgen_hooks().firstiter else []",
+    "found += ['monitoring'] if sys.monitoring.get_tool(3) else []",
+    "found += ['sigint'] if signal.getsignal(signal.SIGINT) is not signal.default_int_handler else []",
+    "found += ['gc'] if not gc.isenabled() else []",
+    "found += ['int digits'] if sys.get_int_max_str_digits() == 700 else []",
     "found += ['home file'] if os.path.exists('/home/pyodide/planted.py') else []",
     "found += ['tmp dir'] if os.path.exists('/tmp/evil') else []",
     "found += ['site-packages'] if os.path.exists('/lib/python3.14/site-packages/planted.py') else []",
@@ -220,6 +240,7 @@ Deno.test("attack fails: nothing a request changes is seen by the next one", asy
   for (const r of results) {
     assert.equal(r.result, "[]", JSON.stringify(r.error));
     assert.deepEqual(r.figures, [], "the runtime patch was undone");
+    assert.equal(r.stdout + r.stderr, "", "no output of an earlier request");
   }
 });
 

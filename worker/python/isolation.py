@@ -1,6 +1,7 @@
 """Resets what one request may change for the next: modules it imported or patched,
-builtins, os.environ, sys.path and the import machinery, the recursion limit, the working
-directory, and files it left anywhere in the virtual file system.
+builtins, os.environ, sys.path and the import machinery, interpreter-wide settings (the
+recursion limit, trace and profile functions, monitoring tools, the SIGINT handler, ...), the
+working directory, and files it left anywhere in the virtual file system.
 
 The baseline is taken once, when the worker is ready; `restore` runs after every request and
 costs a few dozen microseconds when the request changed nothing; `restore_files` runs only when
@@ -9,15 +10,45 @@ documented in SECURITY.md (objects mutated in place inside modules, such as a cl
 attribute patched on a stdlib class).
 """
 
+import gc
 import operator
 import os
 import shutil
+import signal
 import sys
 
 HOME = "/home/pyodide"
 _KEPT_FILE_BYTES = 64 * 1024
 # Device and process trees are Emscripten's own; everything else is user-writable.
 _SKIPPED_TREES = ("/dev", "/proc")
+
+# Interpreter-wide settings that one call changes, as (read, write) pairs. A trace or profile
+# function, asyncgen hooks or a monitoring tool would see every later request's frames; the
+# others change how later requests run: a disabled collector keeps their garbage, and an ignored
+# SIGINT (timeouts arrive as SIGINT) makes every later timeout cost an interpreter restart.
+_SETTINGS = (
+    (sys.getrecursionlimit, sys.setrecursionlimit),
+    (sys.gettrace, sys.settrace),
+    (sys.getprofile, sys.setprofile),
+    (sys.get_asyncgen_hooks, lambda hooks: sys.set_asyncgen_hooks(*hooks)),
+    (sys.get_coroutine_origin_tracking_depth, sys.set_coroutine_origin_tracking_depth),
+    (sys.get_int_max_str_digits, sys.set_int_max_str_digits),
+    (gc.isenabled, lambda enabled: gc.enable() if enabled else gc.disable()),
+    (lambda: signal.getsignal(signal.SIGINT), lambda h: signal.signal(signal.SIGINT, h)),
+)
+_MONITORING_TOOL_IDS = range(6)
+
+
+def _settings():
+    return [read() for read, _write in _SETTINGS]
+
+
+# Held here: a request may rebind `sys.monitoring` before the reset puts `sys` back.
+_monitoring = sys.monitoring
+
+
+def _monitoring_tools():
+    return list(map(_monitoring.get_tool, _MONITORING_TOOL_IDS))
 
 
 def _walk():
@@ -47,7 +78,8 @@ class Baseline:
         self._path = list(sys.path)
         self._meta_path = list(sys.meta_path)
         self._path_hooks = list(sys.path_hooks)
-        self._recursion_limit = sys.getrecursionlimit()
+        self._settings = _settings()
+        self._monitoring_tools = _monitoring_tools()
         self._folders = {}
         self._files = {}
         self._take_files()
@@ -73,11 +105,13 @@ class Baseline:
         return [*self._folders, *self._files]
 
     def restore(self):
-        """Puts back everything but the files (see `restore_files`). Module globals come
-        first: the steps after them call `os` and `sys`, which a request may have patched."""
+        """Puts back everything but the files (see `restore_files`). The settings come first,
+        so that no trace function or monitoring tool of the request sees the reset run; then
+        module globals: the steps after them call `os` and `sys`, which the request may have
+        patched."""
+        self._restore_settings()
         self._restore_modules()
         os.chdir(HOME)
-        sys.setrecursionlimit(self._recursion_limit)
         if os.environ._data is not self._environ_data or not _same(
             self._environ_data, self._environ_data_saved
         ):
@@ -99,6 +133,22 @@ class Baseline:
                 if name not in self._modules:
                     del sys.modules[name]
             sys.modules.update(self._modules)
+
+    def _restore_settings(self):
+        current = _settings()
+        if current != self._settings:
+            for (_read, write), now, saved in zip(_SETTINGS, current, self._settings):
+                if now != saved:
+                    write(saved)
+        tools = _monitoring_tools()
+        if tools != self._monitoring_tools:
+            for tool_id, now, saved in zip(_MONITORING_TOOL_IDS, tools, self._monitoring_tools):
+                if now != saved:
+                    # Clearing first drops the tool's events and callbacks with its id.
+                    _monitoring.clear_tool_id(tool_id)
+                    _monitoring.free_tool_id(tool_id)
+                    if saved is not None:
+                        _monitoring.use_tool_id(tool_id, saved)
 
     def restore_files(self, changed):
         """Undoes the changes to `changed`, watched paths that were modified: entries added to

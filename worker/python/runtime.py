@@ -27,7 +27,7 @@ import pyodide_pool_workdir as workdir
 CODE_FILENAME = "<code>"
 
 _max_repr_chars = 1 << 20
-_enter_finish = None
+_close_run = None
 _MAX_TRACEBACK_FRAMES = 100
 
 # Compiling through CodeRunner (parse, rewrite the last expression, compile) costs about
@@ -43,16 +43,17 @@ def _compile(code):
 _compile_cached = functools.lru_cache(maxsize=256)(_compile)
 
 
-def install(wait_ms, enter_finish, max_repr_chars):
+def install(wait_ms, close_run, max_repr_chars):
     """Called once per interpreter start: patches time.sleep so that the timeout interrupt can
     stop it, and reseeds `random` (a restored snapshot carries the state it was taken with).
 
     `wait_ms` is a JavaScript function that blocks on the interrupt buffer (Atomics.wait) for
-    at most the given milliseconds and raises KeyboardInterrupt if it was signalled.
+    at most the given milliseconds and raises KeyboardInterrupt if it was signalled;
+    `close_run` ends the part of a run that interrupts can cut.
     """
-    global _max_repr_chars, _enter_finish
+    global _max_repr_chars, _close_run
     _max_repr_chars = max_repr_chars
-    _enter_finish = enter_finish
+    _close_run = close_run
     # Every worker restored from one memory snapshot would share its random state.
     if "random" in sys.modules:
         sys.modules["random"].seed()
@@ -123,13 +124,16 @@ class _Run:
             self.namespace = state.fresh_namespace()
         workdir.enter()
 
-    def finish(self, status, value=None, error=None):
-        """The outcome as JSON. The reset (`reset`) follows once the answer is on its way: it
-        always runs before the next request, but off this request's path."""
-        # From here on the main thread sends no interrupt: reporting and reset must end.
-        _enter_finish()
+    def finish(self, status, value=None, exc=None):
+        """The outcome as JSON: `value` or, if `exc` is given, the error it describes. The
+        reset (`reset`) follows once the answer is on its way: it always runs before the next
+        request, but off this request's path."""
+        # From here on no interrupt reaches Python: reporting and reset must end. That includes
+        # describing the error, which is the runtime's work, not the request's.
+        _close_run()
         sys.stdout.flush()
         sys.stderr.flush()
+        error = None if exc is None else _error(exc)
         try:
             outcome = {
                 "status": status,
@@ -139,8 +143,8 @@ class _Run:
             }
             if self.request.get("return_session"):
                 outcome["session_bytes"], outcome["session_dropped"] = state.dump(self.namespace)
-        except BaseException as exc:  # noqa: BLE001 - the runtime must always answer
-            outcome = {"status": "error", "result": None, "error": _error(exc)}
+        except BaseException as failure:  # noqa: BLE001 - the runtime must always answer
+            outcome = {"status": "error", "result": None, "error": _error(failure)}
         return json.dumps(outcome)
 
 
@@ -200,7 +204,7 @@ async def _run_async(run, runner):
     try:
         value = await runner.run_async(run.namespace)
     except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
-        return run.finish("error", error=_error(exc))
+        return run.finish("error", exc=exc)
     return run.finish("ok", value)
 
 
@@ -213,7 +217,7 @@ def run(request_json):
     try:
         current = _Run(request)
     except BaseException as exc:  # noqa: BLE001 - bad session state is a result too
-        _enter_finish()
+        _close_run()
         return json.dumps({"status": "error", "result": None, "error": _error(exc)})
     lines = code.splitlines(keepends=True)
     linecache.cache[CODE_FILENAME] = (len(code), None, lines, CODE_FILENAME)
@@ -227,7 +231,7 @@ def run(request_json):
             return _live["task"]
         value = runner.run(current.namespace)
     except BaseException as exc:  # noqa: BLE001 - every outcome of user code is a result
-        return current.finish("error", error=_error(exc))
+        return current.finish("error", exc=exc)
     return current.finish("ok", value)
 
 
