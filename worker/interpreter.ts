@@ -10,6 +10,7 @@
 import { loadPyodide, type PyodideAPI } from "pyodide";
 import type { PyProxy } from "pyodide/ffi";
 import { RUNTIME_MODULE, RUNTIME_SOURCES } from "./runtime_sources.ts";
+import { restoringSparsely } from "./sparse_restore.ts";
 
 const ENV = { HOME: "/home/pyodide", MPLBACKEND: "Agg" };
 const MATPLOTLIB_CONFIG = "/home/pyodide/.config/matplotlib";
@@ -41,16 +42,18 @@ export interface Interpreter {
 }
 
 export async function bootInterpreter(options: BootOptions = {}): Promise<Interpreter> {
-  const pyodide = await loadPyodide({
-    // Nothing Python prints may reach the process's stdout, which carries JSON-RPC.
-    stdout: () => {},
-    stderr: () => {},
-    env: ENV,
-    ...(options.forSnapshot ? { _makeSnapshot: true } : {}),
-    ...(options.snapshot ? { _loadSnapshot: options.snapshot } : {}),
-    ...(options.lockFileUrl ? { lockFileURL: options.lockFileUrl } : {}),
-    ...(options.jsglobals ? { jsglobals: options.jsglobals } : {}),
-  });
+  const load = () =>
+    loadPyodide({
+      // Nothing Python prints may reach the process's stdout, which carries JSON-RPC.
+      stdout: () => {},
+      stderr: () => {},
+      env: ENV,
+      ...(options.forSnapshot ? { _makeSnapshot: true } : {}),
+      ...(options.snapshot ? { _loadSnapshot: options.snapshot } : {}),
+      ...(options.lockFileUrl ? { lockFileURL: options.lockFileUrl } : {}),
+      ...(options.jsglobals ? { jsglobals: options.jsglobals } : {}),
+    });
+  const pyodide = options.snapshot ? await restoringSparsely(options.snapshot, load) : await load();
   if (options.snapshot) {
     // Pyodide keeps its options for the interpreter's lifetime; the snapshot, copied into the
     // Wasm memory by now, would stay resident with them (30 MB of a worker's RSS). Detaching
