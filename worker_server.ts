@@ -55,6 +55,8 @@ const python = new PythonHost({
   allowNetwork: args["allow-network"],
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   onFatal: (message) => onFatal(message),
+  // Runs come only once the server below is set up, and so does this.
+  onInterpreterReplaced: (reason) => log.warn("interpreter replaced: {reason}", { reason }),
 });
 
 const [

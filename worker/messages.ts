@@ -127,6 +127,15 @@ export interface OutputMessage {
   text: string;
 }
 
+/**
+ * The isolation reset after a run failed: the request broke something the reset relies on.
+ * The run was answered; the thread takes no more runs, and is replaced by a fresh one.
+ */
+export interface BrokenMessage {
+  type: "broken";
+  message: string;
+}
+
 /** The interpreter is broken (a Pyodide fatal error or a failed start). */
 export interface FatalMessage {
   type: "fatal";
@@ -138,4 +147,5 @@ export type FromThread =
   | DoneMessage
   | ReturnedMessage
   | OutputMessage
+  | BrokenMessage
   | FatalMessage;

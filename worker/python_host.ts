@@ -15,6 +15,7 @@ import {
   InterruptReason,
   type ReadyMessage,
   type ReturnedMessage,
+  type RunMessage,
   type RunOutcome,
   RunPhase,
   SIGINT,
@@ -39,6 +40,8 @@ export interface PythonHostOptions {
   interruptGraceMs: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
   onFatal: (message: string) => void;
+  /** Called when a fresh interpreter replaced one whose isolation reset failed. */
+  onInterpreterReplaced: (reason: string) => void;
 }
 
 /** How a stopped run was stopped. */
@@ -63,6 +66,7 @@ export interface RunRequest {
 
 interface ActiveRun {
   seq: number;
+  message: RunMessage;
   resolve: (outcome: RunOutcome) => void;
   onOutput?: RunRequest["onOutput"];
   stoppedBy?: StopStep;
@@ -82,7 +86,7 @@ export class PythonHost {
   heapBytes = 0;
   /** Set once a request left a change the isolation reset could not undo. */
   tainted = false;
-  /** Interpreters replaced because code ignored interrupts. */
+  /** Interpreters replaced in place: code that ignored interrupts, or a reset that failed. */
   restarts = 0;
 
   constructor(private readonly options: PythonHostOptions) {
@@ -158,6 +162,8 @@ export class PythonHost {
         } else if (message.type === "returned") {
           this.#calls.get(message.seq)?.(message);
           this.#calls.delete(message.seq);
+        } else if (message.type === "broken") {
+          this.#replaceBrokenThread(message.message);
         } else {
           reject(new Error(message.message));
           this.options.onFatal(message.message);
@@ -203,16 +209,18 @@ export class PythonHost {
     );
     let resolve!: (outcome: RunOutcome) => void;
     const finished = new Promise<RunOutcome>((r) => resolve = r);
-    const run: ActiveRun = { seq: ++this.#seq, resolve, onOutput, interruptsSent: 0 };
-    this.#active = run;
-    this.#post({
+    const seq = ++this.#seq;
+    const message: RunMessage = {
       type: "run",
-      seq: run.seq,
+      seq,
       request,
       files,
       packages,
       stream: onOutput !== undefined,
-    });
+    };
+    const run: ActiveRun = { seq, message, resolve, onOutput, interruptsSent: 0 };
+    this.#active = run;
+    this.#post(message);
     const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
     try {
       const outcome = await finished;
@@ -273,6 +281,32 @@ export class PythonHost {
     Atomics.notify(this.#control, ControlSlot.Interrupt);
     // Code waiting in top-level `await` runs no Python to take the signal: cancel its task.
     this.#post({ type: "cancel_await" });
+  }
+
+  /**
+   * Replaces an interpreter whose reset failed, so that no request is lost with it. Its last
+   * run was answered; what was sent to it since, it did not start: the run goes to the new
+   * interpreter, a session call fails (the sessions were in the old one).
+   */
+  #replaceBrokenThread(reason: string): void {
+    this.#thread.terminate();
+    this.restarts++;
+    // The old interpreter's memory is not given back at once (259 MB resident right after, in
+    // one measurement): the process asks to be replaced once its pending run is answered.
+    this.tainted = true;
+    this.#startThread();
+    this.options.onInterpreterReplaced(reason);
+    for (const [seq, answer] of this.#calls) {
+      answer({
+        type: "returned",
+        seq,
+        value: "",
+        error: `the interpreter was replaced: ${reason}`,
+      });
+    }
+    this.#calls.clear();
+    const run = this.#active;
+    if (run) this.#ready.then(() => this.#active === run && this.#post(run.message), () => {});
   }
 
   /** Ends a run that ignores interrupts: a new interpreter replaces the Web Worker. */

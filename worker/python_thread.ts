@@ -172,6 +172,19 @@ async function start(init: InitMessage): Promise<Thread> {
   fsWatch.mark(JSON.parse(watchedPaths()));
   // Set once a request changed a file the reset cannot restore; the worker is then replaced.
   let tainted = false;
+  // Set once the interpreter's reset failed: no request may run here again (see `reset`).
+  let broken = false;
+  /** Runs reset steps; what a failure says, if they fail with a Python exception. */
+  const reset = (steps: () => void): string | undefined => {
+    try {
+      steps();
+    } catch (error) {
+      // Anything but a Python exception is a broken runtime: the process ends (see `fatal`).
+      if (!(error instanceof PythonError)) throw error;
+      // The message is the whole traceback; its last line names the error.
+      return `the isolation reset failed: ${error.message.trim().split("\n").at(-1)}`;
+    }
+  };
   /** Undoes the file system changes of the request that just ran (the reset's last part). */
   const restoreChangedFiles = () => {
     const changed = fsWatch.changed();
@@ -282,6 +295,8 @@ async function start(init: InitMessage): Promise<Thread> {
 
   return {
     async run(message) {
+      // The main thread posts it again to the interpreter that replaces this one.
+      if (broken) return;
       const phase = Atomics.compareExchange(
         control,
         ControlSlot.Phase,
@@ -311,10 +326,12 @@ async function start(init: InitMessage): Promise<Thread> {
       // resets come first, the interpreter's before the files' (the file reset calls os and
       // shutil, which the request may have patched).
       const resetFirst = fsWatch.changed().length > 0;
-      if (resetFirst) {
-        resetInterpreter();
-        restoreChangedFiles();
-      }
+      let resetFailure = resetFirst
+        ? reset(() => {
+          resetInterpreter();
+          restoreChangedFiles();
+        })
+        : undefined;
       running = false;
       streaming = undefined;
       const outcome = readOutcome(json);
@@ -337,11 +354,16 @@ async function start(init: InitMessage): Promise<Thread> {
         heapBytes: heapBytes(),
         tainted,
       });
-      // A reset that fails leaves an interpreter no request may use: the error ends the
-      // thread, and the worker process (once the answer above is written) with it.
-      if (!resetFirst) resetInterpreter();
+      if (!resetFirst) resetFailure = reset(resetInterpreter);
+      // A reset that failed leaves an interpreter that no request may use; the answer above
+      // is the request's own all the same.
+      if (resetFailure !== undefined) {
+        broken = true;
+        send({ type: "broken", message: resetFailure });
+      }
     },
     call({ seq, fn, arg }) {
+      if (broken) return;
       try {
         const value = arg === undefined ? functions[fn]() : functions[fn](arg);
         send({ type: "returned", seq, value: String(value) });

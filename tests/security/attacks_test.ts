@@ -301,6 +301,25 @@ Deno.test("attack fails: a changed stdlib zip taints the worker, which is replac
   await assertTaintsItsWorker("open('/lib/python314.zip', 'ab').write(b'garbage')");
 });
 
+Deno.test("attack fails: a request that breaks the reset costs no other request", async () => {
+  const sup = await pool();
+  const breakers = [
+    // Patched in place: the reset holds its own reference, so this breaks nothing.
+    "import operator\noperator.is_ = None",
+    // The reset itself: it fails, and the worker replaces its interpreter.
+    "import pyodide_pool_isolation as isolation\nisolation.Baseline.restore = None",
+  ];
+  // Each worker takes a breaker, then the request queued behind it.
+  const broken = breakers.map((code) => sup.execute({ code }));
+  const behind = [1, 2].map((i) => sup.execute({ code: `${i} * 21` }));
+  for (const r of await Promise.all(broken)) assert.equal(r.status, "ok", JSON.stringify(r.error));
+  assert.deepEqual((await Promise.all(behind)).map((r) => r.result), ["21", "42"]);
+  await waitUntil("two ready workers", async () => {
+    const health = await sup.call("health") as { ready_workers: number; workers: unknown[] };
+    return health.ready_workers === 2 && health.workers.length === 2;
+  }, 30_000);
+});
+
 Deno.test("attack fails: filling the file system is cut by the timeout and cleaned up", async () => {
   const sup = await pool();
   const r = await sup.execute({

@@ -22,6 +22,24 @@ _KEPT_FILE_BYTES = 64 * 1024
 # Device and process trees are Emscripten's own; everything else is user-writable.
 _SKIPPED_TREES = ("/dev", "/proc")
 
+# What the reset calls before it restores the modules, or outside the modules it restores (see
+# `Baseline`), is held here as it was at import: a request may patch those functions in place
+# (`operator.is_ = None`), and a reset that fails leaves an interpreter no request may use (the
+# worker then replaces it).
+_is = operator.is_
+_SIGINT = signal.SIGINT
+_getsignal = signal.getsignal
+_setsignal = signal.signal
+_gc_enable = gc.enable
+_gc_disable = gc.disable
+
+
+def _set_gc(enabled):
+    (_gc_enable if enabled else _gc_disable)()
+
+
+_set_asyncgen_hooks = sys.set_asyncgen_hooks
+
 # Interpreter-wide settings that one call changes, as (read, write) pairs. A trace or profile
 # function, asyncgen hooks or a monitoring tool would see every later request's frames; the
 # others change how later requests run: a disabled collector keeps their garbage, and an ignored
@@ -30,11 +48,11 @@ _SETTINGS = (
     (sys.getrecursionlimit, sys.setrecursionlimit),
     (sys.gettrace, sys.settrace),
     (sys.getprofile, sys.setprofile),
-    (sys.get_asyncgen_hooks, lambda hooks: sys.set_asyncgen_hooks(*hooks)),
+    (sys.get_asyncgen_hooks, lambda hooks: _set_asyncgen_hooks(*hooks)),
     (sys.get_coroutine_origin_tracking_depth, sys.set_coroutine_origin_tracking_depth),
     (sys.get_int_max_str_digits, sys.set_int_max_str_digits),
-    (gc.isenabled, lambda enabled: gc.enable() if enabled else gc.disable()),
-    (lambda: signal.getsignal(signal.SIGINT), lambda h: signal.signal(signal.SIGINT, h)),
+    (gc.isenabled, _set_gc),
+    (lambda: _getsignal(_SIGINT), lambda handler: _setsignal(_SIGINT, handler)),
 )
 _MONITORING_TOOL_IDS = range(6)
 
@@ -43,12 +61,14 @@ def _settings():
     return [read() for read, _write in _SETTINGS]
 
 
-# Held here: a request may rebind `sys.monitoring` before the reset puts `sys` back.
-_monitoring = sys.monitoring
+_get_tool = sys.monitoring.get_tool
+_clear_tool_id = sys.monitoring.clear_tool_id
+_free_tool_id = sys.monitoring.free_tool_id
+_use_tool_id = sys.monitoring.use_tool_id
 
 
 def _monitoring_tools():
-    return list(map(_monitoring.get_tool, _MONITORING_TOOL_IDS))
+    return list(map(_get_tool, _MONITORING_TOOL_IDS))
 
 
 def _walk():
@@ -145,10 +165,10 @@ class Baseline:
             for tool_id, now, saved in zip(_MONITORING_TOOL_IDS, tools, self._monitoring_tools):
                 if now != saved:
                     # Clearing first drops the tool's events and callbacks with its id.
-                    _monitoring.clear_tool_id(tool_id)
-                    _monitoring.free_tool_id(tool_id)
+                    _clear_tool_id(tool_id)
+                    _free_tool_id(tool_id)
                     if saved is not None:
-                        _monitoring.use_tool_id(tool_id, saved)
+                        _use_tool_id(tool_id, saved)
 
     def restore_files(self, changed):
         """Undoes the changes to `changed`, watched paths that were modified: entries added to
@@ -193,7 +213,7 @@ def _same(current, saved):
     """True if no entry was added, removed or rebound. Length plus the identity of the
     values, in order, runs at C speed: comparing the keys as sets costs ten times more, and
     a rename changes the order of the values anyway."""
-    return len(current) == len(saved) and all(map(operator.is_, current.values(), saved.values()))
+    return len(current) == len(saved) and all(map(_is, current.values(), saved.values()))
 
 
 def _restore_dict(current, saved):

@@ -151,7 +151,6 @@ class _Run:
 def reset():
     """Undoes what the last request changed in the interpreter (isolation.py); its files are
     checked from JavaScript. Called after every request, before the next one runs."""
-    workdir.leave()
     baseline = _live["baseline"]
     if baseline is not None:
         baseline.restore()

@@ -1,10 +1,10 @@
 """The run directory: the working directory of every request. Its files go in and come out
 on the JavaScript side (worker/run_files.ts); whatever a run leaves in it is removed with the
-rest of the file system's changes, since it is empty in the isolation baseline."""
+rest of the file system's changes, since it is empty in the isolation baseline. The reset
+puts the working directory back (isolation.py)."""
 
 import os
 
-HOME = "/home/pyodide"
 # Must match RUN_DIRECTORY in worker/run_files.ts.
 PATH = "/tmp/pyodide-pool/run"
 
@@ -16,7 +16,3 @@ def prepare():
 
 def enter():
     os.chdir(PATH)
-
-
-def leave():
-    os.chdir(HOME)
