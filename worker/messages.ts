@@ -102,6 +102,20 @@ export type RunOutcome =
     status: ExecuteStatus | "cancelled";
   };
 
+/** The outcome of a run stopped (timeout, cancel) before its code started. */
+export function stoppedBeforeStart(reason: number): RunOutcome {
+  return {
+    status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
+    stdout: "",
+    stderr: "",
+    truncated: false,
+    result: null,
+    error: { type: "KeyboardInterrupt", message: "stopped before the code started", traceback: "" },
+    files: [],
+    figures: [],
+  };
+}
+
 export interface DoneMessage {
   type: "done";
   seq: number;

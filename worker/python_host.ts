@@ -19,6 +19,7 @@ import {
   type RunOutcome,
   RunPhase,
   SIGINT,
+  stoppedBeforeStart,
   type ToThread,
 } from "./messages.ts";
 import type { InputFile } from "../lib/protocol.ts";
@@ -52,6 +53,12 @@ export interface RunReport extends RunOutcome {
 }
 
 const REINTERRUPT_EVERY_MS = 50;
+/**
+ * How long past the interrupt grace a run that is no longer running code (its package loading,
+ * or the report and the file reset of code that ended) may take before the interpreter is
+ * replaced anyway: only a destructor looping in the reset takes that long.
+ */
+const FINISH_ALLOWANCE_MS = 10_000;
 
 /** What one run needs besides its code. */
 export interface RunRequest {
@@ -81,6 +88,8 @@ export class PythonHost {
   #ready!: Promise<ReadyMessage>;
   #seq = 0;
   #active: ActiveRun | undefined;
+  /** Runs queued behind the active one, a session call, or an interpreter's start. */
+  #waiting = new Set<{ cancelled: boolean }>();
   #calls = new Map<number, (message: ReturnedMessage) => void>();
   #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
@@ -105,7 +114,9 @@ export class PythonHost {
 
   /** Runs a request, one at a time, stopping it after `timeoutMs`. */
   run(request: RunRequest): Promise<RunReport> {
-    return this.#serialize(() => this.#runNow(request));
+    const waiting = { cancelled: false };
+    this.#waiting.add(waiting);
+    return this.#serialize(() => this.#runNow(request, waiting));
   }
 
   /** Calls a runtime function (sessions) between runs. */
@@ -127,11 +138,15 @@ export class PythonHost {
     return next;
   }
 
-  /** Stops the current run, which then reports status `cancelled`; false if none runs. */
+  /** Stops the current run, or else the next, which then reports `cancelled`; false if none. */
   cancel(): boolean {
-    if (!this.#active) return false;
-    this.#stop(this.#active, InterruptReason.Cancelled);
-    return true;
+    if (this.#active) {
+      this.#stop(this.#active, InterruptReason.Cancelled);
+      return true;
+    }
+    const next = this.#waiting.values().next().value;
+    if (next) next.cancelled = true;
+    return next !== undefined;
   }
 
   terminate(): void {
@@ -194,8 +209,16 @@ export class PythonHost {
 
   async #runNow(
     { request, files, packages, timeoutMs, onOutput }: RunRequest,
+    waiting: { cancelled: boolean },
   ): Promise<RunReport> {
-    await this.#ready;
+    try {
+      await this.#ready;
+    } finally {
+      this.#waiting.delete(waiting);
+    }
+    if (waiting.cancelled) {
+      return { ...stoppedBeforeStart(InterruptReason.Cancelled), stoppedBy: "interrupt" };
+    }
     // The last run is answered, so the thread no longer reads what it left in the slots; the
     // phase stays the thread's: it may still be resetting after that run, with Python closed
     // to interrupts.
@@ -239,7 +262,8 @@ export class PythonHost {
     this.#interrupt(run, reason);
     const giveUpAt = performance.now() + this.options.interruptGraceMs;
     const escalate = () => {
-      if (performance.now() >= giveUpAt) {
+      const closed = Atomics.load(this.#control, ControlSlot.Phase) !== RunPhase.Running;
+      if (performance.now() >= giveUpAt + (closed ? FINISH_ALLOWANCE_MS : 0)) {
         run.stoppedBy = "interpreter_restart";
         this.#restartThread(run, reason);
         return;

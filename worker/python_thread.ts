@@ -23,6 +23,7 @@ import {
   type RunOutcome,
   RunPhase,
   SIGINT,
+  stoppedBeforeStart,
   type ToThread,
 } from "./messages.ts";
 
@@ -211,18 +212,6 @@ async function start(init: InitMessage): Promise<Thread> {
     heapBytes: heapBytes(),
   });
 
-  /** The answer to a run stopped (timeout, cancel) before its message reached this thread. */
-  const stoppedBeforeStart = (reason: number): RunOutcome => ({
-    status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
-    stdout: "",
-    stderr: "",
-    truncated: false,
-    result: null,
-    error: { type: "KeyboardInterrupt", message: "stopped before the code started", traceback: "" },
-    files: [],
-    figures: [],
-  });
-
   const errorJson = (type: string, message: string, traceback = "") =>
     JSON.stringify({ status: "error", result: null, error: { type, message, traceback } });
 
@@ -269,8 +258,6 @@ async function start(init: InitMessage): Promise<Thread> {
 
   /** Runs the request; a Python exception that escapes the runtime itself is still a result. */
   const runToJson = async (message: RunMessage, given: GivenFiles): Promise<string> => {
-    const packageError = await loadPackages(message.packages);
-    if (packageError) return packageError;
     try {
       runFiles.put(message.files, given);
     } catch (error) {
@@ -297,6 +284,9 @@ async function start(init: InitMessage): Promise<Thread> {
     async run(message) {
       // The main thread posts it again to the interpreter that replaces this one.
       if (broken) return;
+      // Before the run opens: the loading's Python steps are the runtime's own, and a stop
+      // that comes meanwhile marks the phase, so that the code does not start.
+      const packageError = await loadPackages(message.packages);
       const phase = Atomics.compareExchange(
         control,
         ControlSlot.Phase,
@@ -316,7 +306,7 @@ async function start(init: InitMessage): Promise<Thread> {
       streaming = message.stream ? { seq: message.seq } : undefined;
       running = true;
       const given: GivenFiles = new Map();
-      const json = await runToJson(message, given);
+      const json = packageError ?? await runToJson(message, given);
       // The runtime closed the run already, unless it failed before it could.
       closeRun();
       const files = runFiles.collect(given);

@@ -14,5 +14,6 @@ export const RUNTIME_SOURCES: readonly [string, string][] = [
   ["pyodide_pool_workdir", "workdir.py"],
   ["pyodide_pool_figures", "figures.py"],
   ["pyodide_pool_isolation", "isolation.py"],
+  ["pyodide_pool_loop_guard", "loop_guard.py"],
   [RUNTIME_MODULE, "runtime.py"],
 ];

@@ -201,9 +201,12 @@ Deno.test("attack fails: nothing a request changes is seen by the next one", asy
     "signal.signal(signal.SIGINT, signal.SIG_IGN)",
     "gc.disable()",
     "sys.set_int_max_str_digits(700)",
-    // Its destructor runs in the reset, when no request runs.
+    // Its destructor runs in the reset, when no request runs, and plants again.
     "class Ghost:",
-    "    def __del__(self, say=print): say('ghost')",
+    "    def __del__(self, say=print, sys=sys, signal=signal):",
+    "        say('ghost')",
+    "        sys.setrecursionlimit(60)",
+    "        signal.signal(signal.SIGINT, signal.SIG_IGN)",
     "builtins.ghost = Ghost()",
     "open('/home/pyodide/planted.py', 'w').write('X = 1')",
     "os.makedirs('/tmp/evil', exist_ok=True)",
@@ -304,8 +307,8 @@ Deno.test("attack fails: a changed stdlib zip taints the worker, which is replac
 Deno.test("attack fails: a request that breaks the reset costs no other request", async () => {
   const sup = await pool();
   const breakers = [
-    // Patched in place: the reset holds its own reference, so this breaks nothing.
-    "import operator\noperator.is_ = None",
+    // Patched in place: the reset holds its own references, so these break nothing.
+    "import builtins, operator\noperator.is_ = None\nbuiltins.map = builtins.len = None",
     // The reset itself: it fails, and the worker replaces its interpreter.
     "import pyodide_pool_isolation as isolation\nisolation.Baseline.restore = None",
   ];
@@ -318,6 +321,32 @@ Deno.test("attack fails: a request that breaks the reset costs no other request"
     const health = await sup.call("health") as { ready_workers: number; workers: unknown[] };
     return health.ready_workers === 2 && health.workers.length === 2;
   }, 30_000);
+});
+
+Deno.test("attack fails: event-loop callbacks stay inside their request", async () => {
+  const sup = await pool();
+  const plant = "import asyncio\nloop = asyncio.get_event_loop()\n" +
+    "def spy():\n    print('spied')\n    loop.call_later(0.01, spy)\nloop.call_later(0.01, spy)";
+  // One per worker, then a request on each that waits long enough for the spy to fire.
+  await Promise.all([1, 2].map(() => sup.execute({ code: plant })));
+  const waiting = "import asyncio\nawait asyncio.sleep(0.1)\n'waited'";
+  for (const r of await Promise.all([1, 2].map(() => sup.execute({ code: waiting })))) {
+    assert.deepEqual([r.result, r.stdout], ["'waited'", ""]);
+  }
+  // asyncio lets KeyboardInterrupt and SystemExit out of a callback: they stop the request.
+  const spin = await sup.execute({
+    code: "import asyncio\nasyncio.get_event_loop().call_soon(lambda: exec('while True: pass'))\n" +
+      "await asyncio.sleep(100)",
+    timeout_ms: 300,
+  });
+  assert.equal(spin.status, "timeout");
+  assert.match(spin.error!.message, /stopped by interrupt$/);
+  const exit = await sup.execute({
+    code: "import asyncio, sys\nasyncio.get_event_loop().call_soon(sys.exit, 3)\n" +
+      "await asyncio.sleep(5)\n'went on'",
+  });
+  assert.deepEqual([exit.status, exit.error?.type], ["error", "CancelledError"]);
+  assert.equal((await sup.execute({ code: "6 * 7" })).result, "42");
 });
 
 Deno.test("attack fails: filling the file system is cut by the timeout and cleaned up", async () => {

@@ -10,12 +10,17 @@ documented in SECURITY.md (objects mutated in place inside modules, such as a cl
 attribute patched on a stdlib class).
 """
 
+import builtins
 import gc
 import operator
 import os
 import shutil
 import signal
 import sys
+
+# This module's functions look builtins (len, map, all, ...) up in a copy taken at import: a
+# request may rebind them in `builtins` (`builtins.map = None`), and the reset must still run.
+__builtins__ = dict(vars(builtins))
 
 HOME = "/home/pyodide"
 _KEPT_FILE_BYTES = 64 * 1024
@@ -126,9 +131,11 @@ class Baseline:
 
     def restore(self):
         """Puts back everything but the files (see `restore_files`). The settings come first,
-        so that no trace function or monitoring tool of the request sees the reset run; then
-        module globals: the steps after them call `os` and `sys`, which the request may have
-        patched."""
+        so that the request's trace and monitoring functions stop as early as they can (one that
+        raises makes the reset fail: the worker then replaces the interpreter); then module
+        globals: the steps after them call `os` and `sys`, which the request may have patched.
+        Restoring module globals drops the request's objects, whose destructors run then and
+        may change settings again: the settings are checked once more at the end."""
         self._restore_settings()
         self._restore_modules()
         os.chdir(HOME)
@@ -143,6 +150,7 @@ class Baseline:
         sys.path[:] = self._path
         sys.meta_path[:] = self._meta_path
         sys.path_hooks[:] = self._path_hooks
+        self._restore_settings()
 
     def _restore_modules(self):
         # The guarded globals first: they include `sys.modules` itself, should it be rebound.

@@ -20,6 +20,7 @@ from pyodide.code import CodeRunner
 
 import pyodide_pool_figures as figures
 import pyodide_pool_isolation as isolation
+import pyodide_pool_loop_guard as loop_guard
 import pyodide_pool_state as state
 import pyodide_pool_workdir as workdir
 
@@ -66,6 +67,7 @@ def install(wait_ms, close_run, max_repr_chars):
 
     sleep.__doc__ = time.sleep.__doc__
     time.sleep = sleep
+    loop_guard.install(cancel_current)
 
 
 def _user_traceback(exc):
@@ -151,6 +153,7 @@ class _Run:
 def reset():
     """Undoes what the last request changed in the interpreter (isolation.py); its files are
     checked from JavaScript. Called after every request, before the next one runs."""
+    loop_guard.end_request()
     baseline = _live["baseline"]
     if baseline is not None:
         baseline.restore()
