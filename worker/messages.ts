@@ -19,12 +19,13 @@ export const ControlSlot = {
 
 /**
  * The thread's phase. Interrupts reach Python only in `Running`: outside it, the thread runs
- * its own code (a finishing run's report and reset, or session calls) that must not be cut.
+ * its own code (package loading, a finishing run's report and reset, or session calls) that
+ * must not be cut.
  */
 export const RunPhase = {
   /** No request code runs: before a run starts, or while the runtime finishes one. */
   Closed: 0,
-  /** The request's code (and its package loading) runs. */
+  /** The request's code runs. */
   Running: 1,
   /** A stop arrived before the thread took up the run: it answers without running the code. */
   StopBeforeStart: 2,
@@ -102,19 +103,23 @@ export type RunOutcome =
     status: ExecuteStatus | "cancelled";
   };
 
-/** The outcome of a run stopped (timeout, cancel) before its code started. */
-export function stoppedBeforeStart(reason: number): RunOutcome {
+/** The outcome of a run stopped (timeout, cancel, one of `InterruptReason`) with no output. */
+export function stoppedOutcome(reason: number, type: string, message: string): RunOutcome {
   return {
     status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
     stdout: "",
     stderr: "",
     truncated: false,
     result: null,
-    error: { type: "KeyboardInterrupt", message: "stopped before the code started", traceback: "" },
+    error: { type, message, traceback: "" },
     files: [],
     figures: [],
   };
 }
+
+/** The outcome of a run stopped before its code started. */
+export const stoppedBeforeStart = (reason: number): RunOutcome =>
+  stoppedOutcome(reason, "KeyboardInterrupt", "stopped before the code started");
 
 export interface DoneMessage {
   type: "done";

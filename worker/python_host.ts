@@ -20,6 +20,7 @@ import {
   RunPhase,
   SIGINT,
   stoppedBeforeStart,
+  stoppedOutcome,
   type ToThread,
 } from "./messages.ts";
 import type { InputFile } from "../lib/protocol.ts";
@@ -313,12 +314,10 @@ export class PythonHost {
    * interpreter, a session call fails (the sessions were in the old one).
    */
   #replaceBrokenThread(reason: string): void {
-    this.#thread.terminate();
-    this.restarts++;
+    this.#replaceThread();
     // The old interpreter's memory is not given back at once (259 MB resident right after, in
     // one measurement): the process asks to be replaced once its pending run is answered.
     this.tainted = true;
-    this.#startThread();
     this.options.onInterpreterReplaced(reason);
     for (const [seq, answer] of this.#calls) {
       answer({
@@ -335,22 +334,18 @@ export class PythonHost {
 
   /** Ends a run that ignores interrupts: a new interpreter replaces the Web Worker. */
   #restartThread(run: ActiveRun, reason: number): void {
+    this.#replaceThread();
+    run.resolve(stoppedOutcome(
+      reason,
+      "TimeoutError",
+      "the code ignored repeated interrupts; its output was lost with the interpreter",
+    ));
+  }
+
+  /** A fresh interpreter in a new Web Worker, in place of the current one. */
+  #replaceThread(): void {
     this.#thread.terminate();
     this.restarts++;
     this.#startThread();
-    run.resolve({
-      status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
-      stdout: "",
-      stderr: "",
-      truncated: false,
-      result: null,
-      error: {
-        type: "TimeoutError",
-        message: "the code ignored repeated interrupts; its output was lost with the interpreter",
-        traceback: "",
-      },
-      files: [],
-      figures: [],
-    });
   }
 }

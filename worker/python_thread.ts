@@ -330,11 +330,10 @@ async function start(init: InitMessage): Promise<Thread> {
       outcome.truncated = stdout.truncated || stderr.truncated;
       outcome.stdout = stdout.take();
       outcome.stderr = stderr.take();
-      const reason = closedFor;
-      if (reason === InterruptReason.OutputLimit) outcome.status = "output_limit";
-      else if (outcome.status !== "ok" && reason === InterruptReason.Timeout) {
+      if (closedFor === InterruptReason.OutputLimit) outcome.status = "output_limit";
+      else if (outcome.status !== "ok" && closedFor === InterruptReason.Timeout) {
         outcome.status = "timeout";
-      } else if (outcome.status !== "ok" && reason === InterruptReason.Cancelled) {
+      } else if (outcome.status !== "ok" && closedFor === InterruptReason.Cancelled) {
         outcome.status = "cancelled";
       } else if (outcome.error?.type === "MemoryError") outcome.status = "memory_limit";
       send({

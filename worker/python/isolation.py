@@ -37,13 +37,12 @@ _getsignal = signal.getsignal
 _setsignal = signal.signal
 _gc_enable = gc.enable
 _gc_disable = gc.disable
+_set_asyncgen_hooks = sys.set_asyncgen_hooks
 
 
 def _set_gc(enabled):
     (_gc_enable if enabled else _gc_disable)()
 
-
-_set_asyncgen_hooks = sys.set_asyncgen_hooks
 
 # Interpreter-wide settings that one call changes, as (read, write) pairs. A trace or profile
 # function, asyncgen hooks or a monitoring tool would see every later request's frames; the
