@@ -61,7 +61,7 @@ const python = new PythonHost({
 
 const [
   { ErrorCode, invalidParams, RpcError },
-  { LineWriter },
+  { blockingWriter, chunksOf, LineWriter },
   { configureLogging, logger },
   { parseExecuteParams },
   { RpcServer },
@@ -76,7 +76,7 @@ const [
 ]);
 await configureLogging(args["log-level"] as LogLevelName, args["log-format"] as LogFormat);
 const log = logger("worker", workerId);
-const out = new LineWriter(Deno.stdout.writable, () => Deno.exit(0));
+const out = new LineWriter(blockingWriter(Deno.stdout), () => Deno.exit(0));
 
 onFatal = (message) => {
   // A broken interpreter cannot be trusted with the next request: the supervisor sees the
@@ -230,7 +230,7 @@ const server = new RpcServer({
 
 // Serve at once: a request waits for the interpreter, and stdin closing during a slow start
 // still ends the process.
-const serving = server.serve(Deno.stdin.readable, out);
+const serving = server.serve(chunksOf(Deno.stdin), out);
 python.ready.then((ready) => {
   out.write(JSON.stringify({
     jsonrpc: "2.0",

@@ -79,7 +79,7 @@ export class RpcServer {
    * Reads frames until the stream ends, and resolves then: requests still running are
    * answered later (await `settled()` for them), or not at all if the caller exits.
    */
-  async serve(input: ReadableStream<Uint8Array>, writer: LineWriter): Promise<void> {
+  async serve(input: AsyncIterable<Uint8Array>, writer: LineWriter): Promise<void> {
     for await (const frame of readFrames(input, this.options.maxLineBytes)) {
       const pending = this.handleFrame(frame).then((response) => {
         if (response !== undefined) writer.write(JSON.stringify(response));

@@ -10,7 +10,7 @@
  */
 
 import { ConfigError, loadConfig } from "../lib/config.ts";
-import { LineWriter } from "../lib/framing.ts";
+import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { createClientServer } from "./client_endpoint.ts";
 import { Pool } from "./pool.ts";
@@ -74,7 +74,7 @@ function stop(reason: string, drainQueue: boolean): Promise<void> {
 }
 
 function jsonRpcEndpoint(): Endpoint {
-  const output = new LineWriter(Deno.stdout.writable, (error) => {
+  const output = new LineWriter(Deno.stdout, (error) => {
     log.warn("stdout closed ({error}); shutting down", { error: String(error) });
     stop("stdout closed", false);
   });
@@ -85,7 +85,7 @@ function jsonRpcEndpoint(): Endpoint {
     notify: (method, params) => output.write(JSON.stringify({ jsonrpc: "2.0", method, params })),
   });
   return {
-    serve: () => server.serve(Deno.stdin.readable, output),
+    serve: () => server.serve(chunksOf(Deno.stdin), output),
     answered: async () => {
       await server.settled();
       await output.flushed();

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type Frame, LineWriter, readFrames } from "../lib/framing.ts";
+import { blockingWriter, chunksOf, type Frame, LineWriter, readFrames } from "../lib/framing.ts";
 
 const encoder = new TextEncoder();
 
@@ -86,4 +86,60 @@ Deno.test("LineWriter reports a failed stream once and drops later lines", async
   writer.write("b");
   await writer.flushed();
   assert.equal(errors.length, 1);
+});
+
+Deno.test("chunksOf reads through a reused buffer, and readFrames keeps split lines intact", async () => {
+  // A reader that hands out a few bytes per read, as a pipe may.
+  const bytes = encoder.encode('{"a":1}\n{"bb":22}\n{"c"');
+  let offset = 0;
+  const buffers = new Set<ArrayBufferLike>();
+  const source = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      buffers.add(buffer.buffer);
+      if (offset >= bytes.length) return Promise.resolve(null);
+      const n = Math.min(5, bytes.length - offset, buffer.length);
+      buffer.set(bytes.subarray(offset, offset + n));
+      offset += n;
+      return Promise.resolve(n);
+    },
+  };
+  const out: Frame[] = [];
+  for await (const frame of readFrames(chunksOf(source, 8), 1024)) out.push(frame);
+  assert.deepEqual(out, [line('{"a":1}'), line('{"bb":22}'), line('{"c"')]);
+  assert.equal(buffers.size, 1);
+});
+
+Deno.test("LineWriter writes through a raw writer until every byte is taken", async () => {
+  const taken: number[] = [];
+  // Takes at most 3 bytes per call, like a pipe write that returns short.
+  const sink = {
+    write: (bytes: Uint8Array) => {
+      taken.push(...bytes.subarray(0, 3));
+      return Promise.resolve(Math.min(3, bytes.length));
+    },
+  };
+  const writer = new LineWriter(sink);
+  writer.write("hello");
+  writer.write("world");
+  await writer.flushed();
+  assert.equal(new TextDecoder().decode(new Uint8Array(taken)), "hello\nworld\n");
+});
+
+Deno.test("LineWriter over a blocking writer reports a failed write once", async () => {
+  const errors: unknown[] = [];
+  let calls = 0;
+  const writer = new LineWriter(
+    blockingWriter({
+      writeSync: () => {
+        calls++;
+        throw new Error("broken pipe");
+      },
+    }),
+    (e) => errors.push(e),
+  );
+  writer.write("a");
+  await writer.flushed();
+  writer.write("b");
+  await writer.flushed();
+  assert.deepEqual([errors.length, calls], [1, 1]);
 });
