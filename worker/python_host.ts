@@ -24,6 +24,7 @@ import {
   type ToThread,
 } from "./messages.ts";
 import type { InputFile } from "../lib/protocol.ts";
+import { type ChannelEnd, openChannel } from "./thread_channel.ts";
 
 export interface PythonHostOptions {
   /** Cap for stdout and for stderr, in bytes. */
@@ -85,6 +86,7 @@ interface ActiveRun {
 
 export class PythonHost {
   #thread!: Worker;
+  #channel!: ChannelEnd<ToThread, FromThread>;
   #control!: Int32Array;
   #ready!: Promise<ReadyMessage>;
   #seq = 0;
@@ -151,6 +153,7 @@ export class PythonHost {
   }
 
   terminate(): void {
+    this.#channel.close();
     this.#thread.terminate();
   }
 
@@ -162,8 +165,7 @@ export class PythonHost {
       type: "module",
     });
     this.#ready = new Promise<ReadyMessage>((resolve, reject) => {
-      this.#thread.onmessage = (event: MessageEvent<FromThread>) => {
-        const message = event.data;
+      this.#channel = openChannel(this.#thread, (message: FromThread) => {
         if (message.type === "ready") {
           this.heapBytes = message.heapBytes;
           resolve(message);
@@ -184,7 +186,7 @@ export class PythonHost {
           reject(new Error(message.message));
           this.options.onFatal(message.message);
         }
-      };
+      });
       this.#thread.onerror = (event) => {
         event.preventDefault();
         reject(new Error(event.message));
@@ -205,7 +207,7 @@ export class PythonHost {
   }
 
   #post(message: ToThread): void {
-    this.#thread.postMessage(message);
+    this.#channel.send(message);
   }
 
   async #runNow(
@@ -344,7 +346,7 @@ export class PythonHost {
 
   /** A fresh interpreter in a new Web Worker, in place of the current one. */
   #replaceThread(): void {
-    this.#thread.terminate();
+    this.terminate();
     this.restarts++;
     this.#startThread();
   }

@@ -26,6 +26,7 @@ import {
   stoppedBeforeStart,
   type ToThread,
 } from "./messages.ts";
+import { acceptChannel } from "./thread_channel.ts";
 
 /** Collects one stream's output up to a byte cap; past it, asks Python to stop. */
 class OutputCapture {
@@ -64,7 +65,8 @@ class OutputCapture {
   }
 }
 
-const send = (message: FromThread) => self.postMessage(message);
+const channel = acceptChannel<FromThread, ToThread>(self, (message) => void handle(message));
+const send = (message: FromThread) => channel.send(message);
 
 /**
  * Caps the Wasm heap. Emscripten grows memory through `WebAssembly.Memory.prototype.grow`;
@@ -374,8 +376,7 @@ async function start(init: InitMessage): Promise<Thread> {
 
 let thread: Thread | undefined;
 
-self.onmessage = async (event: MessageEvent<ToThread>) => {
-  const message = event.data;
+async function handle(message: ToThread): Promise<void> {
   try {
     switch (message.type) {
       case "init":
@@ -397,4 +398,4 @@ self.onmessage = async (event: MessageEvent<ToThread>) => {
       message: error instanceof Error ? error.stack ?? error.message : String(error),
     });
   }
-};
+}
