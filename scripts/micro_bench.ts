@@ -1,7 +1,8 @@
 /**
  * `deno bench` for the parts on every request's path: framing, envelope and params
- * validation, routing, and the Python exec helper (one request through `run`, with the
- * isolation reset, in an interpreter booted as a worker boots it).
+ * validation, routing, the crossing between a worker's two threads (the thread channel against
+ * `postMessage`), and the Python exec helper (one request through `run`, with the isolation
+ * reset, in an interpreter booted as a worker boots it).
  *
  *     deno task bench:micro
  *
@@ -13,6 +14,7 @@ import { classifyMessage, parseExecuteParams } from "../lib/protocol.ts";
 import { pickWorker, type WorkerView } from "../supervisor/balancer.ts";
 import { FsWatch } from "../worker/fs_watch.ts";
 import { bootInterpreter } from "../worker/interpreter.ts";
+import { openChannel } from "../worker/thread_channel.ts";
 
 const line = JSON.stringify({
   jsonrpc: "2.0",
@@ -41,6 +43,27 @@ const workers: WorkerView[] = Array.from({ length: 8 }, (_, i) => ({
 }));
 Deno.bench("routing: pick a worker among 8", () => {
   pickWorker(workers);
+});
+
+// A run request and an outcome of the size a trivial request has, there and back.
+const runMessage = { type: "run", seq: 1, request: line, files: [], packages: [], stream: false };
+const helper = (name: string) =>
+  new Worker(new URL(`../tests/helpers/${name}`, import.meta.url).href, { type: "module" });
+let echoed: () => void = () => {};
+const channelEcho = helper("channel_echo.ts");
+const channel = openChannel<unknown, unknown>(channelEcho, () => echoed());
+const postEcho = helper("post_echo.ts");
+postEcho.onmessage = () => echoed();
+const roundTrip = (send: () => void) =>
+  new Promise<void>((resolve) => {
+    echoed = resolve;
+    send();
+  });
+Deno.bench("thread crossing: a run message there and back, thread channel", async () => {
+  await roundTrip(() => channel.send(runMessage));
+});
+Deno.bench("thread crossing: the same, postMessage", async () => {
+  await roundTrip(() => postEcho.postMessage(runMessage));
 });
 
 const { pyodide, runtime } = await bootInterpreter();
