@@ -155,6 +155,10 @@ export class PythonHost {
   terminate(): void {
     this.#channel.close();
     this.#thread.terminate();
+    // terminate() does not end an Atomics.wait (Deno 2.9.6): a thread in the patched
+    // time.sleep would live on, with its heap, until the sleep ended. Waking it ends it now.
+    Atomics.store(this.#control, ControlSlot.Interrupt, SIGINT);
+    Atomics.notify(this.#control, ControlSlot.Interrupt);
   }
 
   #startThread(): void {

@@ -1,10 +1,14 @@
 /**
  * An ordered message channel between a worker process's main thread and its Python thread,
- * through shared memory. Each direction is a one-slot mailbox in a `SharedArrayBuffer`: the
- * sender writes a batch of messages as JSON and bumps a sequence number, and the receiver,
- * waiting on that number with `Atomics.waitAsync`, reads the batch and acknowledges it. A
- * batch that does not fit, or holds what JSON cannot carry (the control buffer), goes by
- * `postMessage`, and the slot only says that it did, so that order is kept either way.
+ * through shared memory. Each direction has a one-slot mailbox in a `SharedArrayBuffer`: the
+ * sender writes a message into the slot as JSON when the slot is free, and the receiver, waiting
+ * on it with `Atomics.waitAsync`, reads it and frees the slot. A message that finds the slot
+ * still full, does not fit, or holds what JSON cannot carry (the control buffer) goes by
+ * `postMessage` instead. Every message carries a sequence number, and the receiver delivers
+ * them in that order, whichever way they came.
+ *
+ * The sender never waits: the Python thread's event loop does not run while Python does (nor
+ * during the reset after a run), and streamed output and a run's `done` must leave at once.
  *
  * Why by hand: a `postMessage` round trip between two Deno threads costs 106-123 us here, the
  * mailbox 70-86 us (docs/performance.md), and every request crosses it twice. Both threads
@@ -15,19 +19,18 @@
 
 /** Int32 slots at the head of each mailbox. */
 const Slot = {
-  /** Bumped by the sender when a batch is in the slot. */
+  /** The sequence number of the message in the slot, set by the sender once it is written. */
   Sent: 0,
   /** Set by the receiver to the `Sent` it has read: the slot is free again. */
   Taken: 1,
-  /** Bytes of the JSON batch, or `POSTED`. */
+  /** Bytes of the message's JSON. */
   Length: 2,
   /** Set when the receiving end is closed: its loop ends. */
   Closed: 3,
 } as const;
 const HEADER_BYTES = 16;
-const POSTED = -1;
 
-/** Mailbox size per direction; larger batches (files, big outputs) are posted. */
+/** Mailbox size per direction; larger messages (files, big outputs) are posted. */
 export const MAILBOX_BYTES = 256 * 1024;
 
 /** What the sending side of a thread boundary offers: a `Worker`, or a worker's `self`. */
@@ -38,6 +41,12 @@ interface Port {
 
 interface Connect {
   channel: { toThread: SharedArrayBuffer; fromThread: SharedArrayBuffer };
+}
+
+/** A message sent by `postMessage`, with its place in the order. */
+interface Posted<T> {
+  seq: number;
+  message: T;
 }
 
 /** The buffers of a channel, as seen from one end. */
@@ -53,11 +62,13 @@ export class ChannelEnd<Send, Receive> {
   #in!: Int32Array;
   #inBytes!: Uint8Array;
   #connected = false;
-  #queued: Send[] = [];
-  #sending = false;
+  /** Messages sent before the other end connected this one. */
+  #early: Send[] = [];
   #closed = false;
-  #posted: Receive[][] = [];
-  #postedArrived: (() => void) | undefined;
+  #lastSent = 0;
+  #nextDelivered = 1;
+  /** Received messages waiting for those before them. */
+  #arrived = new Map<number, Receive>();
   #encoder = new TextEncoder();
   #decoder = new TextDecoder();
 
@@ -73,8 +84,8 @@ export class ChannelEnd<Send, Receive> {
         this.#connect({ outbox: fromThread, inbox: toThread });
         return;
       }
-      this.#posted.push(event.data);
-      this.#postedArrived?.();
+      const { seq, message } = event.data as Posted<Receive>;
+      this.#arrive(seq, message);
     };
     if (mailboxes) this.#connect(mailboxes);
   }
@@ -85,103 +96,89 @@ export class ChannelEnd<Send, Receive> {
     this.#in = new Int32Array(inbox, 0, HEADER_BYTES / 4);
     this.#inBytes = new Uint8Array(inbox, HEADER_BYTES);
     this.#connected = true;
-    this.#receive();
-    if (this.#queued.length > 0) this.#flush();
+    this.#watchMailbox();
+    for (const message of this.#early.splice(0)) this.send(message);
   }
 
   /** Sends `message` after those sent before it. */
   send(message: Send): void {
     if (this.#closed) return;
-    this.#queued.push(message);
-    if (this.#connected && !this.#sending) this.#flush();
+    if (!this.#connected) {
+      this.#early.push(message);
+      return;
+    }
+    const seq = this.#lastSent + 1 | 0;
+    const slotFree = Atomics.load(this.#out, Slot.Taken) === Atomics.load(this.#out, Slot.Sent);
+    const length = slotFree ? this.#writeJson(message) : -1;
+    if (length < 0) {
+      // Throws, as `postMessage` does, for a message that cannot be cloned; nothing is lost.
+      this.port.postMessage({ seq, message } satisfies Posted<Send>);
+    } else {
+      Atomics.store(this.#out, Slot.Length, length);
+      Atomics.store(this.#out, Slot.Sent, seq);
+      Atomics.notify(this.#out, Slot.Sent);
+    }
+    this.#lastSent = seq;
   }
 
   /** Stops receiving and sending: the thread on the other side is going away. */
   close(): void {
     this.#closed = true;
-    this.#queued = [];
+    this.#early = [];
+    this.#arrived.clear();
     if (!this.#connected) return;
     Atomics.store(this.#in, Slot.Closed, 1);
     Atomics.notify(this.#in, Slot.Sent);
   }
 
-  /** Puts the queued messages in the mailbox once the receiver has taken the last batch. */
-  #flush(): void {
-    const sent = Atomics.load(this.#out, Slot.Sent);
-    if (Atomics.load(this.#out, Slot.Taken) !== sent) {
-      this.#sending = true;
-      const wait = Atomics.waitAsync(this.#out, Slot.Taken, Atomics.load(this.#out, Slot.Taken));
-      const retry = () => {
-        this.#sending = false;
-        if (!this.#closed && this.#queued.length > 0) this.#flush();
-      };
-      if (wait.async) wait.value.then(retry);
-      else retry();
-      return;
-    }
-    const batch = this.#queued;
-    this.#queued = [];
-    Atomics.store(this.#out, Slot.Length, this.#write(batch));
-    Atomics.store(this.#out, Slot.Sent, sent + 1 | 0);
-    Atomics.notify(this.#out, Slot.Sent);
+  /** Writes `message` into the free slot as JSON; its length, or -1 if it must be posted. */
+  #writeJson(message: Send): number {
+    if (!fitsAsJson(message, this.#outBytes.length)) return -1;
+    const json = JSON.stringify(message);
+    const { read, written } = this.#encoder.encodeInto(json, this.#outBytes);
+    return read === json.length ? written : -1;
   }
 
-  /** Writes `batch` into the mailbox as JSON and returns its length, or posts it. */
-  #write(batch: Send[]): number {
-    if (fitsAsJson(batch, this.#outBytes.length)) {
-      const json = JSON.stringify(batch);
-      const { read, written } = this.#encoder.encodeInto(json, this.#outBytes);
-      if (read === json.length) return written;
-    }
-    this.port.postMessage(batch);
-    return POSTED;
-  }
-
-  async #receive(): Promise<void> {
+  async #watchMailbox(): Promise<void> {
     let seen = 0;
     for (;;) {
       const wait = Atomics.waitAsync(this.#in, Slot.Sent, seen);
       if (wait.async) await wait.value;
       if (Atomics.load(this.#in, Slot.Closed) === 1) return;
-      const sent = Atomics.load(this.#in, Slot.Sent);
-      if (sent === seen) continue;
-      seen = sent;
+      const seq = Atomics.load(this.#in, Slot.Sent);
+      if (seq === seen) continue;
+      seen = seq;
       const length = Atomics.load(this.#in, Slot.Length);
-      let batch: Receive[];
-      if (length === POSTED) {
-        batch = await this.#nextPosted();
-      } else {
-        // A copy: TextDecoder does not read shared memory, and the slot is reused once taken.
-        batch = JSON.parse(this.#decoder.decode(this.#inBytes.slice(0, length)));
-      }
-      Atomics.store(this.#in, Slot.Taken, sent);
-      Atomics.notify(this.#in, Slot.Taken);
-      if (this.#closed) return;
-      for (const message of batch) {
-        try {
-          this.onMessage(message);
-        } catch (error) {
-          // As an exception in an `onmessage` handler would: the thread's or process's own.
-          reportError(error);
-        }
-      }
+      // A copy: TextDecoder does not read shared memory, and the slot is reused once taken.
+      const message = JSON.parse(this.#decoder.decode(this.#inBytes.slice(0, length)));
+      Atomics.store(this.#in, Slot.Taken, seq);
+      this.#arrive(seq, message);
     }
   }
 
-  /** The next posted batch; a posted batch may arrive after the slot that announces it. */
-  async #nextPosted(): Promise<Receive[]> {
-    while (this.#posted.length === 0) {
-      await new Promise<void>((resolve) => this.#postedArrived = resolve);
+  /** Delivers `message` and those it was holding back, in order. */
+  #arrive(seq: number, message: Receive): void {
+    if (this.#closed) return;
+    this.#arrived.set(seq, message);
+    while (!this.#closed && this.#arrived.has(this.#nextDelivered)) {
+      const next = this.#arrived.get(this.#nextDelivered)!;
+      this.#arrived.delete(this.#nextDelivered);
+      this.#nextDelivered = this.#nextDelivered + 1 | 0;
+      try {
+        this.onMessage(next);
+      } catch (error) {
+        // As an exception in an `onmessage` handler would: the thread's or process's own.
+        reportError(error);
+      }
     }
-    this.#postedArrived = undefined;
-    return this.#posted.shift()!;
   }
 }
 
 /**
- * Whether `value` may go as JSON into `capacity` bytes: plain data only, and a size estimate
- * (3 UTF-8 bytes per UTF-16 unit) within the capacity. The estimate walks fields, never
- * characters, so a 10 MiB file is refused at once rather than serialized first.
+ * Whether `value` may go as JSON into `capacity` bytes and come back the same: plain data with
+ * no `undefined`, `-0` or non-finite numbers (JSON changes those), and a size estimate (3 UTF-8
+ * bytes per UTF-16 unit) within the capacity. The estimate walks fields, never characters, so
+ * a 10 MiB file is refused at once rather than serialized first.
  */
 function fitsAsJson(value: unknown, capacity: number): boolean {
   let budget = capacity;
@@ -191,13 +188,17 @@ function fitsAsJson(value: unknown, capacity: number): boolean {
         budget -= item.length * 3 + 2;
         return budget >= 0;
       case "number":
-      case "boolean":
-      case "undefined":
         budget -= 24;
+        return Number.isFinite(item) && !Object.is(item, -0) && budget >= 0;
+      case "boolean":
+        budget -= 5;
         return budget >= 0;
       case "object": {
         if (item === null) return (budget -= 4) >= 0;
-        if (Array.isArray(item)) return item.every(visit);
+        if (Array.isArray(item)) {
+          // Holes would come back as null.
+          return Object.keys(item).length === item.length && item.every(visit);
+        }
         if (Object.getPrototypeOf(item) !== Object.prototype) return false;
         for (const [key, field] of Object.entries(item)) {
           budget -= key.length * 3 + 4;
