@@ -53,6 +53,7 @@ const python = new PythonHost({
   snapshotPath: args.snapshot,
   lockFileUrl: args["lock-file-url"],
   allowNetwork: args["allow-network"],
+  failpoints: args.failpoints,
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   onFatal: (message) => onFatal(message),
   // Runs come only once the server below is set up, and so does this.
@@ -82,9 +83,11 @@ onFatal = (message) => {
   // A broken interpreter cannot be trusted with the next request: the supervisor sees the
   // exit, fails only the request in flight, and starts a replacement.
   log.error("fatal: {message}", { message });
-  // An answer already given (the run that ended before the failure) goes out first.
+  // An answer already given (the run that ended before the failure) goes out first. Its `done`
+  // may arrive together with the failure, and the answer is then still some promise steps from
+  // `out`: those all run before a timer does.
   const waited = new Promise((resolve) => setTimeout(resolve, 1000));
-  Promise.race([out.flushed(), waited]).finally(() => Deno.exit(70));
+  setTimeout(() => Promise.race([out.flushed(), waited]).finally(() => Deno.exit(70)));
 };
 if (earlyFatal !== undefined) onFatal(earlyFatal);
 

@@ -17,6 +17,8 @@ const PREFIX = "#failpoint:";
  * - `oversized:<bytes>`: writes a line of that many bytes;
  * - `exit:<code>`: exits with that code;
  * - `hang`: never answers.
+ *
+ * `fatal_after_answer` is the Python thread's (see `failsAfterAnswer`).
  */
 export async function triggerFailpoint(code: string, out: LineWriter): Promise<void> {
   if (!code.startsWith(PREFIX)) return;
@@ -39,4 +41,12 @@ export async function triggerFailpoint(code: string, out: LineWriter): Promise<v
   }
   // The answer never comes: the caller waits for the supervisor to act.
   await new Promise(() => {});
+}
+
+/**
+ * Whether the Python thread, given `--failpoints`, is to fail as a broken interpreter does
+ * (a fatal error) right after it has sent the answer of a run of `code`.
+ */
+export function failsAfterAnswer(code: string): boolean {
+  return code.startsWith(`${PREFIX}fatal_after_answer`);
 }

@@ -15,6 +15,8 @@ export const ControlSlot = {
   Reason: 1,
   /** Where the thread is in a run, one of `RunPhase`; changed with compare-and-swap. */
   Phase: 2,
+  /** Set to 1 when the main thread has terminated this Web Worker (see `PythonHost`). */
+  Terminated: 3,
 } as const;
 
 /**
@@ -31,7 +33,7 @@ export const RunPhase = {
   StopBeforeStart: 2,
 } as const;
 
-export const CONTROL_SLOTS = 3;
+export const CONTROL_SLOTS = 4;
 export const SIGINT = 2;
 
 export const InterruptReason = {
@@ -55,6 +57,8 @@ export interface InitMessage {
   lockFileUrl?: string;
   /** Network mode: Python gets `fetch` (hosts still limited by --allow-net). */
   allowNetwork: boolean;
+  /** Testing only: act on failpoints (worker/failpoints.ts). */
+  failpoints: boolean;
 }
 
 export interface RunMessage {

@@ -39,6 +39,8 @@ export interface PythonHostOptions {
   lockFileUrl?: string;
   /** Network mode: Python gets `fetch`. */
   allowNetwork: boolean;
+  /** Testing only: act on failpoints (worker/failpoints.ts). */
+  failpoints?: boolean;
   /** How long to keep re-interrupting before the interpreter is restarted. */
   interruptGraceMs: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
@@ -155,9 +157,11 @@ export class PythonHost {
   terminate(): void {
     this.#channel.close();
     this.#thread.terminate();
-    // terminate() does not end an Atomics.wait (Deno 2.9.6): a thread in the patched
-    // time.sleep would live on, with its heap, until the sleep ended. Waking it ends it now.
-    Atomics.store(this.#control, ControlSlot.Interrupt, SIGINT);
+    // Deno's terminate() ends a Web Worker only once it is back in its event loop (2.9.6):
+    // code that runs on, or sleeps in the patched time.sleep, would go on running the old
+    // interpreter's Python after its sleep. The mark makes that sleep park the thread for good
+    // (python_thread.ts); the process, which asks to be replaced, ends it.
+    Atomics.store(this.#control, ControlSlot.Terminated, 1);
     Atomics.notify(this.#control, ControlSlot.Interrupt);
   }
 
@@ -207,6 +211,7 @@ export class PythonHost {
       snapshotPath: this.options.snapshotPath,
       lockFileUrl: this.options.lockFileUrl,
       allowNetwork: this.options.allowNetwork,
+      failpoints: this.options.failpoints ?? false,
     });
   }
 

@@ -27,6 +27,7 @@ import {
   type ToThread,
 } from "./messages.ts";
 import { acceptChannel } from "./thread_channel.ts";
+import { failsAfterAnswer } from "./failpoints.ts";
 
 /** Collects one stream's output up to a byte cap; past it, asks Python to stop. */
 class OutputCapture {
@@ -161,6 +162,11 @@ async function start(init: InitMessage): Promise<Thread> {
   // Blocks on the interrupt slot so that a timeout wakes a sleeping request at once.
   const waitMs = isolatedFunction((ms: number) => {
     Atomics.wait(interrupt, 0, 0, ms);
+    // A terminated thread is not stopped by Deno while it runs (see PythonHost.terminate): it
+    // sleeps here for good rather than run the code on.
+    while (Atomics.load(control, ControlSlot.Terminated) === 1) {
+      Atomics.wait(control, ControlSlot.Terminated, 1);
+    }
     pyodide.checkInterrupt();
   });
   install(waitMs, isolatedFunction(closeRun), init.maxOutputBytes);
@@ -345,6 +351,9 @@ async function start(init: InitMessage): Promise<Thread> {
         heapBytes: heapBytes(),
         tainted,
       });
+      if (init.failpoints && failsAfterAnswer(JSON.parse(message.request).code)) {
+        throw new Error("failpoint: the interpreter failed after its answer");
+      }
       if (!resetFirst) resetFailure = reset(resetInterpreter);
       // A reset that failed leaves an interpreter that no request may use; the answer above
       // is the request's own all the same.
