@@ -85,6 +85,26 @@ function capHeapGrowth(maxBytes: number): void {
   };
 }
 
+/**
+ * The interrupt slot as Pyodide's signal check should see it. That check reads the slot and
+ * then writes 0 to it, in two steps, so a signal stored between them was lost (about 1 in 170
+ * cancels that came as the run started; the escalation's second interrupt then stopped the
+ * code, 50 ms late). This view clears the slot only if it still holds what was read.
+ */
+function signalBufferView(slot: Int32Array): Int32Array {
+  let read = 0;
+  const view = {
+    get 0() {
+      return read = Atomics.load(slot, 0);
+    },
+    set 0(value: number) {
+      Atomics.compareExchange(slot, 0, read, value);
+    },
+  };
+  // Pyodide only ever indexes [0] of the buffer it is given (Module.Py_EmscriptenSignalBuffer).
+  return view as unknown as Int32Array;
+}
+
 /** Restores from the snapshot when there is one; falls back to a plain start if that fails. */
 async function boot(init: InitMessage): Promise<Interpreter> {
   const lockFileUrl = init.lockFileUrl;
@@ -134,7 +154,8 @@ async function start(init: InitMessage): Promise<Thread> {
   // Python takes interrupts only while a request's code runs (`openRun` to `closeRun`): the
   // phase check in the main thread cannot stop a signal it sent a moment before the run
   // closed, and one that landed in the report or the reset would break the worker.
-  const openRun = () => pyodide.setInterruptBuffer(interrupt);
+  const signalBuffer = signalBufferView(interrupt);
+  const openRun = () => pyodide.setInterruptBuffer(signalBuffer);
   // Why the run was stopped (one of InterruptReason), as it stood when the run closed: a stop
   // that comes later finds the code done, and does not turn its result into a timeout.
   let closedFor: number = InterruptReason.None;
