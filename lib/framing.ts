@@ -166,6 +166,7 @@ export class LineWriter {
   #close: () => Promise<void>;
   #encoder = new TextEncoder();
   #queued: string[] = [];
+  #unwritten = 0;
   #draining: Promise<void> | undefined;
   #failed = false;
 
@@ -191,7 +192,13 @@ export class LineWriter {
   write(line: string): void {
     if (this.#failed) return;
     this.#queued.push(line);
+    this.#unwritten += line.length + 1;
     this.#draining ??= this.#drain();
+  }
+
+  /** Characters queued or being written, not yet taken by the stream: what a slow reader costs. */
+  get unwritten(): number {
+    return this.#unwritten;
   }
 
   /** Resolves when every line queued so far has been handed to the stream. */
@@ -213,10 +220,12 @@ export class LineWriter {
         const batch = this.#queued.join("\n") + "\n";
         this.#queued = [];
         await this.#writeAll(this.#encoder.encode(batch));
+        this.#unwritten -= batch.length;
       }
     } catch (error) {
       this.#failed = true;
       this.#queued = [];
+      this.#unwritten = 0;
       this.onError(error);
     } finally {
       this.#draining = undefined;

@@ -40,7 +40,17 @@ export interface RpcServerOptions {
   onUnexpectedError?: (method: string, error: unknown) => void;
   /** Longest accepted line in bytes; longer lines get an error and are skipped. */
   maxLineBytes: number;
+  /**
+   * Backpressure: while more than this many characters of responses wait to be written (the
+   * reader is not reading), no further request is read, so memory stays bounded by the requests
+   * already taken. Default 16 Mi.
+   */
+  maxUnwrittenChars?: number;
+  /** Called when reading pauses for a reader that does not read, with what waits for it. */
+  onReadingPaused?: (unwrittenChars: number) => void;
 }
+
+const DEFAULT_MAX_UNWRITTEN_CHARS = 16 * 1024 * 1024;
 
 /**
  * Serves JSON-RPC methods over newline-delimited JSON.
@@ -86,6 +96,10 @@ export class RpcServer {
       });
       this.#inFlight.add(pending);
       pending.finally(() => this.#inFlight.delete(pending));
+      if (writer.unwritten > (this.options.maxUnwrittenChars ?? DEFAULT_MAX_UNWRITTEN_CHARS)) {
+        this.options.onReadingPaused?.(writer.unwritten);
+        await writer.flushed();
+      }
     }
   }
 

@@ -29,6 +29,7 @@ export function createClientServer(
   { config, pool, requestShutdown, notify }: ClientEndpointOptions,
 ): RpcServer {
   let shuttingDown = false;
+  let pausedBefore = false;
   return new RpcServer({
     execute: (params, { id }) => {
       const request = parseExecuteParams(params);
@@ -58,6 +59,14 @@ export function createClientServer(
     },
   }, {
     maxLineBytes: config.maxLineBytes,
+    onReadingPaused: (unwrittenChars) => {
+      // A client that reads slowly pauses the reading again and again: one warning is enough.
+      log[pausedBefore ? "debug" : "warn"](
+        "the client is not reading its answers ({mb} MB wait): no more requests are read until they are written",
+        { mb: (unwrittenChars / 1e6).toFixed(1) },
+      );
+      pausedBefore = true;
+    },
     onNotification: (method, params) => {
       if (method !== "$/cancelRequest") {
         log.debug("ignored notification {method}", { method });

@@ -122,7 +122,7 @@ Deno.test("chunksOf reads through a reused buffer, and readFrames keeps split li
   assert.equal(buffers.size, 1);
 });
 
-Deno.test("LineWriter writes through a raw writer until every byte is taken", async () => {
+Deno.test("LineWriter writes through a raw writer until every byte is taken, and counts what waits", async () => {
   const taken: number[] = [];
   // Takes at most 3 bytes per call, like a pipe write that returns short.
   const sink = {
@@ -134,6 +134,8 @@ Deno.test("LineWriter writes through a raw writer until every byte is taken", as
   const writer = new LineWriter(sink);
   writer.write("hello");
   writer.write("world");
+  assert.equal(writer.unwritten, 12);
   await writer.flushed();
+  assert.equal(writer.unwritten, 0);
   assert.equal(new TextDecoder().decode(new Uint8Array(taken)), "hello\nworld\n");
 });

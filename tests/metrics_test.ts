@@ -5,18 +5,8 @@
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
+import { metricsPortIn, parseMetrics } from "./helpers/metrics.ts";
 import { waitFor, waitUntil } from "./helpers/processes.ts";
-
-/** Parses Prometheus text into `name{labels}` -> value. */
-function parseMetrics(text: string): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const at = line.lastIndexOf(" ");
-    values.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return values;
-}
 
 async function runHealthTask(port: string): Promise<{ code: number; output: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
@@ -32,9 +22,7 @@ async function runHealthTask(port: string): Promise<{ code: number; output: stri
 /** The metrics port a supervisor started with `--metrics-port 0` (and info logs) chose. */
 function metricsPort(sup: Supervisor): Promise<string> {
   return waitFor("the metrics URL", () => {
-    return Promise.resolve(
-      sup.stderr.match(/metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/)?.[1],
-    );
+    return Promise.resolve(metricsPortIn(sup.stderr));
   }, 10_000);
 }
 
