@@ -87,7 +87,7 @@ function capHeapGrowth(maxBytes: number): void {
 
 /**
  * The interrupt slot as Pyodide's signal check should see it. That check reads the slot and
- * then writes 0 to it, in two steps, so a signal stored between them was lost (about 1 in 170
+ * then writes 0 to it, in two steps, so a signal stored between them was lost (11 of 2,500
  * cancels that came as the run started; the escalation's second interrupt then stopped the
  * code, 50 ms late). This view clears the slot only if it still holds what was read.
  */
