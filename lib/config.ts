@@ -185,6 +185,16 @@ export const SETTINGS: readonly Setting[] = [
     help: "longest accepted JSON-RPC line, in bytes",
   },
   {
+    key: "maxUnreadMb",
+    flag: "max-unread-mb",
+    env: "PYODIDE_MAX_UNREAD_MB",
+    kind: "int",
+    default: 256,
+    min: 1,
+    help:
+      "MB of answers a client may leave unread; past it no more requests are read until it reads",
+  },
+  {
     key: "usePool",
     flag: "use-pool",
     env: "PYODIDE_USE_POOL",
@@ -337,6 +347,7 @@ export interface Config {
   workerRecycleHeapMb: number;
   maxOutputBytes: number;
   maxLineBytes: number;
+  maxUnreadMb: number;
   usePool: boolean;
   useSnapshot: boolean;
   sessionTtl: number;

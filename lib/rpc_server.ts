@@ -43,14 +43,12 @@ export interface RpcServerOptions {
   /**
    * Backpressure: while more than this many characters of responses wait to be written (the
    * reader is not reading), no further request is read, so memory stays bounded by the requests
-   * already taken. Default 16 Mi.
+   * already taken. Unset: no limit.
    */
   maxUnwrittenChars?: number;
   /** Called when reading pauses for a reader that does not read, with what waits for it. */
   onReadingPaused?: (unwrittenChars: number) => void;
 }
-
-const DEFAULT_MAX_UNWRITTEN_CHARS = 16 * 1024 * 1024;
 
 /**
  * Serves JSON-RPC methods over newline-delimited JSON.
@@ -96,7 +94,7 @@ export class RpcServer {
       });
       this.#inFlight.add(pending);
       pending.finally(() => this.#inFlight.delete(pending));
-      if (writer.unwritten > (this.options.maxUnwrittenChars ?? DEFAULT_MAX_UNWRITTEN_CHARS)) {
+      if (writer.unwritten > (this.options.maxUnwrittenChars ?? Infinity)) {
         this.options.onReadingPaused?.(writer.unwritten);
         await writer.flushed();
       }

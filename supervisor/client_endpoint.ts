@@ -59,6 +59,8 @@ export function createClientServer(
     },
   }, {
     maxLineBytes: config.maxLineBytes,
+    // JSON text is mostly ASCII: a character is about a byte.
+    maxUnwrittenChars: config.maxUnreadMb * 1e6,
     onReadingPaused: (unwrittenChars) => {
       // A client that reads slowly pauses the reading again and again: one warning is enough.
       log[pausedBefore ? "debug" : "warn"](

@@ -12,7 +12,14 @@ import { waitFor, waitUntil } from "./helpers/processes.ts";
 const ANSWER_CHARS = 1_000_000;
 
 Deno.test("a client that stops reading: the supervisor reads no more requests, and loses none", async () => {
-  const [executable, args] = supervisorCommand(["--pool-size", "1", "--metrics-port", "0"]);
+  const [executable, args] = supervisorCommand([
+    "--pool-size",
+    "1",
+    "--metrics-port",
+    "0",
+    "--max-unread-mb",
+    "16",
+  ]);
   const child = new Deno.Command(executable, {
     args,
     stdin: "piped",
@@ -44,7 +51,7 @@ Deno.test("a client that stops reading: the supervisor reads no more requests, a
       ),
     );
   const range = (from: number, count: number) => Array.from({ length: count }, (_, i) => from + i);
-  // 20 answers of 1 MB are more than the 16 Mi characters the supervisor holds for a client.
+  // 20 answers of 1 MB are more than the 16 MB the supervisor holds for this client.
   await send(range(1, 20));
   await waitUntil("20 answered", async () => await answered() === 20);
   await send(range(21, 10));
@@ -52,11 +59,14 @@ Deno.test("a client that stops reading: the supervisor reads no more requests, a
     "the warning",
     () => Promise.resolve(stderr.includes("the client is not reading its answers")),
   );
-  // The first request of the second lot found the backlog: the other 9 stay unread in the pipe
+  // The first request of the second lot found the backlog and ran; the other 9 wait unhandled
   // however long the client waits (without the pause they took some 50 ms).
+  await waitUntil("the 21st answered", async () => await answered() >= 21);
   await new Promise((r) => setTimeout(r, 1000));
   assert.equal(await answered(), 21);
 
+  // If reading never resumed, the loop below would wait for good: end the process instead.
+  const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
   const ids = new Set<number>();
   let buffered = "";
   for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
@@ -70,6 +80,7 @@ Deno.test("a client that stops reading: the supervisor reads no more requests, a
     }
     if (ids.size === 30) break;
   }
+  clearTimeout(guard);
   assert.deepEqual([...ids].sort((a, b) => a - b), range(1, 30));
   await stdin.close();
   assert.equal((await child.status).code, 0, stderr);

@@ -184,7 +184,7 @@ Deno.test("a request cancelled as it is sent is stopped by the first interrupt",
   const sup = await pool();
   await twoReady(sup);
   // The cancel reaches the worker before or just after its Python thread takes up the run.
-  // Pyodide's own signal check used to lose 1 interrupt in about 230 (see signalBufferView):
+  // Pyodide's own signal check used to lose 1 interrupt in about 230 (see guardSignalBuffer):
   // 200 runs, about a second, caught it in 2 of 4 runs of the old code.
   for (let i = 0; i < 200; i++) {
     const id = `instant-${i}`;

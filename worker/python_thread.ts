@@ -86,23 +86,40 @@ function capHeapGrowth(maxBytes: number): void {
 }
 
 /**
- * The interrupt slot as Pyodide's signal check should see it. That check reads the slot and
- * then writes 0 to it, in two steps, so a signal stored between them was lost (11 of 2,500
- * cancels that came as the run started; the escalation's second interrupt then stopped the
- * code, 50 ms late). This view clears the slot only if it still holds what was read.
+ * Pyodide's signal check (`_Py_CheckEmscriptenSignals_Helper`) reads the interrupt buffer and
+ * then writes 0 to it, in two steps: a signal the main thread stored between them was lost (11
+ * of 2,500 cancels that came as the run started; the escalation's second interrupt then stopped
+ * the code, 50 ms late). So the buffer Pyodide sees is a private one, filled from the shared
+ * slot by `Atomics.exchange` when the check reads it: the check's write of 0 clears only what it
+ * read, and a signal stored meanwhile waits in the slot for the next check.
+ *
+ * The check looks up `Module.Py_EmscriptenSignalBuffer` three times: is it set, the read, the
+ * write. An accessor on that name fills the private buffer on the second lookup only. (An
+ * accessor on element 0 would need no counting, but V8 runs every such access through its
+ * runtime: a bare Python loop ran 8% slower, against 1-2% for this.) Nothing else looks the
+ * name up while this thread runs Python (`checkInterrupt` does only without the GIL, and this
+ * thread calls it with the GIL); a Pyodide that looked it up otherwise could lose a signal
+ * again, never invent one.
  */
-function signalBufferView(slot: Int32Array): Int32Array {
-  let read = 0;
-  const view = {
-    get 0() {
-      return read = Atomics.load(slot, 0);
+function guardSignalBuffer(module: object): void {
+  const taken = new Int32Array(1);
+  let slot: Int32Array | undefined;
+  let lookup = 0;
+  Object.defineProperty(module, "Py_EmscriptenSignalBuffer", {
+    get() {
+      if (slot === undefined) return undefined;
+      const at = lookup;
+      lookup = at === 2 ? 0 : at + 1;
+      // A plain read first: the exchange, a locked instruction, is for a signal that is there.
+      if (at === 1 && slot[0] !== 0 && taken[0] === 0) taken[0] = Atomics.exchange(slot, 0, 0);
+      return taken;
     },
-    set 0(value: number) {
-      Atomics.compareExchange(slot, 0, read, value);
+    set(buffer: Int32Array | undefined) {
+      slot = buffer;
+      taken[0] = 0;
+      lookup = 0;
     },
-  };
-  // Pyodide only ever indexes [0] of the buffer it is given (Module.Py_EmscriptenSignalBuffer).
-  return view as unknown as Int32Array;
+  });
 }
 
 /** Restores from the snapshot when there is one; falls back to a plain start if that fails. */
@@ -151,11 +168,13 @@ async function start(init: InitMessage): Promise<Thread> {
   pyodide.setStdout({ write: stdout.write, isatty: false });
   pyodide.setStderr({ write: stderr.write, isatty: false });
   pyodide.setStdin({ error: true });
+  // Pyodide's Emscripten module, which has no public getter.
+  const emscripten = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
+  guardSignalBuffer(emscripten);
   // Python takes interrupts only while a request's code runs (`openRun` to `closeRun`): the
   // phase check in the main thread cannot stop a signal it sent a moment before the run
   // closed, and one that landed in the report or the reset would break the worker.
-  const signalBuffer = signalBufferView(interrupt);
-  const openRun = () => pyodide.setInterruptBuffer(signalBuffer);
+  const openRun = () => pyodide.setInterruptBuffer(interrupt);
   // Why the run was stopped (one of InterruptReason), as it stood when the run closed: a stop
   // that comes later finds the code done, and does not turn its result into a timeout.
   let closedFor: number = InterruptReason.None;
@@ -229,9 +248,8 @@ async function start(init: InitMessage): Promise<Thread> {
     fsWatch.mark(JSON.parse(watchedPaths()));
   };
 
-  // The Wasm heap only grows; its size is what a worker costs. Pyodide has no public getter.
-  const wasm = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
-  const heapBytes = () => wasm.HEAP8.length;
+  // The Wasm heap only grows; its size is what a worker costs.
+  const heapBytes = () => emscripten.HEAP8.length;
   send({
     type: "ready",
     pyodideVersion: pyodide.version,

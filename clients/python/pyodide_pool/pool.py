@@ -435,12 +435,25 @@ class Pool:
             pass
 
     def _write(self, line: bytes) -> None:
+        if threading.current_thread() is self._reader:
+            # A callback (a cancel, a new request) writes from the reader thread, which must
+            # never wait for the pipe: the supervisor reads no requests while its answers go
+            # unread, so a reader blocked behind a full pipe would stall both sides.
+            threading.Thread(target=self._write_from_helper, args=(line,), daemon=True).start()
+            return
         with self._write_lock:
             try:
                 self._output.write(line)
                 self._output.flush()
             except (OSError, ValueError) as error:
                 raise ConnectionClosedError(f"the supervisor's stdin is closed: {error}") from error
+
+    def _write_from_helper(self, line: bytes) -> None:
+        try:
+            self._write(line)
+        except ConnectionClosedError:
+            # The reader fails whatever is pending once the supervisor's stdout ends.
+            pass
 
     def _read(self) -> None:
         """The reader thread: every line of the supervisor's stdout, until it ends."""

@@ -186,6 +186,20 @@ class SharedPoolTest(unittest.TestCase):
         results = [self.pool.execute_future(f"{i}") for i in range(4)]
         self.assertEqual([r.result(timeout=10).result for r in results], ["0", "1", "2", "3"])
 
+    def test_a_callback_that_writes_does_not_hold_up_the_reader(self) -> None:
+        # Another thread holds the write lock, as one blocked on a full pipe would: a cancel
+        # from a callback must not stop the reader thread from taking the next answers.
+        spare = self.pool.execute_future("import time\ntime.sleep(20)")
+        first = self.pool.execute_future("import time\ntime.sleep(0.3)\n1")
+        first.add_done_callback(lambda _: spare.cancel())
+        second = self.pool.execute_future("import time\ntime.sleep(0.6)\n2")
+        with self.pool._write_lock:
+            # Both were sent before the lock was taken: only the reader has to move.
+            self.assertEqual(first.result(timeout=10).result, "1")
+            self.assertEqual(second.result(timeout=10).result, "2")
+        self.assertTrue(spare.cancelled())
+        self.assertEqual(self.pool.execute("3").result, "3")
+
     def test_health_stats_packages(self) -> None:
         self.assertEqual(self.pool.health()["ready_workers"], 2)
         self.assertIn("ok", self.pool.stats()["requests"])
