@@ -48,13 +48,18 @@ export function hardenThread(pyodide: PyodideAPI, allowNetwork: boolean): void {
     const api = (pyodide as unknown as { _api: { abortSignalAny: unknown } })._api;
     const frozen = (entries: Record<string, unknown>) =>
       Object.freeze(Object.assign(Object.create(null), entries));
+    // Not frozen itself: importing `pyodide_js._api` sets that attribute on it.
     pyodide.registerJsModule(
       "pyodide_js",
-      frozen({ _api: frozen({ abortSignalAny: api.abortSignalAny }) }),
+      Object.assign(Object.create(null), { _api: frozen({ abortSignalAny: api.abortSignalAny }) }),
     );
   }
+  // Submodules too: pyodide.webloop's `from pyodide_js._api import ...` leaves
+  // `pyodide_js._api` in sys.modules, and its `public_api._module` is the Emscripten module.
   pyodide.runPython(
-    "import sys\nfor name in ('js', 'pyodide_js'):\n    sys.modules.pop(name, None)\ndel sys, name",
+    "import sys\n" +
+      "[sys.modules.pop(n) for n in [n for n in sys.modules if n.partition('.')[0] in ('js', 'pyodide_js')]]\n" +
+      "del sys",
   );
   // stdout carries the worker's JSON-RPC: nothing in this thread may write there.
   Deno.stdout.close();

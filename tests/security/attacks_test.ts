@@ -56,6 +56,10 @@ const BLOCKED: [string, string][] = [
     "import pyodide_js\npyodide_js._api.loadBinaryFile('/etc/passwd')",
   ],
   ["pyodide_js.mountNodeFS", "import pyodide_js\npyodide_js.mountNodeFS('/host', '/')"],
+  [
+    "a js or pyodide_js submodule left in sys.modules (pyodide_js._api, by pyodide.webloop)",
+    "import sys\nnext(m for k, m in sys.modules.items() if k.partition('.')[0] in ('js', 'pyodide_js'))",
+  ],
   ["__import__('pyodide_js')", "__import__('pyodide_js')"],
   [
     "importlib.import_module('pyodide_js')",
