@@ -97,9 +97,10 @@ function capHeapGrowth(maxBytes: number): void {
  * write. An accessor on that name fills the private buffer on the second lookup only. (An
  * accessor on element 0 would need no counting, but V8 runs every such access through its
  * runtime: a bare Python loop ran 8% slower, against 1-2% for this.) Nothing else looks the
- * name up while this thread runs Python (`checkInterrupt` does only without the GIL, and this
- * thread calls it with the GIL); a Pyodide that looked it up otherwise could lose a signal
- * again, never invent one.
+ * name up while this thread runs Python: `checkInterrupt` does only without the GIL, and this
+ * thread calls it with the GIL; user code cannot reach the module (sandbox.ts). A lookup out of
+ * step would never invent a signal, but could drop every one until the next run opens: the
+ * escalation would then replace the interpreter.
  */
 function guardSignalBuffer(module: object): void {
   const taken = new Int32Array(1);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import (
     IO,
     Any,
     Callable,
+    Deque,
     Dict,
     List,
     Mapping,
@@ -182,6 +184,9 @@ class Pool:
         self._listeners: Dict[int, OutputCallback] = {}
         self._state_lock = threading.Lock()  # _pending, _listeners, _closed, _closing
         self._write_lock = threading.Lock()  # one line at a time on the supervisor's stdin
+        self._queued_lines: Deque[bytes] = collections.deque()  # from callbacks, see _write
+        self._lines_queued = threading.Event()
+        self._writer: Optional[threading.Thread] = None
         self._closed: Optional[ConnectionClosedError] = None
         self._closing = False
         self._reader = threading.Thread(target=self._read, name="pyodide-pool-reader", daemon=True)
@@ -358,7 +363,12 @@ class Pool:
         (None when attached). Later calls raise ConnectionClosedError."""
         with self._state_lock:
             self._closing = True
+        self._lines_queued.set()  # ends the writer thread
         with self._write_lock:
+            try:
+                self._flush_queued_lines()
+            except ConnectionClosedError:
+                pass
             try:
                 self._output.close()
             except (OSError, ValueError):
@@ -438,22 +448,44 @@ class Pool:
         if threading.current_thread() is self._reader:
             # A callback (a cancel, a new request) writes from the reader thread, which must
             # never wait for the pipe: the supervisor reads no requests while its answers go
-            # unread, so a reader blocked behind a full pipe would stall both sides.
-            threading.Thread(target=self._write_from_helper, args=(line,), daemon=True).start()
+            # unread, so a reader blocked behind a full pipe would stall both sides. Its lines
+            # queue, in order, for the writer thread.
+            self._queued_lines.append(line)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_queued_lines, name="pyodide-pool-writer", daemon=True
+                )
+                self._writer.start()
+            self._lines_queued.set()
             return
         with self._write_lock:
-            try:
-                self._output.write(line)
-                self._output.flush()
-            except (OSError, ValueError) as error:
-                raise ConnectionClosedError(f"the supervisor's stdin is closed: {error}") from error
+            # Lines a callback queued were written before this one.
+            self._flush_queued_lines()
+            self._write_line(line)
 
-    def _write_from_helper(self, line: bytes) -> None:
+    def _write_line(self, line: bytes) -> None:
         try:
-            self._write(line)
-        except ConnectionClosedError:
-            # The reader fails whatever is pending once the supervisor's stdout ends.
-            pass
+            self._output.write(line)
+            self._output.flush()
+        except (OSError, ValueError) as error:
+            raise ConnectionClosedError(f"the supervisor's stdin is closed: {error}") from error
+
+    def _flush_queued_lines(self) -> None:
+        """Writes the lines callbacks queued; the caller holds the write lock."""
+        while self._queued_lines:
+            self._write_line(self._queued_lines.popleft())
+
+    def _write_queued_lines(self) -> None:
+        """The writer thread: the lines callbacks queued on the reader thread."""
+        while not self._closing:
+            self._lines_queued.wait()
+            self._lines_queued.clear()
+            with self._write_lock:
+                try:
+                    self._flush_queued_lines()
+                except ConnectionClosedError:
+                    # The reader fails whatever is pending once the supervisor's stdout ends.
+                    self._queued_lines.clear()
 
     def _read(self) -> None:
         """The reader thread: every line of the supervisor's stdout, until it ends."""

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import unittest
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, List, Tuple
 
 from pyodide_pool import (
@@ -189,15 +189,31 @@ class SharedPoolTest(unittest.TestCase):
     def test_a_callback_that_writes_does_not_hold_up_the_reader(self) -> None:
         # Another thread holds the write lock, as one blocked on a full pipe would: a cancel
         # from a callback must not stop the reader thread from taking the next answers.
+        def cancelled() -> int:
+            return int(self.pool.stats()["requests"].get("cancelled", 0))
+
+        before = cancelled()
         spare = self.pool.execute_future("import time\ntime.sleep(20)")
         first = self.pool.execute_future("import time\ntime.sleep(0.3)\n1")
-        first.add_done_callback(lambda _: spare.cancel())
+        made: List[Future[ExecuteResult]] = []
+
+        def send_and_cancel(_: object) -> None:
+            spare.cancel()
+            # A request and its cancel from a callback reach the supervisor in that order.
+            made.append(self.pool.execute_future("import time\ntime.sleep(20)"))
+            made[0].cancel()
+
+        first.add_done_callback(send_and_cancel)
         second = self.pool.execute_future("import time\ntime.sleep(0.6)\n2")
         with self.pool._write_lock:
             # Both were sent before the lock was taken: only the reader has to move.
             self.assertEqual(first.result(timeout=10).result, "1")
             self.assertEqual(second.result(timeout=10).result, "2")
-        self.assertTrue(spare.cancelled())
+        self.assertTrue(spare.cancelled() and made[0].cancelled())
+        deadline = time.monotonic() + 10
+        while cancelled() < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(cancelled(), before + 2)
         self.assertEqual(self.pool.execute("3").result, "3")
 
     def test_health_stats_packages(self) -> None:
