@@ -199,6 +199,31 @@ Deno.test("a request cancelled as it is sent is stopped by the first interrupt",
   await twoReady(sup);
 });
 
+Deno.test("an async loop cancelled as it is sent is answered -32003 and crashes no worker", async () => {
+  const sup = await pool();
+  await twoReady(sup);
+  const crashes = async () =>
+    ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts.crashed ?? 0;
+  const crashedBefore = await crashes();
+  // An interrupt taken in Pyodide's event-loop code around the callbacks, rather than in the
+  // request's, used to escape into a JavaScript timer and end the worker (2 runs in 300).
+  for (let i = 0; i < 150; i++) {
+    const id = `async-instant-${i}`;
+    const running = sup.request(
+      "execute",
+      { code: "import asyncio\nwhile True:\n    await asyncio.sleep(0)" },
+      id,
+    );
+    await sup.sendRaw(
+      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
+    );
+    const r = await running;
+    assert.equal(r.error?.code, -32003, JSON.stringify(r));
+  }
+  assert.equal(await crashes(), crashedBefore);
+  await twoReady(sup);
+});
+
 Deno.test({
   name: "close the limits pool",
   fn: async () => {

@@ -210,7 +210,12 @@ async function start(init: InitMessage): Promise<Thread> {
     }
     pyodide.checkInterrupt();
   });
-  install(waitMs, isolatedFunction(closeRun), init.maxOutputBytes);
+  // Within an open run, an async one: interrupts only while its callbacks run (loop_guard.py).
+  const setInterrupts = isolatedFunction((on: boolean) => {
+    if (Atomics.load(control, ControlSlot.Phase) !== RunPhase.Running) return;
+    pyodide.setInterruptBuffer(on ? interrupt : undefined as unknown as Int32Array);
+  });
+  install(waitMs, isolatedFunction(closeRun), setInterrupts, init.maxOutputBytes);
   install.destroy();
   runtime.destroy();
   hardenThread(pyodide, init.allowNetwork);
