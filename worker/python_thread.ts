@@ -175,7 +175,11 @@ async function start(init: InitMessage): Promise<Thread> {
   // Python takes interrupts only while a request's code runs (`openRun` to `closeRun`): the
   // phase check in the main thread cannot stop a signal it sent a moment before the run
   // closed, and one that landed in the report or the reset would break the worker.
-  const openRun = () => pyodide.setInterruptBuffer(interrupt);
+  let callbackDepth = 0;
+  const openRun = () => {
+    callbackDepth = 0;
+    pyodide.setInterruptBuffer(interrupt);
+  };
   // Why the run was stopped (one of InterruptReason), as it stood when the run closed: a stop
   // that comes later finds the code done, and does not turn its result into a timeout.
   let closedFor: number = InterruptReason.None;
@@ -210,12 +214,15 @@ async function start(init: InitMessage): Promise<Thread> {
     }
     pyodide.checkInterrupt();
   });
-  // Within an open run, an async one: interrupts only while its callbacks run (loop_guard.py).
-  const setInterrupts = isolatedFunction((on: boolean) => {
+  // An async run takes interrupts only while its event-loop callbacks run (loop_guard.py):
+  // +1 entering one, -1 leaving it, 0 as the run starts to await. A depth, since a callback
+  // can run others inside it (pyodide.ffi.run_sync).
+  const interruptsInCallbacks = isolatedFunction((delta: number) => {
+    callbackDepth += delta;
     if (Atomics.load(control, ControlSlot.Phase) !== RunPhase.Running) return;
-    pyodide.setInterruptBuffer(on ? interrupt : undefined as unknown as Int32Array);
+    pyodide.setInterruptBuffer(callbackDepth > 0 ? interrupt : undefined as unknown as Int32Array);
   });
-  install(waitMs, isolatedFunction(closeRun), setInterrupts, init.maxOutputBytes);
+  install(waitMs, isolatedFunction(closeRun), interruptsInCallbacks, init.maxOutputBytes);
   install.destroy();
   runtime.destroy();
   hardenThread(pyodide, init.allowNetwork);

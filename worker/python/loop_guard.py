@@ -24,21 +24,53 @@ _live = {"loop": None, "call_later": None, "cancel": None, "interrupts": None, "
 _scheduled = weakref.WeakSet()
 
 
+# Steps run per task, for `_retry_if_lost`.
+_steps = weakref.WeakKeyDictionary()
+
+
+def _task_of(callback):
+    """The task whose step `callback` is, if it is one (asyncio's C step wrapper)."""
+    return callback.__self__ if type(callback).__name__ == "TaskStepMethWrapper" else None
+
+
 def _interruptible(callback):
+    task = _task_of(callback)
+
     def run(*args):
+        if task is not None:
+            _steps[task] = _steps.get(task, 0) + 1
+        inside = True
         try:
-            _live["interrupts"](True)
-        except KeyboardInterrupt:
-            # Taken as the opening call returned, before the callback began: it must still
-            # run (a task's step, skipped, would leave the task pending for good), and the
-            # request is stopped through its task instead.
-            _live["cancel"]()
-        try:
+            try:
+                _live["interrupts"](1)
+            except KeyboardInterrupt:
+                # Taken as the opening call returned, before the callback began: it must
+                # still run (a task's step, skipped, would leave the task pending for good),
+                # and the request is stopped through its task instead.
+                _live["cancel"]()
             return callback(*args)
+        except KeyboardInterrupt:
+            _live["interrupts"](-1)
+            inside = False
+            if task is not None and not task.done():
+                # Taken, maybe, while the step scheduled the next one (the loop's call_soon
+                # is Python code): that step is then lost. Steps run in the order they were
+                # scheduled, so a check scheduled now runs after it, if it exists.
+                check = _live["call_later"](0, _retry_if_lost, task, callback, _steps[task])
+                _scheduled.add(check)
+            raise
         finally:
-            _live["interrupts"](False)
+            if inside:
+                _live["interrupts"](-1)
 
     return run
+
+
+def _retry_if_lost(task, step, steps_then):
+    """Runs `step` again if the task has taken no step since and waits for nothing: its
+    cancellation (the interrupt's) then ends it."""
+    if not task.done() and task._fut_waiter is None and _steps.get(task) == steps_then:
+        _tracked_call_later(0, step)
 
 
 def _tracked_call_later(delay, callback, *args, context=None):
@@ -51,15 +83,16 @@ def _stop_request(_exit_code=None):
     _live["cancel"]()
 
 
-def install(cancel_request, set_interrupts):
+def install(cancel_request, interrupts_in_callbacks):
     """Hooks the loop; `cancel_request` cancels the running request's task, if any;
-    `set_interrupts(on)` opens or closes the run to interrupts (only while a run is open)."""
+    `interrupts_in_callbacks(delta)` counts the callbacks running (+1, -1): an open async run
+    takes interrupts only while one does."""
     loop = asyncio.get_event_loop()
     _live.update(
         loop=loop,
         call_later=type(loop).call_later.__get__(loop),
         cancel=cancel_request,
-        interrupts=set_interrupts,
+        interrupts=interrupts_in_callbacks,
         hooks={
             # call_soon and call_at go through call_later in Pyodide's loop.
             "call_later": _tracked_call_later,

@@ -29,7 +29,7 @@ CODE_FILENAME = "<code>"
 
 _max_repr_chars = 1 << 20
 _close_run = None
-_set_interrupts = None
+_interrupts_in_callbacks = None
 _MAX_TRACEBACK_FRAMES = 100
 
 # Compiling through CodeRunner (parse, rewrite the last expression, compile) costs about
@@ -45,19 +45,20 @@ def _compile(code):
 _compile_cached = functools.lru_cache(maxsize=256)(_compile)
 
 
-def install(wait_ms, close_run, set_interrupts, max_repr_chars):
+def install(wait_ms, close_run, interrupts_in_callbacks, max_repr_chars):
     """Called once per interpreter start: patches time.sleep so that the timeout interrupt can
     stop it, and reseeds `random` (a restored snapshot carries the state it was taken with).
 
     `wait_ms` is a JavaScript function that blocks on the interrupt buffer (Atomics.wait) for
     at most the given milliseconds and raises KeyboardInterrupt if it was signalled;
-    `close_run` ends the part of a run that interrupts can cut; `set_interrupts(on)` lets
-    Python take interrupts, or not, within a run (see loop_guard).
+    `close_run` ends the part of a run that interrupts can cut; within an async run,
+    `interrupts_in_callbacks(delta)` lets Python take them only inside event-loop callbacks
+    (see loop_guard).
     """
-    global _max_repr_chars, _close_run, _set_interrupts
+    global _max_repr_chars, _close_run, _interrupts_in_callbacks
     _max_repr_chars = max_repr_chars
     _close_run = close_run
-    _set_interrupts = set_interrupts
+    _interrupts_in_callbacks = interrupts_in_callbacks
     # Every worker restored from one memory snapshot would share its random state.
     if "random" in sys.modules:
         sys.modules["random"].seed()
@@ -70,7 +71,7 @@ def install(wait_ms, close_run, set_interrupts, max_repr_chars):
 
     sleep.__doc__ = time.sleep.__doc__
     time.sleep = sleep
-    loop_guard.install(cancel_current, set_interrupts)
+    loop_guard.install(cancel_current, interrupts_in_callbacks)
 
 
 def _user_traceback(exc):
@@ -234,7 +235,7 @@ def run(request_json):
         if runner.code is not None and runner.code.co_flags & inspect.CO_COROUTINE:
             # The code runs in event-loop callbacks, which take interrupts (loop_guard); the
             # loop's own steps between them must not.
-            _set_interrupts(False)
+            _interrupts_in_callbacks(0)
             _live["task"] = asyncio.ensure_future(_run_async(current, runner))
             return _live["task"]
         value = runner.run(current.namespace)
