@@ -276,6 +276,24 @@ Deno.test("top-level await is stopped by the timeout without losing the worker",
   assert.equal(again.result, "'awake'");
 });
 
+Deno.test("async code that runs callbacks inside one (run_sync) is still stopped by an interrupt", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code: [
+      "import asyncio",
+      "from pyodide.ffi import run_sync",
+      "await asyncio.sleep(0)",
+      "run_sync(asyncio.sleep(0.05))",
+      "print('after')",
+      "while True: pass",
+    ].join("\n"),
+    timeout_ms: 300,
+  });
+  assert.equal(r.status, "timeout");
+  assert.match(r.error!.message, /stopped by interrupt/);
+  assert.equal(r.stdout, "after\n");
+});
+
 // Crash: sessions are lost, packages stay pool-wide
 
 Deno.test("a session whose worker died gets -32004; its replacement still has the packages", async () => {
