@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { readFrames } from "../lib/framing.ts";
 import { supervisorCommand } from "../lib/pool_client.ts";
 import { metricsPortIn, scrapeMetrics } from "./helpers/metrics.ts";
 import { waitFor, waitUntil } from "./helpers/processes.ts";
@@ -68,16 +69,11 @@ Deno.test("a client that stops reading: the supervisor reads no more requests, a
   // If reading never resumed, the loop below would wait for good: end the process instead.
   const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
   const ids = new Set<number>();
-  let buffered = "";
-  for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
-    buffered += text;
-    const lines = buffered.split("\n");
-    buffered = lines.pop()!;
-    for (const line of lines) {
-      const response = JSON.parse(line);
-      assert.equal(response.result?.result?.length, ANSWER_CHARS + 2, line.slice(0, 300));
-      ids.add(response.id);
-    }
+  for await (const frame of readFrames(child.stdout, 4 * ANSWER_CHARS)) {
+    assert(frame.kind === "line", JSON.stringify(frame));
+    const response = JSON.parse(frame.text);
+    assert.equal(response.result?.result?.length, ANSWER_CHARS + 2, frame.text.slice(0, 300));
+    ids.add(response.id);
     if (ids.size === 30) break;
   }
   clearTimeout(guard);
