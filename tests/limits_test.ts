@@ -34,6 +34,21 @@ const twoReady = async (sup: Supervisor) =>
     return h.ready_workers === 2 && h.workers.length === 2;
   });
 
+const cancel = (sup: Supervisor, id: string) =>
+  sup.sendRaw(JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n");
+
+/** Runs `code` `times` times, each cancelled as it is sent: each must be stopped by the interrupt. */
+async function cancelEachAsSent(sup: Supervisor, code: string, times: number): Promise<void> {
+  for (let i = 0; i < times; i++) {
+    const id = `instant-${i}`;
+    const running = sup.request("execute", { code }, id);
+    await cancel(sup, id);
+    const r = await running;
+    assert.equal(r.error?.code, -32003, JSON.stringify(r));
+    assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
+  }
+}
+
 async function pidOf(sup: Supervisor, workerId: string): Promise<number | undefined> {
   const health = await sup.call("health") as Health;
   return health.workers.find((w) => w.id === workerId)?.pid;
@@ -163,15 +178,11 @@ Deno.test("$/cancelRequest cancels a queued and a running request with -32003", 
     "both busy",
     async () => (await sup.call("health") as Health).workers.every((w) => w.state === "busy"),
   );
-  const cancel = (id: string) =>
-    sup.sendRaw(
-      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
-    );
-  await cancel("queued-1");
+  await cancel(sup, "queued-1");
   assert.equal((await queued).error?.code, -32003);
   const started = Date.now();
-  await cancel("run-1");
-  await cancel("run-2");
+  await cancel(sup, "run-1");
+  await cancel(sup, "run-2");
   for (const r of await Promise.all(running)) {
     assert.equal(r.error?.code, -32003, JSON.stringify(r));
     assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
@@ -186,16 +197,7 @@ Deno.test("a request cancelled as it is sent is stopped by the first interrupt",
   // The cancel reaches the worker before or just after its Python thread takes up the run.
   // Pyodide's own signal check used to lose 1 interrupt in about 230 (see guardSignalBuffer):
   // 200 runs, about a second, caught it in 2 of 4 runs of the old code.
-  for (let i = 0; i < 200; i++) {
-    const id = `instant-${i}`;
-    const running = sup.request("execute", { code: "while True: pass" }, id);
-    await sup.sendRaw(
-      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
-    );
-    const r = await running;
-    assert.equal(r.error?.code, -32003, JSON.stringify(r));
-    assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
-  }
+  await cancelEachAsSent(sup, "while True: pass", 200);
   await twoReady(sup);
 });
 
@@ -208,20 +210,7 @@ Deno.test("an async loop cancelled as it is sent is stopped by the interrupt and
   // An interrupt taken in Pyodide's event-loop code around the callbacks, rather than in the
   // request's, used to escape into a JavaScript timer and end the worker (2 runs in 300); one
   // taken as a step scheduled the next lost the task (1 in 100; the interpreter was replaced).
-  for (let i = 0; i < 150; i++) {
-    const id = `async-instant-${i}`;
-    const running = sup.request(
-      "execute",
-      { code: "import asyncio\nwhile True:\n    await asyncio.sleep(0)" },
-      id,
-    );
-    await sup.sendRaw(
-      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
-    );
-    const r = await running;
-    assert.equal(r.error?.code, -32003, JSON.stringify(r));
-    assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
-  }
+  await cancelEachAsSent(sup, "import asyncio\nwhile True:\n    await asyncio.sleep(0)", 150);
   assert.equal(await crashes(), crashedBefore);
   await twoReady(sup);
 });
