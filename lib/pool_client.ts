@@ -88,6 +88,13 @@ export class Supervisor {
     await this.#writer.write(this.#encoder.encode(text));
   }
 
+  /** Sends `$/cancelRequest` for the request with this id. */
+  async cancel(id: string | number): Promise<void> {
+    await this.sendRaw(
+      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
+    );
+  }
+
   /** Sends a request and returns its whole response; rejects if the supervisor goes first. */
   async request(method: string, params?: unknown, id?: string | number): Promise<Response> {
     const requestId = id ?? `t${this.#nextId++}`;

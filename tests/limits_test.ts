@@ -34,15 +34,12 @@ const twoReady = async (sup: Supervisor) =>
     return h.ready_workers === 2 && h.workers.length === 2;
   });
 
-const cancel = (sup: Supervisor, id: string) =>
-  sup.sendRaw(JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n");
-
 /** Runs `code` `times` times, each cancelled as it is sent: each must be stopped by the interrupt. */
 async function cancelEachAsSent(sup: Supervisor, code: string, times: number): Promise<void> {
   for (let i = 0; i < times; i++) {
     const id = `instant-${i}`;
     const running = sup.request("execute", { code }, id);
-    await cancel(sup, id);
+    await sup.cancel(id);
     const r = await running;
     assert.equal(r.error?.code, -32003, JSON.stringify(r));
     assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));
@@ -178,11 +175,11 @@ Deno.test("$/cancelRequest cancels a queued and a running request with -32003", 
     "both busy",
     async () => (await sup.call("health") as Health).workers.every((w) => w.state === "busy"),
   );
-  await cancel(sup, "queued-1");
+  await sup.cancel("queued-1");
   assert.equal((await queued).error?.code, -32003);
   const started = Date.now();
-  await cancel(sup, "run-1");
-  await cancel(sup, "run-2");
+  await sup.cancel("run-1");
+  await sup.cancel("run-2");
   for (const r of await Promise.all(running)) {
     assert.equal(r.error?.code, -32003, JSON.stringify(r));
     assert.equal(r.error?.data?.stopped_by, "interrupt", JSON.stringify(r));

@@ -109,10 +109,7 @@ Deno.test("metrics: deno task health exits 1 while the pool shuts down", async (
     const unhealthy = await runHealthTask(port);
     assert.equal(unhealthy.code, 1, unhealthy.output);
     assert.match(unhealthy.output, /^shutting_down: 1 of 1 workers ready, 0 queued/);
-    await sup.sendRaw(
-      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id: "long" } }) +
-        "\n",
-    );
+    await sup.cancel("long");
     assert.equal((await running).error?.code, -32003);
   } finally {
     assert.equal((await sup.close()).code, 0);
