@@ -12,6 +12,8 @@ import { parseArgs } from "node:util";
 import type { LogFormat, LogLevelName } from "./lib/logging.ts";
 import type { ExecuteResult, PythonError } from "./lib/protocol.ts";
 import { PythonHost, type RunReport } from "./worker/python_host.ts";
+import type { SettledMessage } from "./worker/messages.ts";
+import type { Isolation } from "./worker/tenancy.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -29,6 +31,8 @@ const { values: args } = parseArgs({
     "lock-file-url": { type: "string" },
     "allow-network": { type: "boolean", default: false },
     "max-file-bytes": { type: "string", default: String(10 << 20) },
+    isolation: { type: "string", default: "request" },
+    "max-parked-mb": { type: "string", default: "256" },
     failpoints: { type: "boolean", default: false },
   },
 });
@@ -40,6 +44,8 @@ const maxFileBytes = Number(args["max-file-bytes"]);
 const startedAt = performance.now();
 let requests = 0;
 let recycleAsked = false;
+/** Bytes parked sessions held after the last run. */
+let parkedBytes = 0;
 /** Until the handler below is in place, a fatal error is kept for it. */
 let earlyFatal: string | undefined;
 let onFatal = (message: string) => void (earlyFatal ??= message);
@@ -55,6 +61,8 @@ const python = new PythonHost({
   allowNetwork: args["allow-network"],
   failpoints: args.failpoints,
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
+  isolation: args.isolation as Isolation,
+  maxParkedBytes: Number(args["max-parked-mb"]) * 1024 * 1024,
   onFatal: (message) => onFatal(message),
   // Runs come only once the server below is set up, and so does this.
   onInterpreterReplaced: (reason) => log.warn("interpreter replaced: {reason}", { reason }),
@@ -97,9 +105,13 @@ if (earlyFatal !== undefined) onFatal(earlyFatal);
  * - `interpreter_restart`: a terminated Web Worker stuck in Wasm may keep running (and
  *   burning a core) however it was terminated, so only the process ending stops it for sure;
  * - `tainted`: a request changed something the isolation reset cannot undo (a large file of
- *   the virtual file system, such as the stdlib zip): no other request may run here.
+ *   the virtual file system, such as the stdlib zip): no other request may run here;
+ * - `table_grown`: requests left so many slots in the Wasm function table (libffi closures)
+ *   that the image keeps them (see worker/image/wasm_state.ts).
  */
-function askToBeRecycled(reason: "heap_grown" | "interpreter_restart" | "tainted"): void {
+function askToBeRecycled(
+  reason: "heap_grown" | "interpreter_restart" | "tainted" | "table_grown",
+): void {
   if (recycleAsked) return;
   recycleAsked = true;
   out.write(JSON.stringify({
@@ -107,6 +119,42 @@ function askToBeRecycled(reason: "heap_grown" | "interpreter_restart" | "tainted
     method: "recycle",
     params: { reason, heap_bytes: python.heapBytes, heap_limit_bytes: recycleHeapBytes },
   }));
+}
+
+/**
+ * Tells the supervisor that the worker is done with request `id`'s after-work (its reset, or a
+ * park or resume before it), what that cost, and which sessions it lost. Written after the
+ * answer: the answer's own write is a few promise steps away, all run before a timer.
+ */
+function settled(id: unknown, settled: SettledMessage): void {
+  if (settled.lost.length > 0) {
+    const byReason = Map.groupBy(settled.lost, (lost) => lost.reason);
+    for (const [reason, lost] of byReason) {
+      out.write(JSON.stringify({
+        jsonrpc: "2.0",
+        method: "sessions_lost",
+        params: { session_ids: lost.map((l) => l.sessionId), reason },
+      }));
+    }
+  }
+  if (settled.overgrown) askToBeRecycled("table_grown");
+  parkedBytes = settled.parkedBytes;
+  setTimeout(() =>
+    out.write(JSON.stringify({
+      jsonrpc: "2.0",
+      method: "idle",
+      params: {
+        id,
+        reset: settled.reset,
+        reset_ms: settled.resetMs,
+        restore_ms: settled.restoreMs,
+        park_ms: settled.parkMs,
+        resume_ms: settled.resumeMs,
+        resumed_bytes: settled.resumedBytes,
+        parked_bytes: settled.parkedBytes,
+      },
+    }))
+  );
 }
 
 function sessionIdOf(params: unknown): string {
@@ -150,6 +198,8 @@ const server = new RpcServer({
     const timeoutMs = request.timeout_ms ?? Number(args["default-timeout-ms"]);
     const started = performance.now();
     const report = await python.run({
+      owner: { tenant: request.tenant, sessionId: request.session_id },
+      onSettled: (message) => settled(id, message),
       request: JSON.stringify({
         code: request.code,
         stdin: request.stdin,
@@ -173,6 +223,14 @@ const server = new RpcServer({
     if (python.tainted) askToBeRecycled("tainted");
     else if (report.stoppedBy === "interpreter_restart") askToBeRecycled("interpreter_restart");
     else if (python.heapBytes > recycleHeapBytes) askToBeRecycled("heap_grown");
+    if (report.status === "session_lost") {
+      throw new RpcError(ErrorCode.SessionNotFound, report.error!.message, {
+        session_id: request.session_id,
+        reason: report.error!.message,
+        worker_id: workerId,
+        hint: "its state is gone; start again, or keep state client-side with return_session",
+      });
+    }
     if (report.status === "cancelled") {
       throw new RpcError(ErrorCode.Cancelled, "cancelled by the client while running", {
         worker_id: workerId,
@@ -202,7 +260,7 @@ const server = new RpcServer({
         "import_sessions",
         JSON.stringify((params as { sessions: unknown }).sessions),
       ),
-    ) as string[],
+    ) as Record<string, string>,
   }),
   cancel: () => ({ cancelled: python.cancel() }),
   ping: () => ({
@@ -215,6 +273,7 @@ const server = new RpcServer({
     requests,
     interpreter_restarts: python.restarts,
     heap_bytes: python.heapBytes,
+    parked_bytes: parkedBytes,
     rss_bytes: Deno.memoryUsage().rss,
     uptime_ms: performance.now() - startedAt,
   }),

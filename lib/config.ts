@@ -229,6 +229,28 @@ export const SETTINGS: readonly Setting[] = [
     help: "server-held sessions one worker may hold",
   },
   {
+    key: "isolation",
+    flag: "isolation",
+    env: "PYODIDE_ISOLATION",
+    kind: "enum",
+    default: "request",
+    choices: ["request", "tenant", "none"],
+    help: "what is put back between requests: request (every request starts from the pristine " +
+      "memory image, unless it continues its own session), tenant (put back when the tenant " +
+      "changes), none (only a Python-level reset: requests can see and change each other's " +
+      "state, for one trusted user only; see SECURITY.md)",
+  },
+  {
+    key: "maxParkedMb",
+    flag: "max-parked-mb",
+    env: "PYODIDE_MAX_PARKED_MB",
+    kind: "int",
+    default: 256,
+    min: 1,
+    help: "MB of parked session images each worker may hold; past it the least recently used " +
+      "session is dropped (its next request gets -32004)",
+  },
+  {
     key: "maxFileBytes",
     flag: "max-file-bytes",
     env: "PYODIDE_MAX_FILE_BYTES",
@@ -363,6 +385,8 @@ export interface Config {
   mcp: boolean;
   logLevel: "debug" | "info" | "warning" | "error";
   logFormat: "text" | "json";
+  isolation: "request" | "tenant" | "none";
+  maxParkedMb: number;
 }
 
 /** A setting with a bad value, or a bad flag or file: the start must stop. */

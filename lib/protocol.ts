@@ -103,6 +103,11 @@ export interface ExecuteParams {
   stdin?: string;
   /** Server-held namespace pinned to one worker; created on first use. */
   session_id?: string;
+  /**
+   * Who the request runs for. With `--isolation tenant`, requests of one tenant may see each
+   * other's changes; a session belongs to the tenant that created it.
+   */
+  tenant?: string;
   /** Client-held state (from `return_session`) to start from. */
   session_bytes?: string;
   /** Return the updated state as `session_bytes`. */
@@ -119,6 +124,7 @@ const EXECUTE_FIELDS = new Set([
   "timeout_ms",
   "stdin",
   "session_id",
+  "tenant",
   "session_bytes",
   "return_session",
   "files",
@@ -129,7 +135,8 @@ const EXECUTE_FIELDS = new Set([
 const BASE64_CHARS = /^[A-Za-z0-9+/]*={0,2}$/;
 const isBase64 = (text: string) => text.length % 4 === 0 && BASE64_CHARS.test(text);
 const PACKAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-const SESSION_ID = /^[\x21-\x7e]{1,128}$/;
+/** Session ids and tenants: 1-128 printable ASCII characters. */
+const NAME = /^[\x21-\x7e]{1,128}$/;
 
 /** Why a relative file path is unsafe, or undefined if it is safe. */
 export function unsafePathReason(path: string): string | undefined {
@@ -183,8 +190,17 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
   for (const key of Object.keys(params)) {
     if (!EXECUTE_FIELDS.has(key)) throw invalidParams(key, "is not a known execute parameter");
   }
-  const { code, timeout_ms, stdin, session_id, session_bytes, return_session, packages, stream } =
-    params;
+  const {
+    code,
+    timeout_ms,
+    stdin,
+    session_id,
+    tenant,
+    session_bytes,
+    return_session,
+    packages,
+    stream,
+  } = params;
   if (typeof code !== "string") throw invalidParams("code", "must be a string of Python source");
   if (
     timeout_ms !== undefined &&
@@ -193,10 +209,10 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
   if (stdin !== undefined && typeof stdin !== "string") {
     throw invalidParams("stdin", "must be a string");
   }
-  if (
-    session_id !== undefined && (typeof session_id !== "string" || !SESSION_ID.test(session_id))
-  ) {
-    throw invalidParams("session_id", "must be 1-128 printable ASCII characters");
+  for (const [name, value] of [["session_id", session_id], ["tenant", tenant]]) {
+    if (value !== undefined && (typeof value !== "string" || !NAME.test(value))) {
+      throw invalidParams(name as string, "must be 1-128 printable ASCII characters");
+    }
   }
   if (session_bytes !== undefined) {
     if (typeof session_bytes !== "string" || !isBase64(session_bytes)) {
@@ -220,7 +236,8 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
     code,
     timeout_ms,
     stdin,
-    session_id,
+    session_id: session_id as string | undefined,
+    tenant: tenant as string | undefined,
     session_bytes,
     return_session: return_session as boolean | undefined,
     files: params.files === undefined ? undefined : parseFiles(params.files),

@@ -12,12 +12,14 @@ export interface WorkerView {
   readonly retiring: boolean;
   /** When it last finished a request (ms, monotonic); 0 if never. */
   readonly lastUsedAt: number;
+  /** Still resetting after its last answer: it would start a request only after that. */
+  readonly settling?: boolean;
 }
 
 /**
  * Picks the least busy worker: an idle one that is not retiring and that `accept` allows
- * (session affinity and capacity), preferring the one idle the longest so that work (and so
- * recycling) spreads evenly. Returns undefined when none is free.
+ * (session affinity and capacity), preferring one done with its reset, then the one idle the
+ * longest so that work (and so recycling) spreads evenly. Returns undefined when none is free.
  *
  * @example
  * ```ts
@@ -28,6 +30,11 @@ export interface WorkerView {
  *   { id: "w3", state: "idle", retiring: false, lastUsedAt: 2 },
  * ]);
  * console.assert(id === "w3");
+ * const settled = pickWorker([
+ *   { id: "w1", state: "idle", retiring: false, lastUsedAt: 1, settling: true },
+ *   { id: "w2", state: "idle", retiring: false, lastUsedAt: 5 },
+ * ]);
+ * console.assert(settled === "w2");
  * ```
  */
 export function pickWorker(
@@ -37,7 +44,12 @@ export function pickWorker(
   let best: WorkerView | undefined;
   for (const worker of workers) {
     if (worker.state !== "idle" || worker.retiring || !accept(worker.id)) continue;
-    if (!best || worker.lastUsedAt < best.lastUsedAt) best = worker;
+    const settling = worker.settling ?? false;
+    const bestSettling = best?.settling ?? false;
+    if (
+      !best || settling < bestSettling ||
+      (settling === bestSettling && worker.lastUsedAt < best.lastUsedAt)
+    ) best = worker;
   }
   return best?.id;
 }

@@ -26,6 +26,18 @@ import {
   WorkerProcess,
 } from "./worker_process.ts";
 
+/** What a worker reports once it is done with a request's after-work. */
+interface IdleParams {
+  reset: "image" | "python" | "none";
+  reset_ms: number;
+  /** The base image put back before the run, when the owner changed. */
+  restore_ms?: number;
+  park_ms?: number;
+  resume_ms?: number;
+  resumed_bytes?: number;
+  parked_bytes: number;
+}
+
 /** Receives a streaming request's output as it is written. */
 export type OutputListener = (output: { stream: string; text: string }) => void;
 
@@ -152,6 +164,7 @@ export class Pool {
           throw invalidParams("session_id", "needs the warm pool (usePool is false)");
         }
         this.sessions.workerOf(params.session_id);
+        this.sessions.checkTenant(params.session_id, params.tenant);
       }
       this.packages.check(params.packages ?? []);
     } catch (error) {
@@ -279,6 +292,11 @@ export class Pool {
         : 0,
       wait: this.stats.wait.summary(),
       run: this.stats.run.summary(),
+      isolation: this.config.isolation,
+      resets: this.stats.resets.toJSON(),
+      reset: this.stats.reset.summary(),
+      park: this.stats.park.summary(),
+      resume: this.stats.resume.summary(),
       supervisor_rss_bytes: Deno.memoryUsage().rss,
       workers,
     };
@@ -334,6 +352,12 @@ export class Pool {
     this.#workers.set(id, worker);
     this.#log.debug("spawned worker {id} (pid {pid})", { id, pid: worker.pid });
     worker.onNotification = (method, params) => {
+      if (method === "idle") return this.#settled(params as IdleParams);
+      if (method === "sessions_lost") {
+        const { session_ids, reason } = params as { session_ids: string[]; reason: string };
+        this.sessions.lose(session_ids, id, reason);
+        return;
+      }
       if (method !== "recycle") return;
       const reason = String((params as { reason?: unknown } | undefined)?.reason ?? "asked");
       this.#log.info("worker {id} asks to be replaced: {params}", {
@@ -358,6 +382,20 @@ export class Pool {
     });
     worker.exited.then((exit) => this.#onExit(worker, exit));
     return worker;
+  }
+
+  /** A worker's after-work report (the `idle` notification): its costs, for the stats. */
+  #settled(idle: IdleParams): void {
+    if (idle.restore_ms !== undefined) {
+      this.stats.resets.add("image");
+      this.stats.reset.recordMs(idle.restore_ms);
+    }
+    if (idle.reset !== "none") {
+      this.stats.resets.add(idle.reset);
+      this.stats.reset.recordMs(idle.reset_ms);
+    }
+    if (idle.park_ms !== undefined) this.stats.park.recordMs(idle.park_ms);
+    if (idle.resume_ms !== undefined) this.stats.resume.recordMs(idle.resume_ms);
   }
 
   /** Hands queued work to free workers. */
@@ -437,7 +475,7 @@ export class Pool {
         this.packages.markLoaded(params.packages);
       }
       if (params.session_id !== undefined) {
-        this.sessions.touch(params.session_id, worker.id);
+        this.sessions.touch(params.session_id, worker.id, params.tenant);
         const dropped = this.sessions.takeMoveReport(params.session_id);
         if (dropped) result.session_moved = { dropped };
       }
@@ -529,16 +567,18 @@ export class Pool {
     const successor = worker.successor;
     if (successor && this.sessions.idsOn(worker.id).length > 0) {
       try {
+        // A session moves pickled (`--isolation none`, which reports the names it dropped) or
+        // as its memory image (which drops nothing).
         const { sessions } = await worker.call<{
-          sessions: Record<string, { dropped: string[] }>;
+          sessions: Record<string, { dropped?: string[] }>;
         }>("export_sessions", {}, 30_000);
-        const { failed } = await successor.call<{ failed: string[] }>(
+        const { failed } = await successor.call<{ failed: Record<string, string> }>(
           "import_sessions",
           { sessions },
           30_000,
         );
         const dropped = Object.fromEntries(
-          Object.entries(sessions).map(([id, entry]) => [id, entry.dropped]),
+          Object.entries(sessions).map(([id, entry]) => [id, entry.dropped ?? []]),
         );
         this.sessions.move(worker.id, successor.id, dropped, failed);
         this.#log.info("moved {n} sessions from {old} to {new}", {

@@ -7,10 +7,12 @@
  * @module
  */
 
-import { ErrorCode, RpcError } from "../lib/errors.ts";
+import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 
 interface Session {
   workerId: string;
+  /** The tenant that created it; only that tenant's requests may use it. */
+  tenant: string | undefined;
   lastUsedAt: number;
   /** Names that could not move with the session, reported once by the next response. */
   movedDropped?: string[];
@@ -41,6 +43,19 @@ export class SessionRegistry {
     return undefined;
   }
 
+  /** Throws -32602 if `id` exists and belongs to another tenant than `tenant`. */
+  checkTenant(id: string, tenant: string | undefined): void {
+    const session = this.#sessions.get(id);
+    if (session && session.tenant !== tenant) {
+      throw invalidParams(
+        "tenant",
+        `does not own session ${
+          JSON.stringify(id)
+        }: a session belongs to the tenant that created it`,
+      );
+    }
+  }
+
   countOn(workerId: string): number {
     let count = 0;
     for (const session of this.#sessions.values()) if (session.workerId === workerId) count++;
@@ -48,10 +63,15 @@ export class SessionRegistry {
   }
 
   /** Records that `id` ran on `workerId` now (creating the session on first use). */
-  touch(id: string, workerId: string): void {
+  touch(id: string, workerId: string, tenant: string | undefined): void {
     const session = this.#sessions.get(id);
     if (session) session.lastUsedAt = performance.now();
-    else this.#sessions.set(id, { workerId, lastUsedAt: performance.now() });
+    else this.#sessions.set(id, { workerId, tenant, lastUsedAt: performance.now() });
+  }
+
+  /** Sessions that their worker lost (dropped past its parking limit, say), and why. */
+  lose(ids: string[], workerId: string, why: string): void {
+    for (const id of ids) if (this.#sessions.get(id)?.workerId === workerId) this.#forget(id, why);
   }
 
   /** The names a move dropped, once: the next response for the session reports them. */
@@ -80,17 +100,20 @@ export class SessionRegistry {
     }
   }
 
-  /** Sessions moved to another worker; `dropped` names what each could not take along. */
+  /**
+   * Sessions moved to another worker; `dropped` names what each could not take along, `failed`
+   * those that could not move, with why.
+   */
   move(
     fromWorkerId: string,
     toWorkerId: string,
     dropped: Record<string, string[]>,
-    failed: string[],
+    failed: Record<string, string>,
   ): void {
     for (const [id, session] of this.#sessions) {
       if (session.workerId !== fromWorkerId) continue;
-      if (failed.includes(id)) {
-        this.#forget(id, "could not be restored on the worker that replaced its own");
+      if (id in failed) {
+        this.#forget(id, failed[id]);
         continue;
       }
       session.workerId = toWorkerId;

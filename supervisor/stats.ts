@@ -76,6 +76,14 @@ export class PoolStats {
   readonly wait = new LatencyHistogram();
   /** Time the worker took, as the supervisor sees it. */
   readonly run = new LatencyHistogram();
+  /** Resets after requests, by kind: `image` (the memory image put back) or `python`. */
+  readonly resets = new Counter();
+  /** Time a worker took to reset after a request (off the request's path). */
+  readonly reset = new LatencyHistogram();
+  /** Time to park a session (save what it changed) before another owner's request. */
+  readonly park = new LatencyHistogram();
+  /** Time to resume a parked session before its request. */
+  readonly resume = new LatencyHistogram();
   /** Sum of busy time across workers, for utilization. */
   busyMs = 0;
 }

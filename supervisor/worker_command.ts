@@ -23,11 +23,25 @@ export const SANDBOX_DENY_FLAGS = [
 
 /**
  * `deno run` for the sandboxed processes (workers and the snapshot builder), before their
- * permission flags: never ask on a terminal, and never fetch code (everything is installed
- * beforehand).
+ * permission flags: never ask on a terminal, never fetch code (everything is installed
+ * beforehand), and never evaluate a string as code.
+ *
+ * V8's `--disallow-code-generation-from-strings` makes `eval` and every `Function`
+ * constructor throw, by any path: Wasm code can call Emscripten's imports, and some of them
+ * evaluate strings (worker/interpreter.ts replaces those, since the error is fatal to Pyodide).
+ * A small young generation saves about 17 MB of resident memory per worker, at no cost in
+ * latency measured (docs/performance.md).
  */
 export function sandboxedRun(): string[] {
-  return ["run", "--no-prompt", "--cached-only", "--no-remote", "--config", path("deno.json")];
+  return [
+    "run",
+    "--no-prompt",
+    "--cached-only",
+    "--no-remote",
+    "--config",
+    path("deno.json"),
+    "--v8-flags=--max-semi-space-size=1,--disallow-code-generation-from-strings",
+  ];
 }
 
 export interface WorkerCommand {
@@ -85,9 +99,6 @@ export function buildWorkerCommand(
     readable,
     args: [
       ...sandboxedRun(),
-      // A small young generation: about 17 MB less resident memory per worker, at no cost
-      // in latency measured (docs/performance.md).
-      "--v8-flags=--max-semi-space-size=1",
       "--allow-read=" + readable.join(","),
       ...(hosts.length > 0 ? [`--allow-net=${hosts.join(",")}`] : []),
       ...deny,
@@ -106,6 +117,10 @@ export function buildWorkerCommand(
       String(config.workerRecycleHeapMb),
       "--max-line-bytes",
       String(internalMaxLineBytes(config)),
+      "--isolation",
+      config.isolation,
+      "--max-parked-mb",
+      String(config.maxParkedMb),
       "--log-level",
       config.logLevel,
       "--log-format",

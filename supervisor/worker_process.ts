@@ -81,12 +81,21 @@ export class WorkerProcess {
   /** The worker that replaces this one; its sessions move there. */
   successor: WorkerProcess | undefined;
   lastUsedAt = 0;
+  /**
+   * Answered `execute` calls whose after-work (the reset) the worker has not reported done
+   * with an `idle` notification: the worker would start the next request only after it.
+   */
+  readonly #unsettled = new Set<number>();
+  /** `idle` notifications that came before the answer they follow was handled. */
+  readonly #settledEarly = new Set<number>();
   /** Milliseconds from spawn to its ready notification. */
   startupMs: number | undefined;
   readyInfo: ReadyInfo | undefined;
   exitInfo: ExitInfo | undefined;
-  /** Receives the worker's notifications other than `ready` (e.g. `recycle`). */
+  /** Receives the worker's notifications other than `ready` (e.g. `recycle`, `idle`). */
   onNotification: (method: string, params: unknown) => void = () => {};
+  /** `execute` calls sent, not yet answered. */
+  readonly #executing = new Set<number>();
   readonly ready: Promise<ReadyInfo>;
   readonly exited: Promise<ExitInfo>;
 
@@ -160,6 +169,7 @@ export class WorkerProcess {
     if (this.exitInfo) throw new WorkerExitedError(this.id, this.exitInfo);
     const id = ++this.#lastId;
     if (onOutput) this.#outputHandlers.set(id, onOutput);
+    if (method === "execute") this.#executing.add(id);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -183,7 +193,13 @@ export class WorkerProcess {
     } finally {
       clearTimeout(timer);
       this.#outputHandlers.delete(id);
+      this.#executing.delete(id);
     }
+  }
+
+  /** Whether the worker is still resetting after its last answer (see `#unsettled`). */
+  get settling(): boolean {
+    return this.#unsettled.size > 0;
   }
 
   /** Ends the process at once (SIGKILL also ends a stopped process). */
@@ -230,11 +246,19 @@ export class WorkerProcess {
           return this.#violation(`wrote a line that is not JSON: ${frame.text.slice(0, 80)}`);
         }
         if (message?.method === "ready") onReady(message.params as ReadyInfo);
-        else if (message?.method === "output") {
+        else if (message?.method === "idle") {
+          const id = message.params?.id;
+          if (!this.#unsettled.delete(id)) this.#settledEarly.add(id);
+          this.onNotification(message.method, message.params);
+        } else if (message?.method === "output") {
           this.#outputHandlers.get(message.params?.id)?.(message.params);
         } else if (typeof message?.method === "string" && !("id" in message)) {
           this.onNotification(message.method, message.params);
         } else if (message && typeof message === "object" && "id" in message) {
+          // Marked here, in the order of the lines, not where the answer's promise resolves.
+          if (this.#executing.has(message.id) && !this.#settledEarly.delete(message.id)) {
+            this.#unsettled.add(message.id);
+          }
           this.#client.receive(message);
         } else return this.#violation(`wrote an unexpected message: ${frame.text.slice(0, 80)}`);
       }

@@ -1,11 +1,12 @@
 /**
  * Session lifecycle through a pool of one worker with a low request limit and a short TTL:
- * sessions move to the replacement of a recycled worker, expire when idle, and are capped
- * per worker.
+ * sessions move to the replacement of a recycled worker (as their memory image, or pickled
+ * without the image), expire when idle, and are capped per worker.
  */
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
+import type { ExecuteResult } from "../lib/protocol.ts";
 import { waitForExit, waitUntil } from "./helpers/processes.ts";
 
 interface Health {
@@ -13,7 +14,8 @@ interface Health {
   workers: { id: string; pid: number; sessions: string[] }[];
 }
 
-Deno.test("sessions move to the replacement of a recycled worker, expire, and are capped", async () => {
+/** Starts a one-worker pool that recycles after 3 requests, and moves a session off it. */
+async function moveSession(isolation: string): Promise<{ sup: Supervisor; moved: ExecuteResult }> {
   const sup = await Supervisor.start({
     args: [
       "--pool-size",
@@ -24,10 +26,14 @@ Deno.test("sessions move to the replacement of a recycled worker, expire, and ar
       "3",
       "--max-sessions-per-worker",
       "2",
+      "--isolation",
+      isolation,
     ],
   });
+  // A generator halfway through and a function: no pickle takes them.
   const first = await sup.execute({
-    code: "import math\ntotal = 40\ndef helper():\n    pass",
+    code: "import math\ntotal = 40\ndef helper():\n    return 'helped'\n" +
+      "counter = (i for i in range(10))\nnext(counter)",
     session_id: "moving",
   });
   assert.equal(first.worker_id, "w1");
@@ -41,9 +47,23 @@ Deno.test("sessions move to the replacement of a recycled worker, expire, and ar
   const moved = await sup.execute({ code: "(total, round(math.pi, 3))", session_id: "moving" });
   assert.equal(moved.worker_id, "w2");
   assert.equal(moved.result, "(42, 3.142)");
-  assert.deepEqual(moved.session_moved, { dropped: ["helper"] });
   const again = await sup.execute({ code: "total", session_id: "moving" });
   assert.equal(again.session_moved, undefined, "the move is reported once");
+  return { sup, moved };
+}
+
+Deno.test("without the image, a session moves pickled: what pickle cannot take is named", async () => {
+  const { sup, moved } = await moveSession("none");
+  assert.deepEqual(moved.session_moved, { dropped: ["counter", "helper"] });
+  assert.equal((await sup.close()).code, 0);
+});
+
+Deno.test("sessions move to the replacement of a recycled worker, expire, and are capped", async () => {
+  const { sup, moved } = await moveSession("request");
+  // The memory image moves everything: the function, the generator where it stopped.
+  assert.deepEqual(moved.session_moved, { dropped: [] });
+  const kept = await sup.execute({ code: "(helper(), next(counter))", session_id: "moving" });
+  assert.equal(kept.result, "('helped', 1)");
 
   // Capacity: w2 holds "moving"; one more fits, a third waits for room and times out.
   assert.equal((await sup.execute({ code: "x = 1", session_id: "second" })).status, "ok");

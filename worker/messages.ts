@@ -6,6 +6,7 @@
  */
 
 import type { ExecuteResult, ExecuteStatus, InputFile } from "../lib/protocol.ts";
+import type { Isolation, Owner, ResetKind } from "./tenancy.ts";
 
 /** Slots of the shared Int32Array that the main thread uses to stop Python. */
 export const ControlSlot = {
@@ -59,6 +60,10 @@ export interface InitMessage {
   allowNetwork: boolean;
   /** Testing only: act on failpoints (worker/failpoints.ts). */
   failpoints: boolean;
+  /** What is put back between requests (`--isolation`). */
+  isolation: Isolation;
+  /** Bytes parked sessions may hold before the least recently used is dropped. */
+  maxParkedBytes: number;
 }
 
 export interface RunMessage {
@@ -66,6 +71,8 @@ export interface RunMessage {
   seq: number;
   /** The request for Python's `run` as JSON (code, stdin, session). */
   request: string;
+  /** Whose state the request runs in. */
+  owner: Owner;
   /** Files to write into the run directory first. */
   files: InputFile[];
   /** Packages to have loaded before the code runs. */
@@ -103,8 +110,11 @@ export interface ReadyMessage {
 export type RunOutcome =
   & Omit<ExecuteResult, "status" | "duration_ms" | "worker_id">
   & {
-    /** `cancelled` never reaches a client as a status: it becomes error -32003. */
-    status: ExecuteStatus | "cancelled";
+    /**
+     * `cancelled` and `session_lost` never reach a client as a status: they become errors
+     * -32003 and -32004 (the error's message says why the session is gone).
+     */
+    status: ExecuteStatus | "cancelled" | "session_lost";
   };
 
 /** The outcome of a run stopped (timeout, cancel, one of `InterruptReason`) with no output. */
@@ -132,6 +142,29 @@ export interface DoneMessage {
   heapBytes: number;
   /** A request changed something the isolation reset cannot undo. */
   tainted: boolean;
+}
+
+/**
+ * A run's after-work is done (its reset, a park or a resume before it): the thread can take
+ * the next run at once.
+ */
+export interface SettledMessage {
+  type: "settled";
+  seq: number;
+  reset: ResetKind;
+  resetMs: number;
+  /** Time to put the base image back before the run, when the owner changed. */
+  restoreMs?: number;
+  parkMs?: number;
+  resumeMs?: number;
+  /** Bytes of the session image resumed. */
+  resumedBytes?: number;
+  /** Parked sessions, and their bytes, after the run. */
+  parkedBytes: number;
+  /** Sessions dropped (least recently used past the limit, or a failed reset), and why. */
+  lost: { sessionId: string; reason: string }[];
+  /** The function table grew past what a worker should keep: it asks to be replaced. */
+  overgrown: boolean;
 }
 
 export interface ReturnedMessage {
@@ -168,6 +201,7 @@ export interface FatalMessage {
 export type FromThread =
   | ReadyMessage
   | DoneMessage
+  | SettledMessage
   | ReturnedMessage
   | OutputMessage
   | BrokenMessage

@@ -18,12 +18,14 @@ import {
   type RunMessage,
   type RunOutcome,
   RunPhase,
+  type SettledMessage,
   SIGINT,
   stoppedBeforeStart,
   stoppedOutcome,
   type ToThread,
 } from "./messages.ts";
 import type { InputFile } from "../lib/protocol.ts";
+import type { Isolation, Owner } from "./tenancy.ts";
 import { type ChannelEnd, openChannel } from "./thread_channel.ts";
 
 export interface PythonHostOptions {
@@ -43,6 +45,10 @@ export interface PythonHostOptions {
   failpoints?: boolean;
   /** How long to keep re-interrupting before the interpreter is restarted. */
   interruptGraceMs: number;
+  /** What is put back between requests. */
+  isolation: Isolation;
+  /** Bytes parked sessions may hold. */
+  maxParkedBytes: number;
   /** Called when the interpreter fails in a way that cannot be recovered in-process. */
   onFatal: (message: string) => void;
   /** Called when a fresh interpreter replaced one whose isolation reset failed. */
@@ -68,11 +74,15 @@ const FINISH_ALLOWANCE_MS = 10_000;
 export interface RunRequest {
   /** The request for Python's `run`, as JSON. */
   request: string;
+  /** Whose state the request runs in. */
+  owner: Owner;
   files: InputFile[];
   packages: string[];
   timeoutMs: number;
   /** Receives output as it is written, when set. */
   onOutput?: (stream: "stdout" | "stderr", text: string) => void;
+  /** Called once the run's after-work (its reset, a park or resume before it) is done. */
+  onSettled?: (settled: SettledMessage) => void;
 }
 
 interface ActiveRun {
@@ -96,6 +106,8 @@ export class PythonHost {
   /** Runs queued behind the active one, a session call, or an interpreter's start. */
   #waiting = new Set<{ cancelled: boolean }>();
   #calls = new Map<number, (message: ReturnedMessage) => void>();
+  /** Runs whose after-work is not reported yet, by sequence number. */
+  #settling = new Map<number, (message: SettledMessage) => void>();
   #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
   /** Set once a request left a change the isolation reset could not undo. */
@@ -181,6 +193,9 @@ export class PythonHost {
           this.heapBytes = message.heapBytes;
           this.tainted ||= message.tainted;
           if (this.#active?.seq === message.seq) this.#active.resolve(message.outcome);
+        } else if (message.type === "settled") {
+          this.#settling.get(message.seq)?.(message);
+          this.#settling.delete(message.seq);
         } else if (message.type === "output") {
           if (this.#active?.seq === message.seq) {
             this.#active.onOutput?.(message.stream, message.text);
@@ -212,6 +227,8 @@ export class PythonHost {
       lockFileUrl: this.options.lockFileUrl,
       allowNetwork: this.options.allowNetwork,
       failpoints: this.options.failpoints ?? false,
+      isolation: this.options.isolation,
+      maxParkedBytes: this.options.maxParkedBytes,
     });
   }
 
@@ -220,7 +237,7 @@ export class PythonHost {
   }
 
   async #runNow(
-    { request, files, packages, timeoutMs, onOutput }: RunRequest,
+    { request, owner, files, packages, timeoutMs, onOutput, onSettled }: RunRequest,
     waiting: { cancelled: boolean },
   ): Promise<RunReport> {
     try {
@@ -249,11 +266,13 @@ export class PythonHost {
       type: "run",
       seq,
       request,
+      owner,
       files,
       packages,
       stream: onOutput !== undefined,
     };
     const run: ActiveRun = { seq, message, resolve, onOutput, interruptsSent: 0 };
+    if (onSettled) this.#settling.set(seq, onSettled);
     this.#active = run;
     this.#post(message);
     const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
@@ -355,6 +374,7 @@ export class PythonHost {
 
   /** A fresh interpreter in a new Web Worker, in place of the current one. */
   #replaceThread(): void {
+    this.#settling.clear();
     this.terminate();
     this.restarts++;
     this.#startThread();

@@ -10,9 +10,20 @@
 
 import type { PyProxy } from "pyodide/ffi";
 import { FsWatch } from "./fs_watch.ts";
+import { protectContents } from "./image/fs_image.ts";
+import { PythonHandles } from "./image/python_handles.ts";
 import { bootInterpreter, type Interpreter } from "./interpreter.ts";
+import { emscriptenOf } from "./pyodide_internals.ts";
+import { installStoppableClock, withClockStopped } from "./stopped_clock.ts";
 import { type GivenFiles, RunFiles } from "./run_files.ts";
-import { hardenThread, isolatedFunction, pythonGlobals } from "./sandbox.ts";
+import {
+  freezeShared,
+  guardWasmLoading,
+  hardenThread,
+  hideHostPathsInStacks,
+  isolatedFunction,
+  pythonGlobals,
+} from "./sandbox.ts";
 import {
   type CallMessage,
   ControlSlot,
@@ -28,6 +39,7 @@ import {
 } from "./messages.ts";
 import { acceptChannel } from "./thread_channel.ts";
 import { failsAfterAnswer } from "./failpoints.ts";
+import { type EnterReport, type ResetKind, SessionLostError, Tenancy } from "./tenancy.ts";
 
 /** Collects one stream's output up to a byte cap; past it, asks Python to stop. */
 class OutputCapture {
@@ -124,9 +136,8 @@ function guardSignalBuffer(module: object): void {
 }
 
 /** Restores from the snapshot when there is one; falls back to a plain start if that fails. */
-async function boot(init: InitMessage): Promise<Interpreter> {
+async function boot(init: InitMessage, jsglobals: object): Promise<Interpreter> {
   const lockFileUrl = init.lockFileUrl;
-  const jsglobals = pythonGlobals(init.allowNetwork);
   if (init.snapshotPath) {
     try {
       const snapshot = Deno.readFile(init.snapshotPath);
@@ -140,7 +151,7 @@ async function boot(init: InitMessage): Promise<Interpreter> {
 
 interface Thread {
   run(message: RunMessage): Promise<void>;
-  call(message: CallMessage): void;
+  call(message: CallMessage): Promise<void>;
   cancelAwait(): void;
 }
 
@@ -165,12 +176,12 @@ async function start(init: InitMessage): Promise<Thread> {
   const stderr = capture("stderr");
 
   capHeapGrowth(init.maxHeapBytes);
-  const { pyodide, runtime, restored } = await boot(init);
+  const jsglobals = pythonGlobals(init.allowNetwork);
+  const { pyodide, runtime, restored } = await boot(init, jsglobals);
   pyodide.setStdout({ write: stdout.write, isatty: false });
   pyodide.setStderr({ write: stderr.write, isatty: false });
   pyodide.setStdin({ error: true });
-  // Pyodide's Emscripten module, which has no public getter.
-  const emscripten = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
+  const emscripten = emscriptenOf(pyodide);
   guardSignalBuffer(emscripten);
   // Python takes interrupts only while a request's code runs (`openRun` to `closeRun`): the
   // phase check in the main thread cannot stop a signal it sent a moment before the run
@@ -192,7 +203,7 @@ async function start(init: InitMessage): Promise<Thread> {
 
   // Attribute proxies are borrowed from the module's: copies outlive it.
   const install = runtime.install.copy() as PyProxy & ((...a: unknown[]) => void);
-  const runPython = runtime.run.copy() as PyProxy & ((request: string) => unknown);
+  const runPython = runtime.run.copy() as PyProxy & ((request: string, reseed: boolean) => unknown);
   const cancelCurrent = runtime.cancel_current.copy() as PyProxy & (() => void);
   const seal = runtime.seal.copy() as PyProxy & (() => void);
   const resetInterpreter = runtime.reset.copy() as PyProxy & (() => void);
@@ -222,7 +233,15 @@ async function start(init: InitMessage): Promise<Thread> {
     if (Atomics.load(control, ControlSlot.Phase) !== RunPhase.Running) return;
     pyodide.setInterruptBuffer(callbackDepth > 0 ? interrupt : undefined as unknown as Int32Array);
   });
-  install(waitMs, isolatedFunction(closeRun), interruptsInCallbacks, init.maxOutputBytes);
+  // With the memory image, `random` is reseeded by every run that starts from it instead: the
+  // image itself must be the same in every worker, so that sessions can move between them.
+  install(
+    waitMs,
+    isolatedFunction(closeRun),
+    interruptsInCallbacks,
+    init.maxOutputBytes,
+    init.isolation === "none",
+  );
   install.destroy();
   runtime.destroy();
   hardenThread(pyodide, init.allowNetwork);
@@ -247,30 +266,67 @@ async function start(init: InitMessage): Promise<Thread> {
       return `the isolation reset failed: ${error.message.trim().split("\n").at(-1)}`;
     }
   };
-  /** Undoes the file system changes of the request that just ran (the reset's last part). */
-  const restoreChangedFiles = () => {
+  /**
+   * Undoes the file system changes of the request that just ran (the Python-level reset's last
+   * part); false if some change cannot be undone.
+   */
+  const restoreChangedFiles = (): boolean => {
     const changed = fsWatch.changed();
-    if (changed.length === 0) return;
+    if (changed.length === 0) return true;
+    let clean: boolean;
     try {
-      if (!restoreFiles(JSON.stringify(changed))) tainted = true;
+      clean = restoreFiles(JSON.stringify(changed)) as boolean;
     } catch (error) {
-      // The reset itself failed (a file it cannot write, say): no request may run here again.
+      // The reset itself failed (a file it cannot write, say).
       if (!(error instanceof PythonError)) throw error;
-      tainted = true;
+      clean = false;
     }
     fsWatch.mark(JSON.parse(watchedPaths()));
+    return clean;
   };
 
   // The Wasm heap only grows; its size is what a worker costs.
   const heapBytes = () => emscripten.HEAP8.length;
+  const pythonVersion = pyodide.runPython("import sys; sys.version.split()[0]") as string;
+  const loadingPackages = guardWasmLoading();
+  hideHostPathsInStacks();
+  // The memory image (`--isolation` request or tenant), taken once the worker is sealed.
+  const imaged = init.isolation === "none" ? undefined : (() => {
+    protectContents(emscripten.MEMFS);
+    return {
+      module: emscripten,
+      loadedPackages: pyodide.loadedPackages as unknown as Record<string, string>,
+      handles: new PythonHandles(emscripten),
+    };
+  })();
+  freezeShared(emscripten, jsglobals);
+  const tenancy = new Tenancy(init.isolation, imaged, init.maxParkedBytes);
+  tenancy.start();
   send({
     type: "ready",
     pyodideVersion: pyodide.version,
-    pythonVersion: pyodide.runPython("import sys; sys.version.split()[0]") as string,
+    pythonVersion,
     loadMs: performance.now() - started,
     restored,
     heapBytes: heapBytes(),
   });
+
+  /** Tells the main thread that the run's after-work is done, with what it cost. */
+  const settle = (seq: number, entered: EnterReport, reset: ResetKind, resetMs: number) => {
+    send({
+      type: "settled",
+      seq,
+      reset,
+      resetMs,
+      restoreMs: entered.restoreMs,
+      parkMs: entered.parkMs,
+      resumeMs: entered.resumeMs,
+      resumedBytes: entered.resumedBytes,
+      parkedBytes: tenancy.parkedBytes,
+      lost: tenancy.takeDropped(),
+      overgrown: tenancy.overgrown,
+    });
+  };
 
   const errorJson = (type: string, message: string, traceback = "") =>
     JSON.stringify({ status: "error", result: null, error: { type, message, traceback } });
@@ -281,15 +337,23 @@ async function start(init: InitMessage): Promise<Thread> {
     if (missing.length === 0) return undefined;
     const messages: string[] = [];
     try {
-      await pyodide.loadPackage(missing, {
-        messageCallback: () => {},
-        errorCallback: (message) => messages.push(message),
-      });
+      // With the clock stopped, every worker that loads the same packages gets the same image.
+      await withClockStopped(() =>
+        loadingPackages(() =>
+          pyodide.loadPackage(missing, {
+            messageCallback: () => {},
+            errorCallback: (message) => messages.push(message),
+          })
+        )
+      );
     } catch (error) {
       messages.push(error instanceof Error ? error.message : String(error));
     }
-    acceptInstalled();
-    fsWatch.mark(JSON.parse(watchedPaths()));
+    await withClockStopped(() => {
+      acceptInstalled();
+      fsWatch.mark(JSON.parse(watchedPaths()));
+      tenancy.packagesLoaded();
+    });
     const failed = missing.filter((name) => !(name in pyodide.loadedPackages));
     if (failed.length === 0) return undefined;
     return errorJson(
@@ -317,7 +381,11 @@ async function start(init: InitMessage): Promise<Thread> {
   };
 
   /** Runs the request; a Python exception that escapes the runtime itself is still a result. */
-  const runToJson = async (message: RunMessage, given: GivenFiles): Promise<string> => {
+  const runToJson = async (
+    message: RunMessage,
+    given: GivenFiles,
+    reseed: boolean,
+  ): Promise<string> => {
     try {
       runFiles.put(message.files, given);
     } catch (error) {
@@ -325,7 +393,7 @@ async function start(init: InitMessage): Promise<Thread> {
       return errorJson("FileError", (error as Error).message);
     }
     try {
-      const json = runPython(message.request);
+      const json = runPython(message.request, reseed);
       if (typeof json === "string") return json;
       const task = json as PyProxy & Promise<string>;
       try {
@@ -344,6 +412,22 @@ async function start(init: InitMessage): Promise<Thread> {
     async run(message) {
       // The main thread posts it again to the interpreter that replaces this one.
       if (broken) return;
+      let entered: EnterReport;
+      try {
+        entered = tenancy.enter(message.owner);
+      } catch (error) {
+        if (!(error instanceof SessionLostError)) throw error;
+        const outcome = JSON.parse(errorJson("SessionLostError", error.reason));
+        send({
+          type: "done",
+          seq: message.seq,
+          outcome: { ...outcome, status: "session_lost" },
+          heapBytes: heapBytes(),
+          tainted,
+        });
+        settle(message.seq, { fresh: false }, "none", 0);
+        return;
+      }
       // Before the run opens: the loading's Python steps are the runtime's own, and a stop
       // that comes meanwhile marks the phase, so that the code does not start.
       const packageError = await loadPackages(message.packages);
@@ -357,6 +441,7 @@ async function start(init: InitMessage): Promise<Thread> {
         Atomics.store(control, ControlSlot.Phase, RunPhase.Closed);
         const outcome = stoppedBeforeStart(Atomics.load(control, ControlSlot.Reason));
         send({ type: "done", seq: message.seq, outcome, heapBytes: heapBytes(), tainted });
+        settle(message.seq, entered, "none", 0);
         return;
       }
       openRun();
@@ -365,21 +450,22 @@ async function start(init: InitMessage): Promise<Thread> {
       stderr.take();
       streaming = message.stream ? { seq: message.seq } : undefined;
       running = true;
+      tenancy.ran();
       const given: GivenFiles = new Map();
-      const json = packageError ?? await runToJson(message, given);
+      const json = packageError ?? await runToJson(message, given, entered.fresh);
       // The runtime closed the run already, unless it failed before it could.
       closeRun();
       const files = runFiles.collect(given);
       // The reset runs after the answer is sent, off the request's path, and before the next
-      // request (this handler ends with it). Unless the request changed files (its run
-      // directory's included): the answer then says whether the worker is tainted, so both
-      // resets come first, the interpreter's before the files' (the file reset calls os and
-      // shutil, which the request may have patched).
-      const resetFirst = fsWatch.changed().length > 0;
+      // request (this handler ends with it). Without the memory image (`--isolation none`),
+      // a request that changed files (its run directory's included) is reset first: its answer
+      // then says whether the worker is tainted. The interpreter's reset comes before the
+      // files' (the file reset calls os and shutil, which the request may have patched).
+      const resetFirst = tenancy.mode === "none" && fsWatch.changed().length > 0;
       let resetFailure = resetFirst
         ? reset(() => {
           resetInterpreter();
-          restoreChangedFiles();
+          tainted ||= !restoreChangedFiles();
         })
         : undefined;
       running = false;
@@ -406,7 +492,19 @@ async function start(init: InitMessage): Promise<Thread> {
       if (init.failpoints && failsAfterAnswer(JSON.parse(message.request).code)) {
         throw new Error("failpoint: the interpreter failed after its answer");
       }
-      if (!resetFirst) resetFailure = reset(resetInterpreter);
+      const resetStarted = performance.now();
+      let kind: ResetKind = "python";
+      if (tenancy.mode !== "none") {
+        // A change the Python-level reset cannot undo stays with its owner: the image is put
+        // back before anyone else's request.
+        kind = tenancy.leave(() =>
+          reset(() => {
+            resetInterpreter();
+            restoreChangedFiles();
+          })
+        );
+      } else if (!resetFirst) resetFailure = reset(resetInterpreter);
+      settle(message.seq, entered, kind, performance.now() - resetStarted);
       // A reset that failed leaves an interpreter that no request may use; the answer above
       // is the request's own all the same.
       if (resetFailure !== undefined) {
@@ -414,8 +512,18 @@ async function start(init: InitMessage): Promise<Thread> {
         send({ type: "broken", message: resetFailure });
       }
     },
-    call({ seq, fn, arg }) {
+    async call({ seq, fn, arg }) {
       if (broken) return;
+      // With the memory image, a session is its image, not a namespace to pickle.
+      if (tenancy.mode !== "none") {
+        const value = fn === "drop_session"
+          ? tenancy.dropSession(arg!)
+          : fn === "export_sessions"
+          ? await tenancy.exportSessions()
+          : await tenancy.importSessions(JSON.parse(arg!));
+        send({ type: "returned", seq, value: JSON.stringify(value) });
+        return;
+      }
       try {
         const value = arg === undefined ? functions[fn]() : functions[fn](arg);
         send({ type: "returned", seq, value: String(value) });
@@ -441,13 +549,15 @@ async function handle(message: ToThread): Promise<void> {
   try {
     switch (message.type) {
       case "init":
-        thread = await start(message);
+        installStoppableClock();
+        // The image made as the worker starts must be the same in every worker.
+        thread = await withClockStopped(() => start(message));
         break;
       case "run":
         await thread!.run(message);
         break;
       case "call":
-        thread!.call(message);
+        await thread!.call(message);
         break;
       case "cancel_await":
         thread?.cancelAwait();

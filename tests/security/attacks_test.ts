@@ -23,10 +23,17 @@ const PROJECT = new URL("../../", import.meta.url).pathname;
 const CANARY = `${PROJECT}.security-canary`;
 
 let shared: Promise<Supervisor> | undefined;
+/** The default pool: every request starts from the memory image (`--isolation request`). */
 const pool = () =>
   shared ??= Supervisor.start({
     args: ["--pool-size", "2", "--worker-max-memory-mb", "256"],
     env: { POOL_PROBE_SECRET: SECRET },
+  });
+let sharedNone: Promise<Supervisor> | undefined;
+/** A pool with the Python-level reset only (`--isolation none`), for its own guarantees. */
+const poolWithoutImage = () =>
+  sharedNone ??= Supervisor.start({
+    args: ["--pool-size", "2", "--worker-max-memory-mb", "256", "--isolation", "none"],
   });
 
 /** Runs `attack`; the probe's result is "ESCAPED" if it got through, else what stopped it. */
@@ -270,9 +277,51 @@ Deno.test("attack fails: a file changed behind its times is restored", async () 
   }
 });
 
-/** Runs `code` on the pool and checks that its worker was tainted, and then replaced. */
+/**
+ * Changes the Python-level reset cannot undo: a watched folder replaced by a link, a removed
+ * folder, a write into the stdlib zip; each with what the next request must find.
+ */
+const UNDOABLE_BY_PYTHON: [string, string, string, string][] = [
+  [
+    "a watched folder replaced by a link",
+    "import os, shutil\nos.chdir('/')\nshutil.rmtree('/tmp/pyodide-pool/run')\n" +
+    "os.symlink('/home', '/tmp/pyodide-pool/run')",
+    "import os\nos.path.islink('/tmp/pyodide-pool/run')",
+    "False",
+  ],
+  [
+    "a removed watched folder",
+    "import shutil\nshutil.rmtree('/home/pyodide/.config')",
+    "import os\nos.path.exists('/home/pyodide/.config/matplotlib/matplotlibrc')",
+    "True",
+  ],
+  [
+    "a changed stdlib zip",
+    "open('/lib/python314.zip', 'ab').write(b'garbage')",
+    "import os\nos.path.getsize('/lib/python314.zip') == 2545637",
+    "True",
+  ],
+];
+
+for (const [name, attack, check, expected] of UNDOABLE_BY_PYTHON) {
+  Deno.test(`attack fails: ${name} is put back by the image; the worker stays`, async () => {
+    const sup = await pool();
+    const restarts = async () =>
+      ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts;
+    const before = await restarts();
+    // Both workers, twice each.
+    const planted = await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: attack })));
+    for (const r of planted) assert.equal(r.status, "ok", JSON.stringify(r.error));
+    const results = await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: check })));
+    assert.equal(new Set(results.map((r) => r.worker_id)).size, 2);
+    for (const r of results) assert.equal(r.result, expected, JSON.stringify(r.error));
+    assert.deepEqual(await restarts(), before);
+  });
+}
+
+/** Runs `code` on the pool without the image and checks that its worker was tainted, and then replaced. */
 async function assertTaintsItsWorker(code: string): Promise<void> {
-  const sup = await pool();
+  const sup = await poolWithoutImage();
   const tainted = async () =>
     ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts.tainted ?? 0;
   const before = await tainted();
@@ -285,31 +334,16 @@ async function assertTaintsItsWorker(code: string): Promise<void> {
   assert.equal(await tainted(), before + 1);
 }
 
-Deno.test("attack fails: a watched folder replaced by a link taints the worker", async () => {
-  await assertTaintsItsWorker(
-    "import os, shutil\nos.chdir('/')\nshutil.rmtree('/tmp/pyodide-pool/run')\n" +
-      "os.symlink('/home', '/tmp/pyodide-pool/run')",
-  );
-  const after = await (await pool()).execute({
-    code: "import os\nos.path.islink('/tmp/pyodide-pool/run')",
+for (const [name, attack, check, expected] of UNDOABLE_BY_PYTHON) {
+  Deno.test(`without the image, ${name} taints the worker, which is replaced`, async () => {
+    await assertTaintsItsWorker(attack);
+    const after = await (await poolWithoutImage()).execute({ code: check });
+    assert.equal(after.result, expected);
   });
-  assert.equal(after.result, "False");
-});
+}
 
-Deno.test("attack fails: a removed watched folder taints the worker", async () => {
-  await assertTaintsItsWorker("import shutil\nshutil.rmtree('/home/pyodide/.config')");
-  const after = await (await pool()).execute({
-    code: "import os\nos.path.exists('/home/pyodide/.config/matplotlib/matplotlibrc')",
-  });
-  assert.equal(after.result, "True");
-});
-
-Deno.test("attack fails: a changed stdlib zip taints the worker, which is replaced", async () => {
-  await assertTaintsItsWorker("open('/lib/python314.zip', 'ab').write(b'garbage')");
-});
-
-Deno.test("attack fails: a request that breaks the reset costs no other request", async () => {
-  const sup = await pool();
+Deno.test("without the image, a request that breaks the reset costs no other request", async () => {
+  const sup = await poolWithoutImage();
   const breakers = [
     // Patched in place: the reset holds its own references, so these break nothing.
     "import builtins, operator\noperator.is_ = None\nbuiltins.map = builtins.len = None",
@@ -368,13 +402,14 @@ Deno.test("attack fails: filling the file system is cut by the timeout and clean
 Deno.test({
   name: "the pool is healthy after every attack; no file was written on the host",
   fn: async () => {
-    const sup = await pool();
-    const health = await sup.call("health") as { status: string };
-    assert.equal(health.status, "ok");
-    assert.equal((await sup.execute({ code: "6 * 7" })).result, "42");
+    for (const sup of [await pool(), await poolWithoutImage()]) {
+      const health = await sup.call("health") as { status: string };
+      assert.equal(health.status, "ok");
+      assert.equal((await sup.execute({ code: "6 * 7" })).result, "42");
+      const pids = await sup.workerPids();
+      assert.equal((await sup.close()).code, 0);
+      await waitForExit(pids);
+    }
     assert.throws(() => Deno.statSync(CANARY));
-    const pids = await sup.workerPids();
-    assert.equal((await sup.close()).code, 0);
-    await waitForExit(pids);
   },
 });

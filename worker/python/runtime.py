@@ -45,9 +45,10 @@ def _compile(code):
 _compile_cached = functools.lru_cache(maxsize=256)(_compile)
 
 
-def install(wait_ms, close_run, interrupts_in_callbacks, max_repr_chars):
+def install(wait_ms, close_run, interrupts_in_callbacks, max_repr_chars, reseed):
     """Called once per interpreter start: patches time.sleep so that the timeout interrupt can
-    stop it, and reseeds `random` (a restored snapshot carries the state it was taken with).
+    stop it, and, if `reseed`, reseeds `random` (a restored snapshot carries the state it was
+    taken with).
 
     `wait_ms` is a JavaScript function that blocks on the interrupt buffer (Atomics.wait) for
     at most the given milliseconds and raises KeyboardInterrupt if it was signalled;
@@ -59,9 +60,10 @@ def install(wait_ms, close_run, interrupts_in_callbacks, max_repr_chars):
     _max_repr_chars = max_repr_chars
     _close_run = close_run
     _interrupts_in_callbacks = interrupts_in_callbacks
-    # Every worker restored from one memory snapshot would share its random state.
-    if "random" in sys.modules:
-        sys.modules["random"].seed()
+    # Every worker restored from one memory snapshot would share its random state (with the
+    # memory image, each run that starts from it reseeds instead: `reseed` is false).
+    if reseed:
+        _reseed()
 
     def sleep(seconds):
         seconds = float(seconds)
@@ -72,6 +74,13 @@ def install(wait_ms, close_run, interrupts_in_callbacks, max_repr_chars):
     sleep.__doc__ = time.sleep.__doc__
     time.sleep = sleep
     loop_guard.install(cancel_current, interrupts_in_callbacks)
+
+
+def _reseed():
+    """Seeds `random` afresh: a worker restored from the snapshot, and every request that
+    starts from a memory image put back, would otherwise draw the same numbers."""
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
 
 
 def _user_traceback(exc):
@@ -214,9 +223,12 @@ async def _run_async(run, runner):
     return run.finish("ok", value)
 
 
-def run(request_json):
+def run(request_json, reseed=False):
     """Runs one request (JSON: code, stdin, session_id, session_bytes, return_session);
-    returns the outcome as JSON, or an asyncio task that returns it."""
+    returns the outcome as JSON, or an asyncio task that returns it. `reseed`: the request
+    starts from a memory image just put back, whose `random` state every such request shares."""
+    if reseed:
+        _reseed()
     request = json.loads(request_json)
     code = request["code"]
     sys.stdin = io.StringIO(request.get("stdin") or "")

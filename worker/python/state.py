@@ -78,11 +78,12 @@ def export_sessions():
 
 
 def import_sessions(exported):
-    """Restores sessions from `export_sessions`; returns the ids that could not be restored."""
-    failed = []
+    """Restores sessions from `export_sessions`; returns those that could not be restored, with
+    why."""
+    failed = {}
     for session_id, entry in exported.items():
         try:
             _sessions[session_id] = load(entry["session_bytes"])
-        except Exception:  # noqa: BLE001 - a session that cannot be restored is reported
-            failed.append(session_id)
+        except Exception as exc:  # noqa: BLE001 - a session that cannot be restored is reported
+            failed[session_id] = f"could not be restored on the worker that replaced its own: {exc}"
     return failed

@@ -1,0 +1,226 @@
+/**
+ * The state of the Wasm instance that lives outside its linear memory: the mutable globals
+ * (the stack pointer, the stack limits, the temporary return value), the free slots of the
+ * function table, and Pyodide's reference table of JavaScript objects (hiwire), an externref
+ * table that Python objects point into by index.
+ *
+ * The module has four mutable globals of its own and exports a getter and a setter for each
+ * (read off the binary of Pyodide 314.0.7), so each is saved and put back through them.
+ *
+ * @module
+ */
+
+/** The part of Pyodide's Emscripten module used here. */
+export interface WasmModule {
+  ___stack_pointer: WebAssembly.Global;
+  _emscripten_stack_get_base(): number;
+  _emscripten_stack_get_end(): number;
+  _emscripten_stack_set_limits(base: number, end: number): void;
+  __emscripten_tempret_get(): number;
+  __emscripten_tempret_set(value: number): void;
+  /** Free slots of the function table, in Emscripten's closure and on the module alike. */
+  freeTableIndexes: number[];
+  wasmTable: WebAssembly.Table;
+  __hiwire_get(index: number): unknown;
+  __hiwire_set(index: number, value: unknown): number;
+  __hiwire_immortal_get(index: number): unknown;
+  __hiwire_immortal_add(value: unknown): number;
+}
+
+/**
+ * Hiwire's deduplication map (JavaScript object to reference, so that one object gets one
+ * reference), a `Map` it keeps in its table of immortal values. A reference freed since the
+ * image stays in it, and the next lookup of that object would revive it: "hiwire_incref on
+ * invalid reference", fatal to Pyodide.
+ */
+function deduplicationMap(module: WasmModule): Map<unknown, number> {
+  for (let index = 0;; index++) {
+    const value = module.__hiwire_immortal_get(index);
+    if (value instanceof Map) return value;
+  }
+}
+
+/** Slots of the function table a request may add before its worker asks to be replaced. */
+export const MAX_TABLE_GROWTH = 50_000;
+
+/** Length of a table whose getter throws past the end. */
+function lengthOf(get: (index: number) => unknown, from = 0): number {
+  let length = from;
+  for (;;) {
+    try {
+      get(length);
+    } catch {
+      return length;
+    }
+    length++;
+  }
+}
+
+const hiwireLength = (module: WasmModule, from = 0) =>
+  lengthOf((i) => module.__hiwire_get(i), from);
+const immortalLength = (module: WasmModule, from = 0) =>
+  lengthOf((i) => module.__hiwire_immortal_get(i), from);
+
+/**
+ * What a session holds outside the memory: the hiwire entries that differ from the base, the
+ * deduplication map, the immortal values added since the base (strings Pyodide interns, which
+ * its memory caches by index), and the lengths of the tables (its memory may name any slot
+ * below them).
+ */
+export interface WasmChanges {
+  entries: [index: number, value: unknown][];
+  deduplicated: [value: unknown, reference: number][];
+  immortals: unknown[];
+  hiwireLength: number;
+  tableLength: number;
+}
+
+export class WasmState {
+  readonly #stackPointer: number;
+  readonly #stackBase: number;
+  readonly #stackEnd: number;
+  readonly #tempRet: number;
+  readonly #freeTableIndexes: number[];
+  readonly #tableLength: number;
+  readonly #hiwire: unknown[];
+  readonly #deduplicationMap: Map<unknown, number>;
+  /** Immortal values only grow; those of the base are never put back. */
+  readonly #immortalLength: number;
+  readonly #deduplicated: [unknown, number][];
+  /** The one writable property of the frozen intrinsics (see worker/sandbox.ts). */
+  readonly #stackTraceLimit = Error.stackTraceLimit;
+
+  private constructor(private readonly module: WasmModule) {
+    this.#stackPointer = module.___stack_pointer.value;
+    this.#stackBase = module._emscripten_stack_get_base();
+    this.#stackEnd = module._emscripten_stack_get_end();
+    this.#tempRet = module.__emscripten_tempret_get();
+    this.#freeTableIndexes = [...module.freeTableIndexes];
+    this.#tableLength = module.wasmTable.length;
+    this.#hiwire = Array.from({ length: hiwireLength(module) }, (_, i) => module.__hiwire_get(i));
+    this.#deduplicationMap = deduplicationMap(module);
+    this.#immortalLength = immortalLength(module);
+    this.#deduplicated = [...this.#deduplicationMap];
+  }
+
+  /** Saves the state as it is now; call with no Wasm frame on the stack. */
+  static take(module: WasmModule): WasmState {
+    return new WasmState(module);
+  }
+
+  /** JavaScript objects held (the hiwire table's length). */
+  get hiwireLength(): number {
+    return this.#hiwire.length;
+  }
+
+  /**
+   * Whether the function table grew past what a worker should keep. Slots added since the
+   * image stay: they hold functions of the pristine module and the closures of libffi (no
+   * other code can load, see `interpreter.ts`), and Emscripten's map of functions to slots,
+   * which no one can reach, still points at them. Only the free list is put back, so that a
+   * slot the image uses is never handed out again.
+   */
+  get tableOvergrown(): boolean {
+    return this.module.wasmTable.length - this.#tableLength > MAX_TABLE_GROWTH;
+  }
+
+  /** Puts the globals, the free list and the hiwire table back; no Wasm frame may be running. */
+  restore(): void {
+    const m = this.module;
+    m.___stack_pointer.value = this.#stackPointer;
+    m._emscripten_stack_set_limits(this.#stackBase, this.#stackEnd);
+    m.__emscripten_tempret_set(this.#tempRet);
+    m.freeTableIndexes.splice(0, Infinity, ...this.#freeTableIndexes);
+    Error.stackTraceLimit = this.#stackTraceLimit;
+    // Entries past the saved length were made since: they go, and the table's own free list,
+    // in the memory put back with them, sees their slots as free.
+    const length = hiwireLength(m, this.#hiwire.length);
+    for (let i = 0; i < length; i++) {
+      const saved = i < this.#hiwire.length ? this.#hiwire[i] : null;
+      if (m.__hiwire_get(i) !== saved) m.__hiwire_set(i, saved);
+    }
+    this.#restoreDeduplicated(this.#deduplicated);
+  }
+
+  #restoreDeduplicated(entries: [unknown, number][]): void {
+    const map = this.#deduplicationMap;
+    map.clear();
+    for (const [value, reference] of entries) map.set(value, reference);
+  }
+
+  /** What differs from this state now, outside the memory. */
+  changes(): WasmChanges {
+    const m = this.module;
+    const entries: WasmChanges["entries"] = [];
+    const length = hiwireLength(m, this.#hiwire.length);
+    for (let i = 0; i < length; i++) {
+      const value = m.__hiwire_get(i);
+      if (value !== (i < this.#hiwire.length ? this.#hiwire[i] : null)) entries.push([i, value]);
+    }
+    const map = this.#deduplicationMap;
+    const same = map.size === this.#deduplicated.length &&
+      this.#deduplicated.every(([value, reference]) => map.get(value) === reference);
+    const immortals = Array.from(
+      { length: immortalLength(m, this.#immortalLength) - this.#immortalLength },
+      (_, i) => m.__hiwire_immortal_get(this.#immortalLength + i),
+    );
+    return {
+      entries,
+      deduplicated: same ? [] : [...map],
+      immortals,
+      hiwireLength: length,
+      tableLength: m.wasmTable.length,
+    };
+  }
+
+  /**
+   * Why a session with these changes cannot resume on another worker, if it cannot: its
+   * JavaScript objects live in its worker's heap, and function-table slots added since the
+   * base (ctypes callbacks, functions looked up by name) exist in its worker's table only.
+   */
+  whyBound(changes: WasmChanges): string | undefined {
+    if (changes.entries.length > 0 || changes.deduplicated.length > 0) {
+      return "holds JavaScript objects, which cannot leave their worker";
+    }
+    if (changes.tableLength > this.#tableLength) {
+      return "may call functions that C code (ctypes) added to its worker's function table, " +
+        "which cannot leave their worker";
+    }
+    if (changes.immortals.some((value) => typeof value !== "string")) {
+      return "holds values Pyodide keeps in its worker's JavaScript heap";
+    }
+  }
+
+  /**
+   * Appends `immortals` (a session's, from another worker) after the base's, unless this
+   * worker added others there already; false if it did, and they differ.
+   */
+  adoptImmortals(immortals: unknown[]): boolean {
+    const m = this.module;
+    const length = immortalLength(m, this.#immortalLength);
+    for (let i = 0; i < immortals.length; i++) {
+      const index = this.#immortalLength + i;
+      if (index < length) {
+        if (m.__hiwire_immortal_get(index) !== immortals[i]) return false;
+      } else m.__hiwire_immortal_add(immortals[i]);
+    }
+    return true;
+  }
+
+  /** Applies changes taken by `changes`, over this state restored. */
+  apply(changes: WasmChanges): void {
+    let length = hiwireLength(this.module, this.#hiwire.length);
+    // The table grows one slot at a time (setting the slot at its length); gaps stay empty.
+    // The session's free list may name any slot below its length.
+    const grown = (target: number) => {
+      for (; length < target; length++) this.module.__hiwire_set(length, null);
+    };
+    for (const [index, value] of changes.entries) {
+      grown(index);
+      this.module.__hiwire_set(index, value);
+      length = Math.max(length, index + 1);
+    }
+    grown(changes.hiwireLength);
+    if (changes.deduplicated.length > 0) this.#restoreDeduplicated(changes.deduplicated);
+  }
+}

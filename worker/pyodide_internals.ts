@@ -1,0 +1,32 @@
+/**
+ * The contract with Pyodide's internals: the parts of its Emscripten module (`pyodide._module`,
+ * no public getter) that this worker reads and patches, named in one place. Each is checked
+ * against Pyodide 314.0.7 (`pyodide.asm.mjs`); `deno.json` pins that version.
+ *
+ * @module
+ */
+
+import type { PyodideAPI } from "pyodide";
+import type { EmscriptenFs, MemFs } from "./image/fs_image.ts";
+import type { HandleModule } from "./image/python_handles.ts";
+import type { WasmModule } from "./image/wasm_state.ts";
+
+/** Pyodide's Emscripten module, as far as this worker uses it. */
+export type EmscriptenModule =
+  & WasmModule
+  & HandleModule
+  & {
+    HEAP8: Int8Array;
+    HEAPU8: Uint8Array;
+    FS: EmscriptenFs;
+    MEMFS: MemFs;
+    /** Grows the Wasm memory to at least `bytes`, and the heap views with it. */
+    growMemory(bytes: number): unknown;
+    /** Makes (and caches) the class of PyProxies with the given flags. */
+    getPyProxyClass(flags: number): { prototype: object };
+  };
+
+/** The Emscripten module behind a Pyodide instance. */
+export function emscriptenOf(pyodide: PyodideAPI): EmscriptenModule {
+  return (pyodide as unknown as { _module: EmscriptenModule })._module;
+}
