@@ -231,6 +231,7 @@ const server = new RpcServer({
         hint: "its state is gone; start again, or keep state client-side with return_session",
       });
     }
+    if (report.status === "session_refused") throw invalidParams("tenant", report.error!.message);
     if (report.status === "cancelled") {
       throw new RpcError(ErrorCode.Cancelled, "cancelled by the client while running", {
         worker_id: workerId,

@@ -1,7 +1,8 @@
 /**
  * The pool's benchmark: starts the real supervisor, drives it over stdio as a client, and
  * prints a table of warm latency, throughput, cold start, pool vs fresh worker, large payloads
- * and memory, each beside its target (issue 7) and whether this run met it.
+ * and memory (issue 7's targets), then the isolation modes side by side and sessions parked and
+ * resumed by image size (issue 13's targets), each target beside what this run measured.
  *
  *     deno task bench            # table on stdout
  *     deno task bench --json     # the same figures as JSON
@@ -13,6 +14,7 @@ import { parseArgs } from "node:util";
 import { Supervisor } from "../lib/pool_client.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
 import { encodeBase64 } from "../tests/helpers/base64.ts";
+import { compareModes, sessionsBySize } from "./bench_isolation.ts";
 
 const { values: options } = parseArgs({
   args: Deno.args,
@@ -21,6 +23,7 @@ const { values: options } = parseArgs({
     requests: { type: "string", default: "3000" },
     "throughput-requests": { type: "string", default: "10000" },
     "fresh-requests": { type: "string", default: "5" },
+    "isolation-rounds": { type: "string", default: "6" },
   },
 });
 const TRIVIAL = { code: "x = 1 + 1" };
@@ -211,6 +214,13 @@ for (let i = 0; i < 3; i++) {
 lone.sort((a, b) => a - b);
 progress("fresh worker per request");
 const fresh = await freshWorkerLatency(Number(options["fresh-requests"]));
+const modes = await compareModes({
+  rounds: Number(options["isolation-rounds"]),
+  sequentialPerRound: 500,
+  pipelinedPerRound: 2000,
+  progress,
+});
+const sessions = await sessionsBySize([1, 5, 10, 25, 50], 5, progress);
 
 const mb = (bytes: number) => bytes / (1 << 20);
 const workerRss = stats.workers.map((w) => mb(w.rss_bytes));
@@ -248,6 +258,30 @@ const targets = [
   },
 ];
 
+const byMode = Object.fromEntries(modes.map((m) => [m.mode, m]));
+const resumeAtTen = Math.max(
+  ...sessions.filter((s) => s.image_mib <= 10).map((s) => s.resume_ms),
+);
+/** Issue 13's targets, each with what this run measured. */
+const isolationTargets = [
+  {
+    name: "request over none, warm p50 (ms)",
+    target: "<= 1",
+    value: byMode.request.p50_ms - byMode.none.p50_ms,
+  },
+  {
+    name: "request / none throughput",
+    target: ">= 0.5",
+    value: byMode.request.requests_per_second / byMode.none.requests_per_second,
+  },
+  { name: "resume, image <= 10 MiB (ms)", target: "<= 5", value: resumeAtTen },
+].map((t) => ({
+  ...t,
+  met: t.target.startsWith("<=")
+    ? t.value <= Number(t.target.slice(3))
+    : t.value >= Number(t.target.slice(3)),
+}));
+
 const report = {
   machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
   warm_latency: latency,
@@ -270,6 +304,7 @@ const report = {
     worker_heap_mb: stats.workers.map((w) => mb(w.heap_bytes)),
   },
   targets,
+  isolation: { modes, sessions, targets: isolationTargets },
 };
 
 if (options.json) {
@@ -317,12 +352,43 @@ if (options.json) {
   const width = Math.max(...rows.map(([k]) => k.length), ...targets.map((t) => t.name.length));
   console.log(`pyodide-pool bench (${report.machine.cores} cores, deno ${report.machine.deno})`);
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
-  console.log(`\ntargets (issue 7)`);
-  for (const t of targets) {
+  const printTargets = (
+    title: string,
+    list: { name: string; target: string; value: number; met: boolean }[],
+  ) => {
+    console.log(`\n${title}`);
+    for (const t of list) {
+      console.log(
+        `${t.name.padEnd(width)}  ${f(t.value, 2).padStart(9)}  ${t.target.padEnd(9)}  ${
+          t.met ? "met" : "missed"
+        }`,
+      );
+    }
+  };
+  printTargets("targets (issue 7; latency and throughput in the default mode, request)", targets);
+  console.log(
+    "\nisolation modes, interleaved (2 workers each; tenant: one tenant's requests)",
+  );
+  console.log(
+    "mode      p50 ms   p99 ms   req/s   reset mean / p50 ms   resets",
+  );
+  for (const m of modes) {
     console.log(
-      `${t.name.padEnd(width)}  ${f(t.value, 2).padStart(9)}  ${t.target.padEnd(9)}  ${
-        t.met ? "met" : "missed"
+      `${m.mode.padEnd(8)}  ${f(m.p50_ms, 3).padStart(6)}  ${f(m.p99_ms, 3).padStart(7)}  ${
+        f(m.requests_per_second, 0).padStart(6)
+      }   ${f(m.reset_mean_ms, 3).padStart(6)} / ${f(m.reset_p50_ms, 3).padEnd(10)}  ${
+        JSON.stringify(m.resets)
       }`,
     );
   }
+  console.log("\nsessions, --isolation request (median of 6 parks, 5 resumes)");
+  console.log("data MiB   image MiB   park ms   resume ms   worker RSS growth MiB");
+  for (const s of sessions) {
+    console.log(
+      `${String(s.data_mib).padStart(8)}   ${f(s.image_mib, 1).padStart(9)}   ${
+        f(s.park_ms, 2).padStart(7)
+      }   ${f(s.resume_ms, 2).padStart(9)}   ${f(s.rss_growth_mib, 1).padStart(8)}`,
+    );
+  }
+  printTargets("targets (issue 13)", isolationTargets);
 }

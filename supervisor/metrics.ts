@@ -39,11 +39,18 @@ interface StatsReport {
   requests: Record<string, number>;
   restarts: Record<string, number>;
   scaling: Record<string, number>;
+  resets: Record<string, number>;
   queue_depth: number;
   busy_workers: number;
   idle_workers: number;
   supervisor_rss_bytes: number;
-  workers: { id: string; state: string; rss_bytes?: number; heap_bytes?: number }[];
+  workers: {
+    id: string;
+    state: string;
+    rss_bytes?: number;
+    heap_bytes?: number;
+    parked_bytes?: number;
+  }[];
 }
 
 /** Builds the registry for `pool`; its numbers are refreshed by `refresh()` before a scrape. */
@@ -61,17 +68,36 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
   );
   const restarts = counter("worker_restarts_total", "Worker replacements by reason.", "reason");
   const scaling = counter("scaling_steps_total", "Autoscaling steps, up or down.", "direction");
+  const resets = counter(
+    "resets_total",
+    "Interpreter resets by kind: image (the memory image put back) or python (Python-level).",
+    "kind",
+  );
   const queueDepth = gauge("queue_depth", "Requests waiting for a worker.");
   const workers = gauge("workers", "Worker processes by state.", ["state"]);
   const heap = gauge("worker_heap_bytes", "Wasm heap of each worker.", ["worker"]);
   const rss = gauge("worker_rss_bytes", "Resident memory of each worker process.", ["worker"]);
+  const parked = gauge(
+    "worker_parked_bytes",
+    "Bytes of parked session images each worker holds.",
+    ["worker"],
+  );
   const supervisorRss = gauge("supervisor_rss_bytes", "Resident memory of the supervisor.");
   const histogram = (name: string, help: string) =>
     new Histogram({ name: `pyodide_pool_${name}`, help, buckets: BUCKETS, registers });
   const wait = histogram("wait_seconds", "Time from a request's arrival to the start of its run.");
   const run = histogram("run_seconds", "Time a worker took for a request, as the pool sees it.");
+  const reset = histogram(
+    "reset_seconds",
+    "Time a worker took to reset between requests (image put back, or Python-level).",
+  );
+  const park = histogram("park_seconds", "Time to park a session before another owner's run.");
+  const resume = histogram("resume_seconds", "Time to resume a parked session before its run.");
   pool.stats.wait.onRecord = (ms) => wait.observe(ms / 1000);
   pool.stats.run.onRecord = (ms) => run.observe(ms / 1000);
+  pool.stats.reset.onRecord = (ms) => reset.observe(ms / 1000);
+  pool.stats.park.onRecord = (ms) => park.observe(ms / 1000);
+  pool.stats.resume.onRecord = (ms) => resume.observe(ms / 1000);
 
   /** Sets a labelled counter to the pool's own count for each label. */
   const mirror = (metric: Counter, counts: Record<string, number>, label: string) => {
@@ -86,14 +112,19 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
       mirror(requests, stats.requests, "status");
       mirror(restarts, stats.restarts, "reason");
       mirror(scaling, stats.scaling, "direction");
+      mirror(resets, stats.resets, "kind");
       queueDepth.set(stats.queue_depth);
       workers.reset();
       for (const worker of stats.workers) workers.inc({ state: worker.state });
       heap.reset();
       rss.reset();
+      parked.reset();
       for (const worker of stats.workers) {
         if (worker.heap_bytes !== undefined) heap.set({ worker: worker.id }, worker.heap_bytes);
         if (worker.rss_bytes !== undefined) rss.set({ worker: worker.id }, worker.rss_bytes);
+        if (worker.parked_bytes !== undefined) {
+          parked.set({ worker: worker.id }, worker.parked_bytes);
+        }
       }
       supervisorRss.set(stats.supervisor_rss_bytes);
     },

@@ -164,7 +164,7 @@ export class Pool {
           throw invalidParams("session_id", "needs the warm pool (usePool is false)");
         }
         this.sessions.workerOf(params.session_id);
-        this.sessions.checkTenant(params.session_id, params.tenant);
+        this.sessions.claim(params.session_id, params.tenant);
       }
       this.packages.check(params.packages ?? []);
     } catch (error) {

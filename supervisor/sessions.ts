@@ -23,6 +23,11 @@ const MAX_TOMBSTONES = 10_000;
 
 export class SessionRegistry {
   #sessions = new Map<string, Session>();
+  /**
+   * Sessions whose first request was admitted and has not finished: claimed for its tenant at
+   * once, so that another tenant's request that comes meanwhile is refused too.
+   */
+  #claims = new Map<string, { tenant: string | undefined; at: number }>();
   #tombstones = new Map<string, string>();
 
   constructor(readonly ttlMs: number) {}
@@ -43,15 +48,21 @@ export class SessionRegistry {
     return undefined;
   }
 
-  /** Throws -32602 if `id` exists and belongs to another tenant than `tenant`. */
-  checkTenant(id: string, tenant: string | undefined): void {
-    const session = this.#sessions.get(id);
-    if (session && session.tenant !== tenant) {
+  /**
+   * Claims `id` for `tenant` if no one has it yet; throws -32602 if it exists, or was claimed,
+   * for another tenant.
+   */
+  claim(id: string, tenant: string | undefined): void {
+    const owner = this.#sessions.get(id) ?? this.#claims.get(id);
+    if (owner === undefined) {
+      this.#claims.set(id, { tenant, at: performance.now() });
+      return;
+    }
+    if (owner.tenant !== tenant) {
       throw invalidParams(
         "tenant",
-        `does not own session ${
-          JSON.stringify(id)
-        }: a session belongs to the tenant that created it`,
+        `does not own session ${JSON.stringify(id)}: a session belongs to the tenant that ` +
+          "created it",
       );
     }
   }
@@ -67,6 +78,7 @@ export class SessionRegistry {
     const session = this.#sessions.get(id);
     if (session) session.lastUsedAt = performance.now();
     else this.#sessions.set(id, { workerId, tenant, lastUsedAt: performance.now() });
+    this.#claims.delete(id);
   }
 
   /** Sessions that their worker lost (dropped past its parking limit, say), and why. */
@@ -84,6 +96,10 @@ export class SessionRegistry {
 
   /** Sessions idle past the TTL: forgotten here, to be dropped by their workers. */
   expire(now = performance.now()): { id: string; workerId: string }[] {
+    // A claim whose first request never finished.
+    for (const [id, claim] of this.#claims) {
+      if (now - claim.at >= this.ttlMs) this.#claims.delete(id);
+    }
     const expired: { id: string; workerId: string }[] = [];
     for (const [id, session] of this.#sessions) {
       if (now - session.lastUsedAt < this.ttlMs) continue;

@@ -74,10 +74,19 @@ Deno.test("a session comes back whole after other tenants ran: objects, generato
   }
 });
 
-Deno.test("a session belongs to the tenant that created it", async () => {
+Deno.test("a session belongs to the tenant that created it, from its first request on", async () => {
   const sup = await Supervisor.start({ args: ["--pool-size", "1"] });
   try {
-    await ok(sup, { code: "x = 1", session_id: "owned", tenant: "alice" });
+    // Another tenant's request that names it while its first request still runs.
+    const first = sup.execute({
+      code: "import time\nx = 1\ntime.sleep(0.3)",
+      session_id: "owned",
+      tenant: "alice",
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    const early = await sup.request("execute", { code: "x", session_id: "owned", tenant: "bob" });
+    assert.equal(early.error?.code, -32602, JSON.stringify(early));
+    assert.equal((await first).status, "ok");
     const other = await sup.request("execute", { code: "x", session_id: "owned", tenant: "bob" });
     assert.equal(other.error?.code, -32602);
     assert.equal(other.error?.data?.field, "tenant");
@@ -89,19 +98,51 @@ Deno.test("a session belongs to the tenant that created it", async () => {
   }
 });
 
-Deno.test("past --max-parked-mb the least recently used session is dropped, with a reason", async () => {
-  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--max-parked-mb", "16"] });
+Deno.test("past --max-parked-mb parked sessions are compressed, then the least recently used dropped", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--max-parked-mb", "12"] });
   try {
-    await ok(sup, { code: "small = 1", session_id: "old" });
-    // Parked when "big" runs; "big", parked in turn, holds more than the limit with "old".
-    await ok(sup, { code: "data = bytes(range(256)) * (80_000)", session_id: "big" });
+    // 24 MiB that deflate to almost nothing: compressed, kept, and whole when resumed.
+    await ok(sup, { code: "data = b'pool' * (6 << 20)", session_id: "compressible" });
     await ok(sup, { code: "1" });
+    const back = await ok(sup, {
+      code: "(len(data), data[:8], data.count(b'pool'))",
+      session_id: "compressible",
+    });
+    assert.equal(back.result, `(${24 << 20}, b'poolpool', ${6 << 20})`);
+    await ok(sup, { code: "small = 1", session_id: "old" });
+    // Random bytes do not compress: parked after "old", "a" and "b" (about 7 MB each) take the
+    // worker past its limit together, though each fits alone.
+    for (const id of ["a", "b"]) {
+      await ok(sup, { code: "import os\ndata = os.urandom(6 << 20)", session_id: id });
+    }
+    await ok(sup, { code: "1" });
+    assert.equal((await ok(sup, { code: "len(data)", session_id: "b" })).result, `${6 << 20}`);
     const old = await sup.request("execute", { code: "small", session_id: "old" });
     assert.equal(old.error?.code, -32004, JSON.stringify(old));
     assert.match(old.error!.message, /max-parked-mb/);
     assert.match(String(old.error?.data?.reason), /least recently used/);
     const health = await sup.call("health") as { workers: { sessions: string[] }[] };
     assert.ok(!health.workers[0].sessions.includes("old"));
+  } finally {
+    await sup.close();
+  }
+});
+
+Deno.test("a session parked past the limit by a larger one is not evicted for it", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--max-parked-mb", "32"] });
+  try {
+    await ok(sup, { code: "secret = 'alice'", session_id: "small", tenant: "alice" });
+    // 40 MB that do not compress: alone past the limit, it is the one dropped.
+    await ok(sup, {
+      code: "import os\nblob = os.urandom(40 << 20)",
+      session_id: "huge",
+      tenant: "evil",
+    });
+    const back = await ok(sup, { code: "secret", session_id: "small", tenant: "alice" });
+    assert.equal(back.result, "'alice'");
+    const huge = await sup.request("execute", { code: "1", session_id: "huge", tenant: "evil" });
+    assert.equal(huge.error?.code, -32004);
+    assert.match(huge.error!.message, /more than --max-parked-mb \(32 MB\) alone/);
   } finally {
     await sup.close();
   }

@@ -61,6 +61,12 @@ Deno.test("metrics: a scrape reports what the pool did; health answers for scrip
     assert.ok(count(after, 'pyodide_pool_worker_heap_bytes{worker="w1"}') >= 16 << 20);
     assert.ok(count(after, 'pyodide_pool_worker_rss_bytes{worker="w1"}') >= 50 << 20);
     assert.ok(count(after, "pyodide_pool_supervisor_rss_bytes") > 0);
+    // Requests of no one: the image is put back after each (reported once it is done).
+    await waitFor("four resets", async () => {
+      const resets = count(await scrape(), 'pyodide_pool_resets_total{kind="image"}');
+      return resets - count(before, 'pyodide_pool_resets_total{kind="image"}') >= 4 || undefined;
+    }, 5000);
+    assert.ok(count(await scrape(), "pyodide_pool_reset_seconds_count") >= 4);
     // `stats` is the same source.
     const stats = await sup.call("stats") as { requests: Record<string, number> };
     assert.equal(stats.requests.ok, count(after, 'pyodide_pool_requests_total{status="ok"}'));

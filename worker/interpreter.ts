@@ -11,42 +11,11 @@ import { loadPyodide, type PyodideAPI } from "pyodide";
 import type { PyProxy } from "pyodide/ffi";
 import { RUNTIME_MODULE, RUNTIME_SOURCES } from "./runtime_sources.ts";
 import { restoringSparsely } from "./sparse_restore.ts";
+import { guardClosuresOf, withGuardedImports } from "./guarded_imports.ts";
+import { emscriptenOf } from "./pyodide_internals.ts";
 
 const ENV = { HOME: "/home/pyodide", MPLBACKEND: "Agg" };
 
-/**
- * Emscripten's imports that evaluate a string as JavaScript. Wasm code reaches them (Python
- * through `ctypes.CDLL(None).emscripten_run_script_string`), and the workers' V8 refuses to
- * evaluate strings (`--disallow-code-generation-from-strings`), but its `EvalError`, thrown
- * through Wasm frames, is fatal to Pyodide: they are replaced before instantiation by
- * functions that evaluate nothing and return nothing (0, a null pointer).
- */
-const SCRIPT_IMPORTS = [
-  "emscripten_run_script",
-  "emscripten_run_script_int",
-  "emscripten_run_script_string",
-  "emscripten_async_run_script",
-  "emscripten_async_load_script",
-];
-
-/** Runs `boot` with Emscripten's script-evaluating imports replaced (see SCRIPT_IMPORTS). */
-async function withoutScriptImports<T>(boot: () => Promise<T>): Promise<T> {
-  const instantiate = WebAssembly.instantiate;
-  WebAssembly.instantiate = function (source: unknown, imports?: WebAssembly.Imports) {
-    const env = imports?.env as Record<string, { sig?: string }> | undefined;
-    for (const name of SCRIPT_IMPORTS) {
-      if (!env?.[name]) continue;
-      // dlsym wraps an import for the function table by its signature.
-      env[name] = Object.assign(() => 0, { sig: env[name].sig });
-    }
-    return instantiate(source as BufferSource, imports);
-  } as typeof instantiate;
-  try {
-    return await boot();
-  } finally {
-    WebAssembly.instantiate = instantiate;
-  }
-}
 const MATPLOTLIB_CONFIG = "/home/pyodide/.config/matplotlib";
 
 export interface BootOptions {
@@ -80,7 +49,7 @@ export async function bootInterpreter(options: BootOptions = {}): Promise<Interp
   // the rest of the command line for Python's: neither may reach Python.
   (globalThis as unknown as { process: { argv: string[] } }).process.argv = ["python"];
   const load = () =>
-    withoutScriptImports(() =>
+    withGuardedImports(() =>
       loadPyodide({
         // Nothing Python prints may reach the process's stdout, which carries JSON-RPC.
         stdout: () => {},
@@ -93,6 +62,7 @@ export async function bootInterpreter(options: BootOptions = {}): Promise<Interp
       })
     );
   const pyodide = options.snapshot ? await restoringSparsely(options.snapshot, load) : await load();
+  guardClosuresOf(emscriptenOf(pyodide));
   if (options.snapshot) {
     // Pyodide keeps its options for the interpreter's lifetime; the snapshot, copied into the
     // Wasm memory by now, would stay resident with them (30 MB of a worker's RSS). Detaching

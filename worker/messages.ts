@@ -111,10 +111,11 @@ export type RunOutcome =
   & Omit<ExecuteResult, "status" | "duration_ms" | "worker_id">
   & {
     /**
-     * `cancelled` and `session_lost` never reach a client as a status: they become errors
-     * -32003 and -32004 (the error's message says why the session is gone).
+     * `cancelled`, `session_lost` and `session_refused` never reach a client as a status:
+     * they become errors -32003, -32004 (the error's message says why the session is gone)
+     * and -32602 (the session is another tenant's).
      */
-    status: ExecuteStatus | "cancelled" | "session_lost";
+    status: ExecuteStatus | "cancelled" | "session_lost" | "session_refused";
   };
 
 /** The outcome of a run stopped (timeout, cancel, one of `InterruptReason`) with no output. */

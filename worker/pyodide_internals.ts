@@ -16,6 +16,8 @@ export type EmscriptenModule =
   & WasmModule
   & HandleModule
   & {
+    /** The Wasm linear memory (its views, HEAP8 and the others, are replaced when it grows). */
+    memory: WebAssembly.Memory;
     HEAP8: Int8Array;
     HEAPU8: Uint8Array;
     FS: EmscriptenFs;
@@ -24,6 +26,8 @@ export type EmscriptenModule =
     growMemory(bytes: number): unknown;
     /** Makes (and caches) the class of PyProxies with the given flags. */
     getPyProxyClass(flags: number): { prototype: object };
+    HEAPU32: Uint32Array;
+    _free(pointer: number): void;
   };
 
 /** The Emscripten module behind a Pyodide instance. */

@@ -39,7 +39,13 @@ import {
 } from "./messages.ts";
 import { acceptChannel } from "./thread_channel.ts";
 import { failsAfterAnswer } from "./failpoints.ts";
-import { type EnterReport, type ResetKind, SessionLostError, Tenancy } from "./tenancy.ts";
+import {
+  type EnterReport,
+  type ResetKind,
+  SessionLostError,
+  SessionRefusedError,
+  Tenancy,
+} from "./tenancy.ts";
 
 /** Collects one stream's output up to a byte cap; past it, asks Python to stop. */
 class OutputCapture {
@@ -416,12 +422,15 @@ async function start(init: InitMessage): Promise<Thread> {
       try {
         entered = tenancy.enter(message.owner);
       } catch (error) {
-        if (!(error instanceof SessionLostError)) throw error;
-        const outcome = JSON.parse(errorJson("SessionLostError", error.reason));
+        const lost = error instanceof SessionLostError;
+        if (!lost && !(error instanceof SessionRefusedError)) throw error;
+        const outcome = JSON.parse(
+          errorJson(error.name, lost ? error.reason : error.message),
+        );
         send({
           type: "done",
           seq: message.seq,
-          outcome: { ...outcome, status: "session_lost" },
+          outcome: { ...outcome, status: lost ? "session_lost" : "session_refused" },
           heapBytes: heapBytes(),
           tainted,
         });

@@ -64,7 +64,8 @@ export function hardenThread(pyodide: PyodideAPI, allowNetwork: boolean): void {
     const api = (pyodide as unknown as { _api: { abortSignalAny: unknown } })._api;
     const frozen = (entries: Record<string, unknown>) =>
       Object.freeze(Object.assign(Object.create(null), entries));
-    // Not frozen itself: importing `pyodide_js._api` sets that attribute on it.
+    // Not frozen yet: importing `pyodide_js._api` sets that attribute on it (imported below,
+    // before the memory image freezes what Python can reach).
     pyodide.registerJsModule(
       "pyodide_js",
       Object.assign(Object.create(null), { _api: frozen({ abortSignalAny: api.abortSignalAny }) }),
@@ -77,6 +78,7 @@ export function hardenThread(pyodide: PyodideAPI, allowNetwork: boolean): void {
       "[sys.modules.pop(n) for n in [n for n in sys.modules if n.partition('.')[0] in ('js', 'pyodide_js')]]\n" +
       "del sys",
   );
+  if (allowNetwork) pyodide.runPython("import pyodide_js._api");
   // stdout carries the worker's JSON-RPC: nothing in this thread may write there.
   Deno.stdout.close();
   const quiet = () => {};
@@ -191,9 +193,10 @@ function freeze(value: object): void {
 
 /**
  * Freezes `roots` and everything reachable from them through properties and prototypes,
- * `globalThis` excepted.
+ * `globalThis` excepted (typed arrays with elements, and Wasm's opaque objects, cannot be frozen,
+ * and stay as they are).
  */
-function freezeReachable(roots: unknown[]): void {
+export function freezeReachable(roots: unknown[]): void {
   const seen = new Set<unknown>([globalThis]);
   const pending = [...roots];
   while (pending.length > 0) {
@@ -201,7 +204,13 @@ function freezeReachable(roots: unknown[]): void {
     if ((typeof value !== "object" && typeof value !== "function") || value === null) continue;
     if (seen.has(value)) continue;
     seen.add(value);
-    freeze(value);
+    if (ArrayBuffer.isView(value)) continue;
+    try {
+      freeze(value);
+    } catch {
+      // Wasm GC objects ("WebAssembly objects are opaque") have no properties to freeze.
+      continue;
+    }
     pending.push(Object.getPrototypeOf(value));
     for (const descriptor of Object.values(Object.getOwnPropertyDescriptors(value))) {
       pending.push(descriptor.value, descriptor.get, descriptor.set);

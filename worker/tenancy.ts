@@ -41,6 +41,17 @@ export class SessionLostError extends Error {
   }
 }
 
+/** A session named by a request of another tenant than the one that created it. */
+export class SessionRefusedError extends Error {
+  constructor(readonly sessionId: string) {
+    super(
+      `session ${JSON.stringify(sessionId)} belongs to another tenant: a session belongs to ` +
+        "the tenant that created it",
+    );
+    this.name = "SessionRefusedError";
+  }
+}
+
 /** What `enter` did, for the stats. */
 export interface EnterReport {
   /** Whether the run starts from the base image just put back (Python's `random` is reseeded). */
@@ -59,6 +70,8 @@ export type PythonReset = () => string | undefined;
 interface Parked {
   image: SessionImage;
   usedAt: number;
+  /** Compression was tried and did not pay: not tried again. */
+  incompressible?: boolean;
 }
 
 /** A session as it moves to another worker (`exportSessions`), or why it cannot. */
@@ -66,13 +79,16 @@ export type ExportedSession =
   | {
     /** The base image it was taken against: the importing worker must hold the same. */
     base: string;
+    /** The tenant that created it. */
+    tenant?: string;
     byte_length: number;
     /** Lengths of its worker's tables: its memory may name any slot below them. */
     hiwire_length: number;
     table_length: number;
     /** Strings Pyodide interned since the base, which its memory names by index. */
     immortals: string[];
-    pages_b64: string;
+    /** The runs of pages held, `[first, end)` page indices, as little-endian 32-bit words. */
+    runs_b64: string;
     data_b64: string;
     packages: Record<string, string>;
   }
@@ -95,6 +111,8 @@ export class Tenancy {
   /** Whether memory is exactly the base image (nothing ran since it was put back). */
   #pristine = true;
   readonly #parked = new Map<string, Parked>();
+  /** The tenant of each session this worker holds (undefined: a request that named none). */
+  readonly #tenants = new Map<string, string | undefined>();
   readonly #lost = new Map<string, string>();
   /** Sessions dropped since the last `takeDropped`, with their reasons. */
   #dropped: { sessionId: string; reason: string }[] = [];
@@ -117,31 +135,40 @@ export class Tenancy {
   /**
    * Makes memory hold `owner`'s state before its request runs: parks the session in memory if
    * it is someone else's, puts the base back, resumes the owner's parked session.
-   * Throws SessionLostError for a session that was dropped.
+   * Throws SessionLostError for a session that was dropped, SessionRefusedError for a session
+   * of another tenant.
    */
   enter(owner: Owner): EnterReport {
     if (this.mode === "none") return { fresh: false };
-    const lost = owner.sessionId === undefined ? undefined : this.#lost.get(owner.sessionId);
-    if (lost !== undefined) throw new SessionLostError(owner.sessionId!, lost);
+    const { sessionId, tenant } = owner;
+    if (sessionId !== undefined) {
+      const lost = this.#lost.get(sessionId);
+      if (lost !== undefined) throw new SessionLostError(sessionId, lost);
+      if (this.#tenants.has(sessionId) && this.#tenants.get(sessionId) !== tenant) {
+        throw new SessionRefusedError(sessionId);
+      }
+    }
     const key = ownerKey(this.mode, owner);
     const live = this.#live!;
     if (key !== undefined && key === live.key) return { fresh: false };
     const report: EnterReport = { fresh: false };
+    // Out of the parked set first: parking the live session must not evict it.
+    const parked = sessionId === undefined ? undefined : this.#parked.get(sessionId);
+    if (parked) this.#parked.delete(sessionId!);
     if (live.sessionId !== undefined && !this.#pristine) {
       const started = performance.now();
       this.#parked.set(live.sessionId, { image: live.base.diff(), usedAt: performance.now() });
       report.parkMs = performance.now() - started;
       this.enforceLimit();
     }
-    const parked = owner.sessionId === undefined ? undefined : this.#parked.get(owner.sessionId);
     if (parked) {
       const started = performance.now();
       parked.image.base.restore();
       parked.image.base.apply(parked.image);
-      this.#parked.delete(owner.sessionId!);
-      report.resumeMs = performance.now() - started;
       report.resumedBytes = parked.image.bytes;
-      this.#live = { key, sessionId: owner.sessionId, base: parked.image.base };
+      parked.image.release();
+      report.resumeMs = performance.now() - started;
+      this.#live = { key, sessionId, base: parked.image.base };
       this.#pristine = false;
       return report;
     }
@@ -150,7 +177,8 @@ export class Tenancy {
       this.#restoreBase();
       report.restoreMs = performance.now() - started;
     }
-    this.#live = { key, sessionId: owner.sessionId, base: this.#base! };
+    this.#live = { key, sessionId, base: this.#base! };
+    if (sessionId !== undefined) this.#tenants.set(sessionId, tenant);
     report.fresh = true;
     return report;
   }
@@ -180,6 +208,7 @@ export class Tenancy {
       return "image";
     }
     const failure = pythonReset();
+    this.interpreter!.handles.prune();
     if (failure === undefined) return "python";
     if (live.sessionId !== undefined) this.#lose(live.sessionId, `was lost: ${failure}`);
     this.#restoreBase();
@@ -189,11 +218,14 @@ export class Tenancy {
 
   /** Drops a session, live or parked; false if this worker does not hold it. */
   dropSession(sessionId: string): boolean {
+    this.#tenants.delete(sessionId);
     if (this.#live?.sessionId === sessionId) {
       this.#restoreBase();
       this.#live = { key: undefined, base: this.#base! };
       return true;
     }
+    const parked = this.#parked.get(sessionId);
+    parked?.image.release();
     return this.#parked.delete(sessionId);
   }
 
@@ -218,11 +250,12 @@ export class Tenancy {
       }
       exported[id] = {
         base: await image.base.fingerprint(),
+        tenant: this.#tenants.get(id),
         byte_length: image.memory.byteLength,
         hiwire_length: image.wasm.hiwireLength,
         table_length: image.wasm.tableLength,
         immortals: image.wasm.immortals as string[],
-        pages_b64: new Uint8Array(image.memory.pages.buffer).toBase64(),
+        runs_b64: new Uint8Array(image.memory.runs.buffer).toBase64(),
         data_b64: image.memory.data.toBase64(),
         packages: image.packages,
       };
@@ -247,10 +280,10 @@ export class Tenancy {
         failed[id] = "names strings that the worker that replaced its own has interned " +
           "differently (it served other requests first)";
       } else {
-        const pages = Uint8Array.fromBase64(session.pages_b64);
+        const runs = Uint8Array.fromBase64(session.runs_b64);
         const memory = new MemoryPatch(
           session.byte_length,
-          new Uint32Array(pages.buffer, pages.byteOffset, pages.byteLength / 4),
+          new Uint32Array(runs.buffer, runs.byteOffset, runs.byteLength / 4),
           Uint8Array.fromBase64(session.data_b64),
         );
         const wasm = {
@@ -262,6 +295,7 @@ export class Tenancy {
         };
         const image = new SessionImage(base, memory, wasm, undefined, session.packages);
         this.#parked.set(id, { image, usedAt: performance.now() });
+        this.#tenants.set(id, session.tenant);
       }
     }
     this.enforceLimit();
@@ -285,19 +319,37 @@ export class Tenancy {
     return [...this.#parked].map(([id, { image }]) => ({ session_id: id, bytes: image.bytes }));
   }
 
-  /** Drops least recently used parked sessions while they hold more than the limit. */
+  /**
+   * While parked sessions hold more than the limit: compresses the least recently used one not
+   * tried yet (its resume then takes longer: it is inflated), and once none is left to try,
+   * drops the least recently used.
+   */
   enforceLimit(): void {
+    const leastRecent = (entries: [string, Parked][]) =>
+      entries.reduce<[string, Parked] | undefined>(
+        (oldest, entry) => !oldest || entry[1].usedAt < oldest[1].usedAt ? entry : oldest,
+        undefined,
+      );
     while (this.parkedBytes > this.maxParkedBytes && this.#parked.size > 0) {
-      let oldest: [string, Parked] | undefined;
-      for (const entry of this.#parked) {
-        if (!oldest || entry[1].usedAt < oldest[1].usedAt) oldest = entry;
+      const untried = leastRecent(
+        [...this.#parked].filter(([, p]) => !p.image.memory.compressed && !p.incompressible),
+      );
+      if (untried) {
+        untried[1].incompressible = !untried[1].image.memory.compress();
+        continue;
       }
-      const [id] = oldest!;
+      // A session that cannot fit alone goes first, rather than everyone older.
+      const oversized = [...this.#parked].find(([, p]) => p.image.bytes > this.maxParkedBytes);
+      const [id, dropped] = oversized ?? leastRecent([...this.#parked])!;
+      dropped.image.release();
       this.#parked.delete(id);
+      const limit = `--max-parked-mb (${Math.round(this.maxParkedBytes / 2 ** 20)} MB)`;
       this.#lose(
         id,
-        `was dropped: parked sessions of worker held more than --max-parked-mb ` +
-          `(${Math.round(this.maxParkedBytes / 2 ** 20)} MB), and it was the least recently used`,
+        oversized
+          ? `was dropped: parked, it held more than ${limit} alone, even compressed`
+          : `was dropped: parked sessions of its worker held more than ${limit} even ` +
+            "compressed, and it was the least recently used",
       );
     }
   }
@@ -320,6 +372,7 @@ export class Tenancy {
   }
 
   #lose(sessionId: string, reason: string): void {
+    this.#tenants.delete(sessionId);
     this.#lost.set(sessionId, reason);
     if (this.#lost.size > MAX_LOST) this.#lost.delete(this.#lost.keys().next().value!);
     this.#dropped.push({ sessionId, reason });

@@ -201,6 +201,56 @@ for (const mode of ["request", "none"] as const) {
   });
 }
 
+Deno.test("a JavaScript timer a request leaves cannot read or write a later request's memory", async () => {
+  const sup = await pool("request");
+  // No ctypes: Pyodide's FFI gives a view of the whole Wasm memory, and its event loop's
+  // scheduler takes plain JavaScript functions. The timers keep writing 5 into the small int 2,
+  // and try to stash the victims' memory on a shared JavaScript object.
+  const attack = await run(sup, {
+    code: [
+      "from pyodide.ffi import create_proxy, to_js",
+      "from pyodide.webloop import scheduleCallback",
+      "data = create_proxy(bytearray(16)).getBuffer('u8').data",
+      "U8 = data.constructor",
+      "heap = U8.new(data.buffer)",
+      "poke = heap.set.bind(heap, U8.new(to_js([5, 0, 0, 0])), id(2) + 12)",
+      "for i in range(1, 40):",
+      "    scheduleCallback.call(None, poke, 10 * i)",
+      "try:",
+      "    scheduleCallback.stash = heap",
+      "    stashed = 'stashed'",
+      "except Exception as e:",
+      "    stashed = type(e).__name__",
+      "stashed",
+    ].join("\n"),
+    tenant: "evil",
+  });
+  assert.equal(attack.result, "'JsException'", "shared JavaScript objects are frozen");
+  for (let i = 0; i < 4; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await run(sup, { code: "1 + 1", tenant: "alice" })).result, "2");
+  }
+});
+
+Deno.test("a libffi closure cannot be written into a function-table slot of the image", async () => {
+  const sup = await pool("request");
+  // float.__repr__'s slot: a trampoline there would be the next tenant's repr(2.5).
+  const r = await run(sup, {
+    code: [
+      "import ctypes",
+      "lib = ctypes.CDLL(None)",
+      "prep = lib.ffi_prep_closure_loc_js",
+      "prep.argtypes = [ctypes.c_uint32] * 5",
+      "cif = (ctypes.c_uint32 * 8)(1, 0, 0, ctypes.addressof(ctypes.c_int.in_dll(lib, 'ffi_type_void')))",
+      "slot = ctypes.c_uint32.from_address(id(float) + 44).value",
+      "prep(16, ctypes.addressof(cif), 0, 0, slot)",
+    ].join("\n"),
+    tenant: "evil",
+  });
+  assert.equal(r.result, "1", "refused: FFI_BAD_TYPEDEF");
+  assert.equal((await run(sup, { code: "repr(2.5)", tenant: "alice" })).result, "'2.5'");
+});
+
 Deno.test("no Wasm library that shares the interpreter's memory or table loads through ctypes", async () => {
   const sup = await pool("request");
   // A side module with Emscripten's dylink.0 section that imports the interpreter's memory:

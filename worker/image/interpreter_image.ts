@@ -21,6 +21,7 @@ import { MemoryImage, type MemoryPatch } from "./memory_image.ts";
 import type { PythonHandles } from "./python_handles.ts";
 import { type WasmChanges, WasmState } from "./wasm_state.ts";
 import type { EmscriptenModule } from "../pyodide_internals.ts";
+import { newClosureGeneration } from "../guarded_imports.ts";
 
 /** The part of Pyodide the image reads and writes. */
 export interface ImagedInterpreter {
@@ -43,7 +44,7 @@ export class BaseImage {
 
   private constructor(private readonly interpreter: ImagedInterpreter) {
     const { module } = interpreter;
-    this.#memory = MemoryImage.take(module.HEAPU8);
+    this.#memory = MemoryImage.take(module.memory);
     this.#wasm = WasmState.take(module);
     this.#fs = FsState.take(module.FS);
     this.#packages = { ...interpreter.loadedPackages };
@@ -112,7 +113,12 @@ export class BaseImage {
   restore(): void {
     const { module, loadedPackages, handles } = this.interpreter;
     handles.endGeneration();
+    newClosureGeneration();
     this.#memory.restoreTo(module.HEAPU8);
+    // Views of the memory that JavaScript got since (`getBuffer().data`, or made from Wasm
+    // through ctypes) are detached: a growth by nothing replaces its buffer. No stale callback
+    // can then read or write the memory of the requests that follow.
+    module.growMemory(module.HEAPU8.byteLength);
     this.#wasm.restore();
     if (!this.#fs.isCurrent()) this.#fs.restore();
     for (const name of Object.keys(loadedPackages)) {
@@ -156,6 +162,11 @@ export class SessionImage {
     readonly fs: FsState | undefined,
     readonly packages: Record<string, string>,
   ) {}
+
+  /** The session was resumed or dropped: what it held may be reused. */
+  release(): void {
+    this.memory.release();
+  }
 
   /** Bytes held (memory pages; the file system shares the base's contents but for changes). */
   get bytes(): number {

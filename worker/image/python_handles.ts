@@ -12,10 +12,14 @@
  *   finalization registry is given a held value whose pointer reads 0 once its generation is
  *   over (the held values of the image's own generations stay valid);
  * - a PyProxy still alive is marked destroyed, so that calling it throws;
- * - callbacks that carry Pyodide's `destroy` method (all three kinds do), given to a timer or
- *   to a promise's `then`, run only within their generation: Pyodide's event loop schedules
- *   through `setImmediate` and `setTimeout`, and `await` on a JavaScript promise through
- *   `then`.
+ * - callbacks given to a timer, to a promise's `then` or to an event target run only within
+ *   their generation if they carry Pyodide's `destroy` method (all three kinds of handle do:
+ *   Pyodide's event loop schedules through `setImmediate` and `setTimeout`, `await` on a
+ *   JavaScript promise goes through `then`), or if they were given while Python ran: Python can
+ *   schedule plain JavaScript functions too (`scheduleCallback(view.set.bind(view, ...))`), and
+ *   one that ran in a later generation could read or write that request's memory through a view
+ *   the earlier one made. (Those views are also detached when memory is put back, see
+ *   `interpreter_image.ts`.)
  *
  * @module
  */
@@ -31,9 +35,14 @@ interface Registry {
   unregister(token: object): void;
 }
 
+type CallPython = (pointer: number, args: unknown[]) => unknown;
+
 /** The part of Pyodide's Emscripten module used here. */
 export interface HandleModule {
   finalizationRegistry: Registry;
+  /** How JavaScript calls a Python object (a PyProxy, a once callable). */
+  callPyObject: CallPython;
+  callPyObjectMaybePromising: CallPython;
 }
 
 /** A PyProxy's shared state: the registry's target for a PyProxy. */
@@ -54,6 +63,8 @@ function holdsPython(callback: unknown): callback is Callback {
 
 export class PythonHandles {
   #generation = 0;
+  /** Python frames running: JavaScript calls into Python nest. */
+  #depth = 0;
   /** Generations whose handles point into a saved image: they stay valid. */
   readonly #imaged = new Set<number>();
   /** PyProxies made in this generation, to mark destroyed when it ends. */
@@ -80,10 +91,26 @@ export class PythonHandles {
       },
       unregister: (token) => registry.unregister(token),
     };
+    const inPython = <T>(work: () => T): T => {
+      this.#depth++;
+      try {
+        return work();
+      } finally {
+        this.#depth--;
+      }
+    };
+    for (const name of ["callPyObject", "callPyObjectMaybePromising"] as const) {
+      const call = module[name];
+      module[name] = (pointer, args) => inPython(() => call(pointer, args));
+    }
     const gated = (callback: unknown) => {
-      if (!holdsPython(callback)) return callback;
+      const python = holdsPython(callback);
+      if (typeof callback !== "function" || (!python && this.#depth === 0)) return callback;
       const generation = this.#generation;
-      return (...args: unknown[]) => valid(generation) ? callback(...args) : undefined;
+      return (...args: unknown[]) => {
+        if (!valid(generation)) return undefined;
+        return python ? inPython(() => callback(...args)) : callback(...args);
+      };
     };
     const timers = scope as unknown as Record<string, Callback>;
     for (const name of ["setTimeout", "setInterval", "setImmediate"]) {
@@ -91,6 +118,16 @@ export class PythonHandles {
       if (typeof schedule !== "function") continue;
       timers[name] = (callback: unknown, ...rest: unknown[]) => schedule(gated(callback), ...rest);
     }
+    // Network mode's AbortSignal and the like.
+    const listen = EventTarget.prototype.addEventListener;
+    EventTarget.prototype.addEventListener = function (
+      this: EventTarget,
+      type: string,
+      listener: unknown,
+      options?: unknown,
+    ) {
+      return listen.call(this, type, gated(listener) as never, options as never);
+    } as typeof listen;
     // `catch` and `finally` call `then`; `await` in this thread's own code does not.
     const then = Promise.prototype.then;
     Promise.prototype.then = function (

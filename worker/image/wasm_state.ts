@@ -7,8 +7,15 @@
  * The module has four mutable globals of its own and exports a getter and a setter for each
  * (read off the binary of Pyodide 314.0.7), so each is saved and put back through them.
  *
+ * The JavaScript objects of the tables, and all they lead to, are frozen when a state is taken:
+ * Python reaches them (ctypes can name any entry by index), and a value or a hook left on one
+ * would outlive the state put back. (The deduplication map's entries, which a frozen `Map`
+ * still takes, are put back.)
+ *
  * @module
  */
+
+import { freezeReachable } from "../sandbox.ts";
 
 /** The part of Pyodide's Emscripten module used here. */
 export interface WasmModule {
@@ -42,6 +49,11 @@ function deduplicationMap(module: WasmModule): Map<unknown, number> {
 
 /** Slots of the function table a request may add before its worker asks to be replaced. */
 export const MAX_TABLE_GROWTH = 50_000;
+/**
+ * Entries of the hiwire table past the image's before its worker asks to be replaced: the table
+ * never shrinks, and each restore goes over it.
+ */
+export const MAX_HIWIRE_GROWTH = 100_000;
 
 /** Length of a table whose getter throws past the end. */
 function lengthOf(get: (index: number) => unknown, from = 0): number {
@@ -83,6 +95,8 @@ export class WasmState {
   readonly #freeTableIndexes: number[];
   readonly #tableLength: number;
   readonly #hiwire: unknown[];
+  /** The hiwire table's length as last seen: it never shrinks, so probing starts there. */
+  #knownHiwireLength = 0;
   readonly #deduplicationMap: Map<unknown, number>;
   /** Immortal values only grow; those of the base are never put back. */
   readonly #immortalLength: number;
@@ -100,6 +114,10 @@ export class WasmState {
     this.#hiwire = Array.from({ length: hiwireLength(module) }, (_, i) => module.__hiwire_get(i));
     this.#deduplicationMap = deduplicationMap(module);
     this.#immortalLength = immortalLength(module);
+    freezeReachable([
+      ...this.#hiwire,
+      ...Array.from({ length: this.#immortalLength }, (_, i) => module.__hiwire_immortal_get(i)),
+    ]);
     this.#deduplicated = [...this.#deduplicationMap];
   }
 
@@ -121,7 +139,8 @@ export class WasmState {
    * slot the image uses is never handed out again.
    */
   get tableOvergrown(): boolean {
-    return this.module.wasmTable.length - this.#tableLength > MAX_TABLE_GROWTH;
+    return this.module.wasmTable.length - this.#tableLength > MAX_TABLE_GROWTH ||
+      this.#knownHiwireLength - this.#hiwire.length > MAX_HIWIRE_GROWTH;
   }
 
   /** Puts the globals, the free list and the hiwire table back; no Wasm frame may be running. */
@@ -134,12 +153,20 @@ export class WasmState {
     Error.stackTraceLimit = this.#stackTraceLimit;
     // Entries past the saved length were made since: they go, and the table's own free list,
     // in the memory put back with them, sees their slots as free.
-    const length = hiwireLength(m, this.#hiwire.length);
+    const length = this.#hiwireLength();
     for (let i = 0; i < length; i++) {
       const saved = i < this.#hiwire.length ? this.#hiwire[i] : null;
       if (m.__hiwire_get(i) !== saved) m.__hiwire_set(i, saved);
     }
     this.#restoreDeduplicated(this.#deduplicated);
+  }
+
+  #hiwireLength(): number {
+    this.#knownHiwireLength = hiwireLength(
+      this.module,
+      Math.max(this.#knownHiwireLength, this.#hiwire.length),
+    );
+    return this.#knownHiwireLength;
   }
 
   #restoreDeduplicated(entries: [unknown, number][]): void {
@@ -152,7 +179,7 @@ export class WasmState {
   changes(): WasmChanges {
     const m = this.module;
     const entries: WasmChanges["entries"] = [];
-    const length = hiwireLength(m, this.#hiwire.length);
+    const length = this.#hiwireLength();
     for (let i = 0; i < length; i++) {
       const value = m.__hiwire_get(i);
       if (value !== (i < this.#hiwire.length ? this.#hiwire[i] : null)) entries.push([i, value]);
@@ -209,7 +236,7 @@ export class WasmState {
 
   /** Applies changes taken by `changes`, over this state restored. */
   apply(changes: WasmChanges): void {
-    let length = hiwireLength(this.module, this.#hiwire.length);
+    let length = this.#hiwireLength();
     // The table grows one slot at a time (setting the slot at its length); gaps stay empty.
     // The session's free list may name any slot below its length.
     const grown = (target: number) => {

@@ -210,6 +210,7 @@ class Pool:
         timeout_ms: Optional[float] = None,
         stdin: Optional[str] = None,
         session_id: Optional[str] = None,
+        tenant: Optional[str] = None,
         session_bytes: Optional[Union[str, bytes]] = None,
         return_session: Optional[bool] = None,
         files: Optional[Files] = None,
@@ -233,6 +234,8 @@ class Pool:
             params["stdin"] = stdin
         if session_id is not None:
             params["session_id"] = session_id
+        if tenant is not None:
+            params["tenant"] = tenant
         if session_bytes is not None:
             params["session_bytes"] = _encode_session(session_bytes)
         if return_session is not None:
@@ -262,6 +265,7 @@ class Pool:
         timeout_ms: Optional[float] = None,
         stdin: Optional[str] = None,
         session_id: Optional[str] = None,
+        tenant: Optional[str] = None,
         session_bytes: Optional[Union[str, bytes]] = None,
         return_session: Optional[bool] = None,
         files: Optional[Files] = None,
@@ -278,6 +282,7 @@ class Pool:
             timeout_ms=timeout_ms,
             stdin=stdin,
             session_id=session_id,
+            tenant=tenant,
             session_bytes=session_bytes,
             return_session=return_session,
             files=files,
@@ -293,6 +298,7 @@ class Pool:
         timeout_ms: Optional[float] = None,
         stdin: Optional[str] = None,
         session_id: Optional[str] = None,
+        tenant: Optional[str] = None,
         session_bytes: Optional[Union[str, bytes]] = None,
         return_session: Optional[bool] = None,
         files: Optional[Files] = None,
@@ -308,6 +314,7 @@ class Pool:
                 timeout_ms=timeout_ms,
                 stdin=stdin,
                 session_id=session_id,
+                tenant=tenant,
                 session_bytes=session_bytes,
                 return_session=return_session,
                 files=files,

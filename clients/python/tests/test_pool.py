@@ -121,8 +121,13 @@ class SharedPoolTest(unittest.TestCase):
         self.assertEqual(result.files[0].content_b64, expected)
 
     def test_sessions_server_held_and_client_held(self) -> None:
-        self.pool.execute("n = 1", session_id="py-client")
-        self.assertEqual(self.pool.execute("n += 1\nn", session_id="py-client").result, "2")
+        self.pool.execute("n = 1", session_id="py-client", tenant="alice")
+        self.assertEqual(
+            self.pool.execute("n += 1\nn", session_id="py-client", tenant="alice").result, "2"
+        )
+        # A session belongs to the tenant that created it.
+        with self.assertRaises(InvalidParamsError):
+            self.pool.execute("n", session_id="py-client", tenant="bob")
         state = self.pool.execute("total = 10", return_session=True).session_bytes
         self.assertIsInstance(state, str)  # base64, as on the wire
         assert state is not None

@@ -1,0 +1,90 @@
+/**
+ * Emscripten's JavaScript imports that Wasm code (Python, through ctypes) must not use as they
+ * are, replaced before the module is instantiated. The imports object is also what side modules
+ * link against, so they get the replacements too.
+ *
+ * - The imports that evaluate a string as JavaScript (`emscripten_run_script` and the like). The
+ *   workers' V8 refuses to evaluate strings (`--disallow-code-generation-from-strings`), but its
+ *   `EvalError`, thrown through Wasm frames, is fatal to Pyodide: they evaluate nothing, and
+ *   return 0 (a null pointer).
+ * - libffi's closure imports, which write a trampoline into any function-table slot they are
+ *   given. Called with a slot of the image (`float.__repr__`'s, say), the trampoline would stay
+ *   there after the image is put back, for the next tenant to call. A trampoline may go only
+ *   into a slot that `ffi_closure_alloc_js` handed out since the image was last put back, and a
+ *   slot handed out before may not be freed for reuse.
+ *
+ * @module
+ */
+
+const SCRIPT_IMPORTS = [
+  "emscripten_run_script",
+  "emscripten_run_script_int",
+  "emscripten_run_script_string",
+  "emscripten_async_run_script",
+  "emscripten_async_load_script",
+];
+
+/** libffi's status for a closure it could not prepare. */
+const FFI_BAD_TYPEDEF = 1;
+
+type Import = ((...args: number[]) => number | void) & { sig?: string };
+
+/** What the closure guard reads of the module once it is instantiated. */
+interface ClosureModule {
+  HEAPU32: Uint32Array;
+  _free(pointer: number): void;
+}
+
+/** The function-table slots handed out to closures since the image was last put back. */
+const closureSlots = new Set<number>();
+let module: ClosureModule | undefined;
+
+/** The image was put back: slots handed out before belong to no one who may write them. */
+export function newClosureGeneration(): void {
+  closureSlots.clear();
+}
+
+/** The guarded imports of `env`, Emscripten's import object (`wasmImports`). */
+function guard(env: Record<string, Import>): void {
+  for (const name of SCRIPT_IMPORTS) {
+    // dlsym wraps an import for the function table by its signature.
+    if (env[name]) env[name] = Object.assign(() => 0, { sig: env[name].sig });
+  }
+  const { ffi_closure_alloc_js: alloc, ffi_closure_free_js: free } = env;
+  const prepare = env.ffi_prep_closure_loc_js;
+  if (!alloc || !free || !prepare) return;
+  // The closure and the code word hold the slot's index (libffi's emscripten port).
+  env.ffi_closure_alloc_js = Object.assign((size: number, code: number) => {
+    const closure = alloc(size, code) as number;
+    if (module && closure) closureSlots.add(module.HEAPU32[code >>> 2]);
+    return closure;
+  }, { sig: alloc.sig });
+  env.ffi_closure_free_js = Object.assign((closure: number) => {
+    if (!module || closureSlots.has(module.HEAPU32[closure >>> 2])) return free(closure);
+    module._free(closure);
+  }, { sig: free.sig });
+  env.ffi_prep_closure_loc_js = Object.assign((...args: number[]) => {
+    const codeloc = args[4];
+    if (module && !closureSlots.has(codeloc)) return FFI_BAD_TYPEDEF;
+    return prepare(...args);
+  }, { sig: prepare.sig });
+}
+
+/** Runs `boot` (Pyodide's instantiation) with the guarded imports in place. */
+export async function withGuardedImports<T>(boot: () => Promise<T>): Promise<T> {
+  const instantiate = WebAssembly.instantiate;
+  WebAssembly.instantiate = function (source: unknown, imports?: WebAssembly.Imports) {
+    if (imports?.env) guard(imports.env as Record<string, Import>);
+    return instantiate(source as BufferSource, imports);
+  } as typeof instantiate;
+  try {
+    return await boot();
+  } finally {
+    WebAssembly.instantiate = instantiate;
+  }
+}
+
+/** The instantiated module, whose memory the closure guard reads. */
+export function guardClosuresOf(instantiated: ClosureModule): void {
+  module = instantiated;
+}
