@@ -99,7 +99,10 @@ export class Pool {
 
   constructor(private readonly config: Config) {
     this.#queue = new TaskQueue(config.maxQueue);
-    this.sessions = new SessionRegistry(config.sessionTtl * 1000);
+    this.sessions = new SessionRegistry(
+      config.sessionTtl * 1000,
+      (id, workerId) => this.#dropInWorker(id, workerId),
+    );
     this.packages = new PackageCatalog(config);
   }
 
@@ -525,7 +528,13 @@ export class Pool {
         ),
       );
     } else if (error instanceof RpcError) {
-      this.stats.requests.add(error.code === ErrorCode.Cancelled ? "cancelled" : "rejected");
+      const lost = error.code === ErrorCode.SessionNotFound;
+      if (lost && task.params.session_id !== undefined) {
+        this.sessions.reported(task.params.session_id);
+      }
+      this.stats.requests.add(
+        lost ? "session_not_found" : error.code === ErrorCode.Cancelled ? "cancelled" : "rejected",
+      );
       task.reject(error);
     } else {
       this.stats.requests.add("internal_error");
@@ -627,10 +636,12 @@ export class Pool {
 
   /** Forgets sessions unused past the TTL and frees their namespaces in the workers. */
   #expireSessions(): void {
-    for (const { id, workerId } of this.sessions.expire()) {
-      this.#workers.get(workerId)?.call("drop_session", { session_id: id }, 10_000)
-        .catch(() => {});
-    }
+    for (const { id, workerId } of this.sessions.expire()) this.#dropInWorker(id, workerId);
+  }
+
+  /** Written before any later request to that worker, which therefore finds the id free. */
+  #dropInWorker(id: string, workerId: string): void {
+    this.#workers.get(workerId)?.call("drop_session", { session_id: id }, 10_000).catch(() => {});
   }
 
   #onExit(worker: WorkerProcess, exit: ExitInfo): void {

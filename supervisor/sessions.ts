@@ -21,6 +21,12 @@ interface Session {
 /** Remembered ids of lost sessions, so that their next use gets a clear error, not a blank. */
 const MAX_TOMBSTONES = 10_000;
 
+interface Tombstone {
+  reason: string;
+  /** The worker that lost it, which remembers it too (for a request already on its way). */
+  workerId?: string;
+}
+
 export class SessionRegistry {
   #sessions = new Map<string, Session>();
   /**
@@ -28,17 +34,26 @@ export class SessionRegistry {
    * once, so that another tenant's request that comes meanwhile is refused too.
    */
   #claims = new Map<string, { tenant: string | undefined; at: number }>();
-  #tombstones = new Map<string, string>();
+  #tombstones = new Map<string, Tombstone>();
 
-  constructor(readonly ttlMs: number) {}
+  /**
+   * @param onReported A lost session was reported to a client: the worker that lost it must
+   * forget it too, so that the id names a new session from then on.
+   */
+  constructor(
+    readonly ttlMs: number,
+    private readonly onReported: (id: string, workerId: string) => void = () => {},
+  ) {}
 
   /** The worker that holds `id`; undefined for a new session; throws -32004 for a lost one. */
   workerOf(id: string): string | undefined {
     const session = this.#sessions.get(id);
     if (session) return session.workerId;
-    const reason = this.#tombstones.get(id);
-    if (reason !== undefined) {
+    const tombstone = this.#tombstones.get(id);
+    if (tombstone !== undefined) {
+      const { reason, workerId } = tombstone;
       this.#tombstones.delete(id);
+      if (workerId !== undefined) this.onReported(id, workerId);
       throw new RpcError(ErrorCode.SessionNotFound, `session ${JSON.stringify(id)} ${reason}`, {
         session_id: id,
         reason,
@@ -83,7 +98,14 @@ export class SessionRegistry {
 
   /** Sessions that their worker lost (dropped past its parking limit, say), and why. */
   lose(ids: string[], workerId: string, why: string): void {
-    for (const id of ids) if (this.#sessions.get(id)?.workerId === workerId) this.#forget(id, why);
+    for (const id of ids) {
+      if (this.#sessions.get(id)?.workerId === workerId) this.#forget(id, why, workerId);
+    }
+  }
+
+  /** The worker itself reported `id` lost to a client (a request sent before it said so). */
+  reported(id: string): void {
+    this.#tombstones.delete(id);
   }
 
   /** The names a move dropped, once: the next response for the session reports them. */
@@ -141,9 +163,9 @@ export class SessionRegistry {
     return [...this.#sessions].filter(([, s]) => s.workerId === workerId).map(([id]) => id);
   }
 
-  #forget(id: string, reason: string): void {
+  #forget(id: string, reason: string, workerId?: string): void {
     this.#sessions.delete(id);
-    this.#tombstones.set(id, reason);
+    this.#tombstones.set(id, { reason, workerId });
     if (this.#tombstones.size > MAX_TOMBSTONES) {
       this.#tombstones.delete(this.#tombstones.keys().next().value!);
     }

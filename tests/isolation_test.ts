@@ -123,6 +123,9 @@ Deno.test("past --max-parked-mb parked sessions are compressed, then the least r
     assert.match(String(old.error?.data?.reason), /least recently used/);
     const health = await sup.call("health") as { workers: { sessions: string[] }[] };
     assert.ok(!health.workers[0].sessions.includes("old"));
+    // Said once: the id then names a new session.
+    const again = await ok(sup, { code: "'small' in globals()", session_id: "old" });
+    assert.equal(again.result, "False");
   } finally {
     await sup.close();
   }
@@ -189,7 +192,7 @@ Deno.test("callbacks a request leaves on JavaScript's event loop never run in a 
   }
 });
 
-Deno.test("a fetch a request left running settles in a later request without harm", async () => {
+Deno.test("a fetch a request left running ends with it and harms no later request", async () => {
   const slow = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async () => {
     await new Promise((r) => setTimeout(r, 300));
     return new Response("late");

@@ -7,6 +7,12 @@
  *   workers' V8 refuses to evaluate strings (`--disallow-code-generation-from-strings`), but its
  *   `EvalError`, thrown through Wasm frames, is fatal to Pyodide: they evaluate nothing, and
  *   return 0 (a null pointer).
+ * - The imports that schedule a call of a Wasm function for later, from a JavaScript event:
+ *   Emscripten's main loop and its blockers, its timers, promises, fetches (`async_wget`),
+ *   workers, sockets, WebSockets, SDL's timer. Such a call could come after the request is over
+ *   and its image was put back, into the next tenant's interpreter, with arguments that the
+ *   request chose. Python has its own event loop; these do nothing and return 0. (The timers
+ *   they would use are also gated by request, see `image/python_handles.ts`.)
  * - libffi's closure imports, which write a trampoline into any function-table slot they are
  *   given. Called with a slot of the image (`float.__repr__`'s, say), the trampoline would stay
  *   there after the image is put back, for the next tenant to call. A trampoline may go only
@@ -23,6 +29,15 @@ const SCRIPT_IMPORTS = [
   "emscripten_async_run_script",
   "emscripten_async_load_script",
 ];
+
+/** The scheduling families; none of them is the main module's own import. */
+const SCHEDULING_IMPORTS = new RegExp(
+  "^(emscripten_(set_main_loop(_arg)?|async_call|set_(timeout|immediate)(_loop)?|set_interval" +
+    "|request_animation_frame(_loop)?|async_wget.*|create_worker|call_worker" +
+    "|promise_(then|all|all_settled|any|race|await)|set_socket_.*_callback|websocket_.*" +
+    "|set_.*_callback_on_thread)|_emscripten_push_(uncounted_)?main_loop_blocker|SDL_AddTimer" +
+    "|setNetworkCallback)$",
+);
 
 /** libffi's status for a closure it could not prepare. */
 const FFI_BAD_TYPEDEF = 1;
@@ -46,7 +61,8 @@ export function newClosureGeneration(): void {
 
 /** The guarded imports of `env`, Emscripten's import object (`wasmImports`). */
 function guard(env: Record<string, Import>): void {
-  for (const name of SCRIPT_IMPORTS) {
+  const inert = Object.keys(env).filter((name) => SCHEDULING_IMPORTS.test(name));
+  for (const name of [...SCRIPT_IMPORTS, ...inert]) {
     // dlsym wraps an import for the function table by its signature.
     if (env[name]) env[name] = Object.assign(() => 0, { sig: env[name].sig });
   }

@@ -87,6 +87,14 @@ class OutputCapture {
 const channel = acceptChannel<FromThread, ToThread>(self, (message) => void handle(message));
 const send = (message: FromThread) => channel.send(message);
 
+// A promise that Python rejects and drops (`Array.fromAsync` over a failing iterable, a fetch
+// aborted as its request ended) fails that code, not the worker. Deno would end the thread.
+globalThis.addEventListener("unhandledrejection", (event) => {
+  event.preventDefault();
+  const reason = event.reason instanceof Error ? event.reason.name : typeof event.reason;
+  console.error(`python thread: a promise was rejected and not handled (${reason})`);
+});
+
 /**
  * Caps the Wasm heap. Emscripten grows memory through `WebAssembly.Memory.prototype.grow`;
  * when that throws, malloc fails and Python raises MemoryError, and the interpreter lives
@@ -182,7 +190,9 @@ async function start(init: InitMessage): Promise<Thread> {
   const stderr = capture("stderr");
 
   capHeapGrowth(init.maxHeapBytes);
-  const jsglobals = pythonGlobals(init.allowNetwork);
+  // Made once the worker is sealed, in the image modes.
+  let handles: PythonHandles | undefined;
+  const jsglobals = pythonGlobals(init.allowNetwork, () => handles?.signal);
   const { pyodide, runtime, restored } = await boot(init, jsglobals);
   pyodide.setStdout({ write: stdout.write, isatty: false });
   pyodide.setStderr({ write: stderr.write, isatty: false });
@@ -299,10 +309,11 @@ async function start(init: InitMessage): Promise<Thread> {
   // The memory image (`--isolation` request or tenant), taken once the worker is sealed.
   const imaged = init.isolation === "none" ? undefined : (() => {
     protectContents(emscripten.MEMFS);
+    handles = new PythonHandles(emscripten);
     return {
       module: emscripten,
       loadedPackages: pyodide.loadedPackages as unknown as Record<string, string>,
-      handles: new PythonHandles(emscripten),
+      handles,
     };
   })();
   freezeShared(emscripten, jsglobals);
@@ -503,7 +514,9 @@ async function start(init: InitMessage): Promise<Thread> {
       }
       const resetStarted = performance.now();
       let kind: ResetKind = "python";
-      if (tenancy.mode !== "none") {
+      if (imaged) {
+        // What the run queued (a thenable's `then`, say) runs in its own generation.
+        await imaged.handles.drain();
         // A change the Python-level reset cannot undo stays with its owner: the image is put
         // back before anyone else's request.
         kind = tenancy.leave(() =>

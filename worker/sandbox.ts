@@ -10,14 +10,29 @@
 import type { PyodideAPI } from "pyodide";
 import { emscriptenOf } from "./pyodide_internals.ts";
 
-/** What Python's `js` module is: a frozen object with no prototype, so no way up to Object. */
-export function pythonGlobals(allowFetch: boolean): object {
+/**
+ * What Python's `js` module is: a frozen object with no prototype, so no way up to Object.
+ *
+ * @param requestEnded In network mode, a signal that aborts when the request that is running
+ * ends (`image/python_handles.ts`), or none: its `fetch`es must not finish into a later one.
+ */
+export function pythonGlobals(
+  allowFetch: boolean,
+  requestEnded: () => AbortSignal | undefined,
+): object {
   const globals = Object.create(null);
   if (allowFetch) {
     // Network mode: pyodide.http.pyfetch needs these; Deno's --allow-net still limits hosts.
-    for (const name of ["fetch", "AbortController", "AbortSignal", "Request", "Object"]) {
+    for (const name of ["AbortController", "AbortSignal", "Request", "Object"]) {
       globals[name] = (globalThis as Record<string, unknown>)[name];
     }
+    globals.fetch = (input: RequestInfo | URL, options?: RequestInit) => {
+      const ended = requestEnded();
+      if (!ended) return fetch(input, options);
+      const signals = [ended, options?.signal, input instanceof Request ? input.signal : null]
+        .filter((signal): signal is AbortSignal => signal instanceof AbortSignal);
+      return fetch(input, { ...options, signal: AbortSignal.any(signals) });
+    };
   }
   return Object.freeze(globals);
 }

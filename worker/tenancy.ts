@@ -143,7 +143,11 @@ export class Tenancy {
     const { sessionId, tenant } = owner;
     if (sessionId !== undefined) {
       const lost = this.#lost.get(sessionId);
-      if (lost !== undefined) throw new SessionLostError(sessionId, lost);
+      if (lost !== undefined) {
+        // Said once: after it, the id names a new session.
+        this.#lost.delete(sessionId);
+        throw new SessionLostError(sessionId, lost);
+      }
       if (this.#tenants.has(sessionId) && this.#tenants.get(sessionId) !== tenant) {
         throw new SessionRefusedError(sessionId);
       }
@@ -216,9 +220,13 @@ export class Tenancy {
     return "image";
   }
 
-  /** Drops a session, live or parked; false if this worker does not hold it. */
+  /**
+   * Drops a session, live or parked, or forgets that it was lost (the client was told); false
+   * if this worker does not hold it.
+   */
   dropSession(sessionId: string): boolean {
     this.#tenants.delete(sessionId);
+    this.#lost.delete(sessionId);
     if (this.#live?.sessionId === sessionId) {
       this.#restoreBase();
       this.#live = { key: undefined, base: this.#base! };
@@ -361,7 +369,7 @@ export class Tenancy {
     return dropped;
   }
 
-  /** Whether the function table grew past what the worker should keep. */
+  /** Whether the interpreter's tables grew past what the worker should keep. */
   get overgrown(): boolean {
     return this.#base?.overgrown ?? false;
   }

@@ -53,6 +53,13 @@ const heapScan = (marker: string) => {
   ].join("\n");
 };
 
+/**
+ * A tenant that has not run before: its request starts from the put-back image, as the victim's
+ * does after another tenant. (Two requests of one tenant share their state in `tenant` mode, and
+ * the allocator's state changes how many of the probe's own copies survive.)
+ */
+const freshTenant = () => `control-${crypto.randomUUID()}`;
+
 /** Plants copies of `marker`, made at run time, in live objects and in freed memory. */
 const plantCopies = (marker: string) =>
   [
@@ -85,7 +92,7 @@ for (const mode of MODES) {
   Deno.test(`--isolation ${mode}: the heap holds nothing of an earlier request (ctypes scan)`, async () => {
     const sup = await pool(mode);
     const marker = `EARLIER-${mode.toUpperCase()}-MARK`;
-    const control = (await run(sup, { code: heapScan(marker), tenant: "bob" })).result;
+    const control = (await run(sup, { code: heapScan(marker), tenant: freshTenant() })).result;
     assert.ok(Number(control) > 0, "the probe sees its own copies");
     await run(sup, { code: plantCopies(marker), tenant: "alice" });
     const after = await run(sup, { code: heapScan(marker), tenant: "bob" });
@@ -95,7 +102,7 @@ for (const mode of MODES) {
   Deno.test(`--isolation ${mode}: the heap holds nothing of a parked session (ctypes scan)`, async () => {
     const sup = await pool(mode);
     const marker = `PARKED-${mode.toUpperCase()}-MARK`;
-    const control = (await run(sup, { code: heapScan(marker), tenant: "bob" })).result;
+    const control = (await run(sup, { code: heapScan(marker), tenant: freshTenant() })).result;
     const session = { session_id: `parked-${mode}`, tenant: "alice" };
     await run(sup, { code: plantCopies(marker), ...session });
     const after = await run(sup, { code: heapScan(marker), tenant: "bob" });
@@ -230,6 +237,68 @@ Deno.test("a JavaScript timer a request leaves cannot read or write a later requ
     await new Promise((r) => setTimeout(r, 100));
     assert.equal((await run(sup, { code: "1 + 1", tenant: "alice" })).result, "2");
   }
+});
+
+/** Lets the JavaScript work a request left behind come due (an attack's timer, a fetch). */
+const later = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+for (const mode of MODES) {
+  Deno.test(`--isolation ${mode}: Emscripten's main loop, armed through ctypes, never runs into a later request`, async () => {
+    const sup = await pool(mode);
+    // The main loop's frames run from JavaScript timers, with no Python running; their
+    // blockers call any function of the table with an argument the request chose. Armed to
+    // write 5 into the small int 2 in a frame due after the request is over.
+    await run(sup, {
+      code: [
+        "import ctypes, asyncio",
+        "lib = ctypes.CDLL(None)",
+        "P = ctypes.c_void_p",
+        "fn = lambda name: ctypes.cast(getattr(lib, name), P).value",
+        "loop = lib.emscripten_set_main_loop_arg",
+        "loop.argtypes = [P, ctypes.c_int, ctypes.c_int, ctypes.c_int]",
+        "timing = lib.emscripten_set_main_loop_timing",
+        "timing.argtypes = [ctypes.c_int, ctypes.c_int]",
+        "push = lib._emscripten_push_uncounted_main_loop_blocker",
+        "push.argtypes = [P, ctypes.c_int, P]",
+        "loop(fn('emscripten_get_main_loop_timing'), 0, 1000, 0)",
+        "await asyncio.sleep(0.05)",
+        "timing(0, 300)",
+        "await asyncio.sleep(0.02)",
+        "push(fn('emscripten_set_main_loop_timing'), 5, None)",
+        "push(fn('emscripten_get_main_loop_timing'), id(2) + 12, None)",
+        "push(fn('emscripten_cancel_main_loop'), 0, None)",
+      ].join("\n"),
+      tenant: "evil",
+    });
+    await run(sup, { code: "'a request meanwhile'", tenant: "alice" });
+    await later(600);
+    assert.equal((await run(sup, { code: "1 + 1", tenant: "alice" })).result, "2");
+  });
+}
+
+Deno.test("a thenable's `then`, run by the engine, cannot schedule work into a later request", async () => {
+  const sup = await pool("request");
+  const before = await sup.workerPids();
+  // The engine calls a thenable's `then` in a microtask, outside Python's own calls: here it
+  // schedules a timer that would hold the thread for 5 s, after the request is over.
+  await run(sup, {
+    code: [
+      "import time",
+      "from pyodide.ffi import to_js",
+      "from pyodide.webloop import scheduleCallback",
+      "wait = time.sleep.__closure__[0].cell_contents",
+      "hold = scheduleCallback.bind.call(wait, None, 5000)",
+      "thenable = to_js([])",
+      "thenable.then = scheduleCallback.bind(None, hold, 300)",
+      "to_js([]).constructor.fromAsync(to_js([thenable]))",
+    ].join("\n"),
+    tenant: "evil",
+  });
+  await later(500);
+  const r = await sup.execute({ code: "1 + 1", tenant: "alice", timeout_ms: 2000 });
+  assert.equal(r.status, "ok", "the thread was not held");
+  assert.equal(r.result, "2");
+  assert.deepEqual(await sup.workerPids(), before);
 });
 
 Deno.test("a libffi closure cannot be written into a function-table slot of the image", async () => {

@@ -75,3 +75,44 @@ Deno.test("in network mode Python fetches from an allowed host, and from no othe
     await other.shutdown();
   }
 });
+
+Deno.test("in network mode a fetch ends with the request that made it", async () => {
+  // Answers after a second: by then the request that asked is over.
+  const slow = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      return new Response("late");
+    },
+  );
+  const pool = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-allow-net", `127.0.0.1:${slow.addr.port}`],
+  });
+  try {
+    const before = await pool.workerPids();
+    // No timer and no `then` of its own: the engine awaits fetch's promise and then calls a
+    // function that would hold the thread for 5 s, in whatever request runs by then.
+    const armed = await pool.execute({
+      code: [
+        "import js, time",
+        "from pyodide.ffi import to_js",
+        "wait = time.sleep.__closure__[0].cell_contents",
+        "Array = to_js([]).constructor",
+        "hold = Array.of.bind.call(wait, None, 5000)",
+        `get = Array.of.bind.call(js.fetch, None, 'http://127.0.0.1:${slow.addr.port}/')`,
+        "Array.fromAsync(Array.prototype.map.call(to_js([None]), get), hold)",
+        "'armed'",
+      ].join("\n"),
+      tenant: "evil",
+    });
+    assert.equal(armed.result, "'armed'", JSON.stringify(armed.error));
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const r = await pool.execute({ code: "1 + 1", tenant: "alice", timeout_ms: 2000 });
+    assert.equal(r.status, "ok", "the thread was not held");
+    assert.equal(r.result, "2");
+    assert.deepEqual(await pool.workerPids(), before);
+  } finally {
+    await pool.close();
+    await slow.shutdown();
+  }
+});

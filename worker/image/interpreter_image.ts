@@ -104,9 +104,9 @@ export class BaseImage {
     return this.#wasm.whyBound(session.wasm);
   }
 
-  /** Whether the function table grew past what a worker should keep (see `WasmState`). */
+  /** Whether its tables grew past what a worker should keep (see `WasmState`). */
   get overgrown(): boolean {
-    return this.#wasm.tableOvergrown;
+    return this.#wasm.overgrown;
   }
 
   /** Puts the whole image back, memory that grew zeroed. */

@@ -1,25 +1,28 @@
 /**
- * JavaScript's handles on Python objects, which must not outlive the memory they point into.
+ * JavaScript work that a request leaves behind, which must not outlive the memory it belongs to.
  *
  * Pyodide hands JavaScript three kinds of handle on a Python object: PyProxies, "once
  * callables" (the event loop's timer callbacks) and promise handlers (for `await` on a
- * JavaScript promise). Each holds a raw pointer into the Wasm memory. Once an image is put back,
- * a handle made since points at bytes that no longer hold its object: called, or finalized by
- * the garbage collector (which decrefs its pointer), it would corrupt the interpreter of the
- * next request. Handles belong to a generation, which ends each time memory is put back:
+ * JavaScript promise). Each holds a raw pointer into the Wasm memory: once an image is put back,
+ * one made since points at bytes that no longer hold its object. And Python can schedule plain
+ * JavaScript too (a bound function given to the event loop's scheduler, Emscripten's main loop
+ * through ctypes, a thenable the engine adopts), which could then run in a later request's
+ * interpreter. So work belongs to a generation, which ends each time memory is put back:
  *
  * - a finalizer of an ended generation decrefs a null pointer, which does nothing: Pyodide's
  *   finalization registry is given a held value whose pointer reads 0 once its generation is
  *   over (the held values of the image's own generations stay valid);
  * - a PyProxy still alive is marked destroyed, so that calling it throws;
- * - callbacks given to a timer, to a promise's `then` or to an event target run only within
- *   their generation if they carry Pyodide's `destroy` method (all three kinds of handle do:
- *   Pyodide's event loop schedules through `setImmediate` and `setTimeout`, `await` on a
- *   JavaScript promise goes through `then`), or if they were given while Python ran: Python can
- *   schedule plain JavaScript functions too (`scheduleCallback(view.set.bind(view, ...))`), and
- *   one that ran in a later generation could read or write that request's memory through a view
- *   the earlier one made. (Those views are also detached when memory is put back, see
- *   `interpreter_image.ts`.)
+ * - every callback given to a timer, to a promise's `then` or to an event target, from the
+ *   first image on, runs only within its generation (a stale `then` callback returns a promise
+ *   that never settles, so the rest of its chain stops too). This thread's own code waits with
+ *   `await` (the engine's own `then`) and is not affected;
+ * - before a generation ends, the microtasks it queued run (`drain`): the engine runs a
+ *   thenable's `then` in a microtask, which must see the generation that queued it;
+ * - `fetch`es of the generation are aborted (network mode; `signal`).
+ *
+ * (The memory's JavaScript views are also detached when it is put back, see
+ * `interpreter_image.ts`.)
  *
  * @module
  */
@@ -35,14 +38,9 @@ interface Registry {
   unregister(token: object): void;
 }
 
-type CallPython = (pointer: number, args: unknown[]) => unknown;
-
 /** The part of Pyodide's Emscripten module used here. */
 export interface HandleModule {
   finalizationRegistry: Registry;
-  /** How JavaScript calls a Python object (a PyProxy, a once callable). */
-  callPyObject: CallPython;
-  callPyObjectMaybePromising: CallPython;
 }
 
 /** A PyProxy's shared state: the registry's target for a PyProxy. */
@@ -56,19 +54,18 @@ const DESTROYED = "This JavaScript handle on a Python object belonged to an earl
 
 type Callback = (...args: unknown[]) => unknown;
 
-function holdsPython(callback: unknown): callback is Callback {
-  return typeof callback === "function" &&
-    typeof (callback as { destroy?: unknown }).destroy === "function";
-}
+/** What a stale callback returns: `then` adopts it, and its chain waits for good. */
+const NEVER = new Promise<never>(() => {});
 
 export class PythonHandles {
   #generation = 0;
-  /** Python frames running: JavaScript calls into Python nest. */
-  #depth = 0;
   /** Generations whose handles point into a saved image: they stay valid. */
   readonly #imaged = new Set<number>();
   /** PyProxies made in this generation, to mark destroyed when it ends. */
   #proxies: WeakRef<ProxyShared>[] = [];
+  #abort = new AbortController();
+  /** The scheduler this thread's own code uses: not gated. */
+  readonly #setImmediate: (callback: () => void) => unknown;
 
   constructor(module: HandleModule, scope: typeof globalThis = globalThis) {
     const registry = module.finalizationRegistry;
@@ -91,33 +88,27 @@ export class PythonHandles {
       },
       unregister: (token) => registry.unregister(token),
     };
-    const inPython = <T>(work: () => T): T => {
-      this.#depth++;
-      try {
-        return work();
-      } finally {
-        this.#depth--;
-      }
-    };
-    for (const name of ["callPyObject", "callPyObjectMaybePromising"] as const) {
-      const call = module[name];
-      module[name] = (pointer, args) => inPython(() => call(pointer, args));
-    }
     const gated = (callback: unknown) => {
-      const python = holdsPython(callback);
-      if (typeof callback !== "function" || (!python && this.#depth === 0)) return callback;
+      if (typeof callback !== "function") return callback;
       const generation = this.#generation;
-      return (...args: unknown[]) => {
-        if (!valid(generation)) return undefined;
-        return python ? inPython(() => callback(...args)) : callback(...args);
-      };
+      return (...args: unknown[]) => valid(generation) ? (callback as Callback)(...args) : NEVER;
     };
     const timers = scope as unknown as Record<string, Callback>;
+    this.#setImmediate = timers.setImmediate.bind(scope);
     for (const name of ["setTimeout", "setInterval", "setImmediate"]) {
       const schedule = timers[name];
       if (typeof schedule !== "function") continue;
       timers[name] = (callback: unknown, ...rest: unknown[]) => schedule(gated(callback), ...rest);
     }
+    // `catch` and `finally` call `then`; `await` does not.
+    const then = Promise.prototype.then;
+    Promise.prototype.then = function (
+      this: Promise<unknown>,
+      onFulfilled?: unknown,
+      onRejected?: unknown,
+    ) {
+      return then.call(this, gated(onFulfilled) as never, gated(onRejected) as never);
+    } as typeof then;
     // Network mode's AbortSignal and the like.
     const listen = EventTarget.prototype.addEventListener;
     EventTarget.prototype.addEventListener = function (
@@ -128,15 +119,16 @@ export class PythonHandles {
     ) {
       return listen.call(this, type, gated(listener) as never, options as never);
     } as typeof listen;
-    // `catch` and `finally` call `then`; `await` in this thread's own code does not.
-    const then = Promise.prototype.then;
-    Promise.prototype.then = function (
-      this: Promise<unknown>,
-      onFulfilled?: unknown,
-      onRejected?: unknown,
-    ) {
-      return then.call(this, gated(onFulfilled) as never, gated(onRejected) as never);
-    } as typeof then;
+  }
+
+  /** Aborts when the current generation ends: for the network requests Python makes. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  /** Waits until the microtasks queued so far, and those they queue, have run. */
+  drain(): Promise<void> {
+    return new Promise((resolve) => this.#setImmediate(resolve));
   }
 
   /** An image was just taken: the handles made so far point into it. */
@@ -147,8 +139,8 @@ export class PythonHandles {
   }
 
   /**
-   * The memory is about to be put back: no handle made since the last image or restore may
-   * reach Python again. Call with no Python frame running.
+   * The memory is about to be put back: nothing of the generation may reach Python again. Call
+   * with no Python frame running, after `drain`.
    */
   endGeneration(): void {
     for (const ref of this.#proxies) {
@@ -160,6 +152,8 @@ export class PythonHandles {
     }
     this.#proxies = [];
     this.#generation++;
+    this.#abort.abort(new DOMException("the request that made it has ended", "AbortError"));
+    this.#abort = new AbortController();
   }
 
   /** Drops the notes of PyProxies already collected (between requests of one owner). */

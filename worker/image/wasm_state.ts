@@ -50,8 +50,8 @@ function deduplicationMap(module: WasmModule): Map<unknown, number> {
 /** Slots of the function table a request may add before its worker asks to be replaced. */
 export const MAX_TABLE_GROWTH = 50_000;
 /**
- * Entries of the hiwire table past the image's before its worker asks to be replaced: the table
- * never shrinks, and each restore goes over it.
+ * Entries of the hiwire table, or of the immortal values, past the image's before its worker
+ * asks to be replaced: neither table shrinks, and each restore goes over the first.
  */
 export const MAX_HIWIRE_GROWTH = 100_000;
 
@@ -132,15 +132,17 @@ export class WasmState {
   }
 
   /**
-   * Whether the function table grew past what a worker should keep. Slots added since the
+   * Whether a table that restores do not shrink grew past what a worker should keep: the
+   * function table, the hiwire table, the immortal values. Function-table slots added since the
    * image stay: they hold functions of the pristine module and the closures of libffi (no
    * other code can load, see `interpreter.ts`), and Emscripten's map of functions to slots,
    * which no one can reach, still points at them. Only the free list is put back, so that a
    * slot the image uses is never handed out again.
    */
-  get tableOvergrown(): boolean {
+  get overgrown(): boolean {
     return this.module.wasmTable.length - this.#tableLength > MAX_TABLE_GROWTH ||
-      this.#knownHiwireLength - this.#hiwire.length > MAX_HIWIRE_GROWTH;
+      this.#knownHiwireLength - this.#hiwire.length > MAX_HIWIRE_GROWTH ||
+      immortalLength(this.module, this.#immortalLength) - this.#immortalLength > MAX_HIWIRE_GROWTH;
   }
 
   /** Puts the globals, the free list and the hiwire table back; no Wasm frame may be running. */
