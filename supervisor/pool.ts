@@ -166,7 +166,7 @@ export class Pool {
         if (!this.config.usePool) {
           throw invalidParams("session_id", "needs the warm pool (usePool is false)");
         }
-        this.sessions.workerOf(params.session_id);
+        this.sessions.workerOf(params.session_id, params.tenant);
         this.sessions.claim(params.session_id, params.tenant);
       }
       this.packages.check(params.packages ?? []);
@@ -427,7 +427,7 @@ export class Pool {
     if (sessionId === undefined) return pickWorker(this.#workers.values());
     let pinned: string | undefined;
     try {
-      pinned = this.sessions.workerOf(sessionId);
+      pinned = this.sessions.workerOf(sessionId, task.params.tenant);
     } catch (error) {
       this.#queue.delete(task);
       clearTimeout(task.queueTimer);

@@ -23,9 +23,17 @@ const MAX_TOMBSTONES = 10_000;
 
 interface Tombstone {
   reason: string;
+  /** The session's tenant: only its requests are told, and another's is refused. */
+  tenant: string | undefined;
   /** The worker that lost it, which remembers it too (for a request already on its way). */
   workerId?: string;
 }
+
+const notOwner = (id: string) =>
+  invalidParams(
+    "tenant",
+    `does not own session ${JSON.stringify(id)}: a session belongs to the tenant that created it`,
+  );
 
 export class SessionRegistry {
   #sessions = new Map<string, Session>();
@@ -45,13 +53,17 @@ export class SessionRegistry {
     private readonly onReported: (id: string, workerId: string) => void = () => {},
   ) {}
 
-  /** The worker that holds `id`; undefined for a new session; throws -32004 for a lost one. */
-  workerOf(id: string): string | undefined {
+  /**
+   * The worker that holds `id`; undefined for a new session; throws -32004 for a lost one, once,
+   * to a request of its tenant (another tenant's is refused, -32602).
+   */
+  workerOf(id: string, tenant: string | undefined): string | undefined {
     const session = this.#sessions.get(id);
     if (session) return session.workerId;
     const tombstone = this.#tombstones.get(id);
     if (tombstone !== undefined) {
       const { reason, workerId } = tombstone;
+      if (tombstone.tenant !== tenant) throw notOwner(id);
       this.#tombstones.delete(id);
       if (workerId !== undefined) this.onReported(id, workerId);
       throw new RpcError(ErrorCode.SessionNotFound, `session ${JSON.stringify(id)} ${reason}`, {
@@ -73,13 +85,7 @@ export class SessionRegistry {
       this.#claims.set(id, { tenant, at: performance.now() });
       return;
     }
-    if (owner.tenant !== tenant) {
-      throw invalidParams(
-        "tenant",
-        `does not own session ${JSON.stringify(id)}: a session belongs to the tenant that ` +
-          "created it",
-      );
-    }
+    if (owner.tenant !== tenant) throw notOwner(id);
   }
 
   countOn(workerId: string): number {
@@ -164,8 +170,9 @@ export class SessionRegistry {
   }
 
   #forget(id: string, reason: string, workerId?: string): void {
+    const tenant = this.#sessions.get(id)?.tenant;
     this.#sessions.delete(id);
-    this.#tombstones.set(id, { reason, workerId });
+    this.#tombstones.set(id, { reason, tenant, workerId });
     if (this.#tombstones.size > MAX_TOMBSTONES) {
       this.#tombstones.delete(this.#tombstones.keys().next().value!);
     }

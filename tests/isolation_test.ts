@@ -143,6 +143,9 @@ Deno.test("a session parked past the limit by a larger one is not evicted for it
     });
     const back = await ok(sup, { code: "secret", session_id: "small", tenant: "alice" });
     assert.equal(back.result, "'alice'");
+    // Its notice is its tenant's: another tenant is refused, and does not use it up.
+    const other = await sup.request("execute", { code: "1", session_id: "huge", tenant: "alice" });
+    assert.equal(other.error?.code, -32602, JSON.stringify(other));
     const huge = await sup.request("execute", { code: "1", session_id: "huge", tenant: "evil" });
     assert.equal(huge.error?.code, -32004);
     assert.match(huge.error!.message, /more than --max-parked-mb \(32 MB\) alone/);

@@ -69,6 +69,13 @@ const REINTERRUPT_EVERY_MS = 50;
  * replaced anyway: only a destructor looping in the reset takes that long.
  */
 const FINISH_ALLOWANCE_MS = 10_000;
+/**
+ * How long a run's after-work (its reset, after the answer) may take before the interpreter is
+ * replaced: it takes milliseconds, unless a request left work that never yields (a thenable
+ * that resolves itself forever, a destructor that loops), which the next request, maybe
+ * another tenant's, would otherwise wait for until its timeout.
+ */
+const AFTER_WORK_DEADLINE_MS = 2_000;
 
 /** What one run needs besides its code. */
 export interface RunRequest {
@@ -108,6 +115,8 @@ export class PythonHost {
   #calls = new Map<number, (message: ReturnedMessage) => void>();
   /** Runs whose after-work is not reported yet, by sequence number. */
   #settling = new Map<number, (message: SettledMessage) => void>();
+  /** The last run's after-work, which the thread must finish before it is sent anything else. */
+  #afterWork: { seq: number; done: PromiseWithResolvers<void> } | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   heapBytes = 0;
   /** Set once a request left a change the isolation reset could not undo. */
@@ -139,6 +148,7 @@ export class PythonHost {
   /** Calls a runtime function (sessions) between runs. */
   call(fn: CallMessage["fn"], arg?: string): Promise<string> {
     return this.#serialize(async () => {
+      await this.#afterLastRun();
       await this.#ready;
       const seq = ++this.#seq;
       const returned = new Promise<ReturnedMessage>((resolve) => this.#calls.set(seq, resolve));
@@ -196,6 +206,7 @@ export class PythonHost {
         } else if (message.type === "settled") {
           this.#settling.get(message.seq)?.(message);
           this.#settling.delete(message.seq);
+          if (this.#afterWork?.seq === message.seq) this.#afterWork.done.resolve();
         } else if (message.type === "output") {
           if (this.#active?.seq === message.seq) {
             this.#active.onOutput?.(message.stream, message.text);
@@ -241,6 +252,8 @@ export class PythonHost {
     waiting: { cancelled: boolean },
   ): Promise<RunReport> {
     try {
+      // In this order: the interpreter may be replaced while its after-work is awaited.
+      await this.#afterLastRun();
       await this.#ready;
     } finally {
       this.#waiting.delete(waiting);
@@ -273,6 +286,7 @@ export class PythonHost {
     };
     const run: ActiveRun = { seq, message, resolve, onOutput, interruptsSent: 0 };
     if (onSettled) this.#settling.set(seq, onSettled);
+    this.#afterWork = { seq, done: Promise.withResolvers() };
     this.#active = run;
     this.#post(message);
     const timer = setTimeout(() => this.#stop(run, InterruptReason.Timeout), timeoutMs);
@@ -284,6 +298,28 @@ export class PythonHost {
       clearTimeout(run.escalation);
       this.#active = undefined;
     }
+  }
+
+  /**
+   * Waits for the last run's after-work, up to AFTER_WORK_DEADLINE_MS; past it, replaces the
+   * interpreter (the process then asks to be replaced, as after a broken reset).
+   */
+  async #afterLastRun(): Promise<void> {
+    const pending = this.#afterWork;
+    if (!pending) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const overdue = await Promise.race([
+      pending.done.promise.then(() => false),
+      new Promise<boolean>((resolve) => timer = setTimeout(resolve, AFTER_WORK_DEADLINE_MS, true)),
+    ]);
+    clearTimeout(timer);
+    if (this.#afterWork === pending) this.#afterWork = undefined;
+    if (!overdue) return;
+    this.#replaceThread();
+    this.tainted = true;
+    this.options.onInterpreterReplaced(
+      `a request's after-work did not finish within ${AFTER_WORK_DEADLINE_MS} ms`,
+    );
   }
 
   /** Interrupts `run`, again while it swallows the interrupt, then restarts the interpreter. */
@@ -375,6 +411,8 @@ export class PythonHost {
   /** A fresh interpreter in a new Web Worker, in place of the current one. */
   #replaceThread(): void {
     this.#settling.clear();
+    // The new interpreter has no after-work pending.
+    this.#afterWork?.done.resolve();
     this.terminate();
     this.restarts++;
     this.#startThread();

@@ -88,11 +88,15 @@ const channel = acceptChannel<FromThread, ToThread>(self, (message) => void hand
 const send = (message: FromThread) => channel.send(message);
 
 // A promise that Python rejects and drops (`Array.fromAsync` over a failing iterable, a fetch
-// aborted as its request ended) fails that code, not the worker. Deno would end the thread.
+// aborted as its request ended) fails that code, not the worker: Deno would end the thread.
+// Pyodide's fatal errors still do (the interpreter is gone).
 globalThis.addEventListener("unhandledrejection", (event) => {
+  const reason: unknown = event.reason;
+  if ((reason as { pyodide_fatal_error?: boolean } | null)?.pyodide_fatal_error) return;
   event.preventDefault();
-  const reason = event.reason instanceof Error ? event.reason.name : typeof event.reason;
-  console.error(`python thread: a promise was rejected and not handled (${reason})`);
+  // Its kind only: the message is the request's, and stays out of the logs.
+  const kind = reason instanceof Error ? reason.name : typeof reason;
+  console.error(`python thread: a promise was rejected and not handled (${kind})`);
 });
 
 /**

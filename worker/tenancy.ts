@@ -113,7 +113,8 @@ export class Tenancy {
   readonly #parked = new Map<string, Parked>();
   /** The tenant of each session this worker holds (undefined: a request that named none). */
   readonly #tenants = new Map<string, string | undefined>();
-  readonly #lost = new Map<string, string>();
+  /** Sessions dropped, until their tenant is told (or the supervisor says it told it). */
+  readonly #lost = new Map<string, { reason: string; tenant: string | undefined }>();
   /** Sessions dropped since the last `takeDropped`, with their reasons. */
   #dropped: { sessionId: string; reason: string }[] = [];
 
@@ -144,9 +145,10 @@ export class Tenancy {
     if (sessionId !== undefined) {
       const lost = this.#lost.get(sessionId);
       if (lost !== undefined) {
-        // Said once: after it, the id names a new session.
+        if (lost.tenant !== tenant) throw new SessionRefusedError(sessionId);
+        // Said once, to its tenant: after it, the id names a new session.
         this.#lost.delete(sessionId);
-        throw new SessionLostError(sessionId, lost);
+        throw new SessionLostError(sessionId, lost.reason);
       }
       if (this.#tenants.has(sessionId) && this.#tenants.get(sessionId) !== tenant) {
         throw new SessionRefusedError(sessionId);
@@ -380,8 +382,8 @@ export class Tenancy {
   }
 
   #lose(sessionId: string, reason: string): void {
+    this.#lost.set(sessionId, { reason, tenant: this.#tenants.get(sessionId) });
     this.#tenants.delete(sessionId);
-    this.#lost.set(sessionId, reason);
     if (this.#lost.size > MAX_LOST) this.#lost.delete(this.#lost.keys().next().value!);
     this.#dropped.push({ sessionId, reason });
   }

@@ -301,6 +301,29 @@ Deno.test("a thenable's `then`, run by the engine, cannot schedule work into a l
   assert.deepEqual(await sup.workerPids(), before);
 });
 
+Deno.test("work a request leaves looping in microtasks does not hold up the next request", async () => {
+  const sup = await pool("request");
+  // A thenable whose `then` resolves with another, forever: the engine runs each in a
+  // microtask, after the answer, so the interpreter never gets back to its event loop.
+  const armed = await run(sup, {
+    code: [
+      "from pyodide.ffi import create_proxy, to_js",
+      "def thenable():",
+      "    t = to_js([])",
+      "    t.then = create_proxy(lambda resolve, reject: resolve(thenable()))",
+      "    return t",
+      "to_js([]).constructor.fromAsync(to_js([thenable()]))",
+      "'armed'",
+    ].join("\n"),
+    tenant: "evil",
+  });
+  assert.equal(armed.result, "'armed'");
+  // Its interpreter is replaced after a deadline (2 s), well within this request's timeout.
+  const r = await sup.execute({ code: "1 + 1", tenant: "alice", timeout_ms: 6000 });
+  assert.equal(r.status, "ok", JSON.stringify(r.error));
+  assert.equal(r.result, "2");
+});
+
 Deno.test("a libffi closure cannot be written into a function-table slot of the image", async () => {
   const sup = await pool("request");
   // float.__repr__'s slot: a trampoline there would be the next tenant's repr(2.5).

@@ -116,3 +116,44 @@ Deno.test("in network mode a fetch ends with the request that made it", async ()
     await slow.shutdown();
   }
 });
+
+Deno.test("in network mode an event listener runs only within its request, and can be removed", async () => {
+  const pool = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-allow-net", "127.0.0.1:9"],
+  });
+  try {
+    const before = await pool.workerPids();
+    // Listeners as functions and as objects with `handleEvent` (Deno's own timer fires the
+    // event, after the request): left behind, the object's PyProxy would throw in the next
+    // request, and end the worker.
+    const own = await pool.execute({
+      code: [
+        "import js",
+        "from pyodide.ffi import create_proxy",
+        "calls = []",
+        "class Listener:",
+        "    def handleEvent(self, event):",
+        "        calls.append('object')",
+        "as_function = create_proxy(lambda event: calls.append('function'))",
+        "as_object = create_proxy(Listener())",
+        "controller = js.AbortController.new()",
+        "for listener in (as_function, as_object):",
+        "    controller.signal.addEventListener('abort', listener)",
+        "controller.signal.removeEventListener('abort', as_function)",
+        "controller.abort()",
+        "js.AbortSignal.timeout(300).addEventListener('abort', as_object)",
+        "calls",
+      ].join("\n"),
+      tenant: "evil",
+    });
+    assert.equal(own.result, "['object']", JSON.stringify(own.error));
+    const r = await pool.execute({
+      code: "import asyncio\nawait asyncio.sleep(0.6)\n1 + 1",
+      tenant: "alice",
+    });
+    assert.equal(r.status, "ok", JSON.stringify(r.error));
+    assert.deepEqual(await pool.workerPids(), before);
+  } finally {
+    await pool.close();
+  }
+});

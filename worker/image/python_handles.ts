@@ -13,8 +13,8 @@
  *   finalization registry is given a held value whose pointer reads 0 once its generation is
  *   over (the held values of the image's own generations stay valid);
  * - a PyProxy still alive is marked destroyed, so that calling it throws;
- * - every callback given to a timer, to a promise's `then` or to an event target, from the
- *   first image on, runs only within its generation (a stale `then` callback returns a promise
+ * - every callback given to a timer, to a promise's `then` or to an event target (a function, or
+ *   an object's `handleEvent`), from the first image on, runs only within its generation (a stale `then` callback returns a promise
  *   that never settles, so the rest of its chain stops too). This thread's own code waits with
  *   `await` (the engine's own `then`) and is not affected;
  * - before a generation ends, the microtasks it queued run (`drain`): the engine runs a
@@ -53,6 +53,9 @@ const DESTROYED = "This JavaScript handle on a Python object belonged to an earl
   "whose interpreter state was put back; it can no longer be used.";
 
 type Callback = (...args: unknown[]) => unknown;
+
+const isListener = (value: unknown): value is object =>
+  typeof value === "function" || (typeof value === "object" && value !== null);
 
 /** What a stale callback returns: `then` adopts it, and its chain waits for good. */
 const NEVER = new Promise<never>(() => {});
@@ -109,16 +112,38 @@ export class PythonHandles {
     ) {
       return then.call(this, gated(onFulfilled) as never, gated(onRejected) as never);
     } as typeof then;
-    // Network mode's AbortSignal and the like.
-    const listen = EventTarget.prototype.addEventListener;
+    // Network mode's AbortSignal and the like. A listener may be an object with `handleEvent`,
+    // and must be found again by `removeEventListener`: one wrapper per listener and generation.
+    const wrappers = new WeakMap<object, { generation: number; wrapper: unknown }>();
+    const wrapperOf = (listener: unknown) => {
+      if (!isListener(listener)) return listener;
+      const known = wrappers.get(listener);
+      if (known?.generation === this.#generation) return known.wrapper;
+      const call = typeof listener === "function"
+        ? listener as Callback
+        : (event: unknown) => (listener as { handleEvent: Callback }).handleEvent(event);
+      const wrapper = gated(call);
+      wrappers.set(listener, { generation: this.#generation, wrapper });
+      return wrapper;
+    };
+    const { addEventListener: listen, removeEventListener: unlisten } = EventTarget.prototype;
     EventTarget.prototype.addEventListener = function (
       this: EventTarget,
       type: string,
       listener: unknown,
       options?: unknown,
     ) {
-      return listen.call(this, type, gated(listener) as never, options as never);
+      return listen.call(this, type, wrapperOf(listener) as never, options as never);
     } as typeof listen;
+    EventTarget.prototype.removeEventListener = function (
+      this: EventTarget,
+      type: string,
+      listener: unknown,
+      options?: unknown,
+    ) {
+      const wrapper = isListener(listener) ? wrappers.get(listener)?.wrapper : undefined;
+      return unlisten.call(this, type, (wrapper ?? listener) as never, options as never);
+    } as typeof unlisten;
   }
 
   /** Aborts when the current generation ends: for the network requests Python makes. */
