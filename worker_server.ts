@@ -33,6 +33,7 @@ const { values: args } = parseArgs({
     "max-file-bytes": { type: "string", default: String(10 << 20) },
     isolation: { type: "string", default: "request" },
     "max-parked-mb": { type: "string", default: "256" },
+    "max-recoveries-per-minute": { type: "string", default: "600" },
     failpoints: { type: "boolean", default: false },
   },
 });
@@ -41,7 +42,10 @@ const maxOutputBytes = Number(args["max-output-bytes"]);
 const maxHeapBytes = Number(args["max-heap-mb"]) * 1024 * 1024;
 const recycleHeapBytes = Number(args["recycle-heap-mb"]) * 1024 * 1024;
 const maxFileBytes = Number(args["max-file-bytes"]);
+const maxRecoveriesPerMinute = Number(args["max-recoveries-per-minute"]);
 const startedAt = performance.now();
+/** When the interpreter was last recovered in place from a crash, within the last minute. */
+let recoveries: number[] = [];
 let requests = 0;
 let recycleAsked = false;
 /** Bytes parked sessions held after the last run. */
@@ -107,10 +111,12 @@ if (earlyFatal !== undefined) onFatal(earlyFatal);
  * - `tainted`: a request changed something the isolation reset cannot undo (a large file of
  *   the virtual file system, such as the stdlib zip): no other request may run here;
  * - `table_grown`: requests left so many slots in the Wasm function table (libffi closures)
- *   that the image keeps them (see worker/image/wasm_state.ts).
+ *   that the image keeps them (see worker/image/wasm_state.ts);
+ * - `recoveries`: the interpreter crashed more than --max-recoveries-per-minute times in a
+ *   minute, each put back in place (worker/crash.ts): a fresh process costs no more then.
  */
 function askToBeRecycled(
-  reason: "heap_grown" | "interpreter_restart" | "tainted" | "table_grown",
+  reason: "heap_grown" | "interpreter_restart" | "tainted" | "table_grown" | "recoveries",
 ): void {
   if (recycleAsked) return;
   recycleAsked = true;
@@ -138,6 +144,11 @@ function settled(id: unknown, settled: SettledMessage): void {
     }
   }
   if (settled.overgrown) askToBeRecycled("table_grown");
+  if (settled.recovered) {
+    const now = performance.now();
+    recoveries = [...recoveries.filter((at) => now - at < 60_000), now];
+    if (recoveries.length > maxRecoveriesPerMinute) askToBeRecycled("recoveries");
+  }
   parkedBytes = settled.parkedBytes;
   setTimeout(() =>
     out.write(JSON.stringify({
@@ -152,6 +163,7 @@ function settled(id: unknown, settled: SettledMessage): void {
         resume_ms: settled.resumeMs,
         resumed_bytes: settled.resumedBytes,
         parked_bytes: settled.parkedBytes,
+        recovered: settled.recovered,
       },
     }))
   );

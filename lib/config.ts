@@ -251,6 +251,16 @@ export const SETTINGS: readonly Setting[] = [
       "session is dropped (its next request gets -32004)",
   },
   {
+    key: "maxRecoveriesPerMinute",
+    flag: "max-recoveries-per-minute",
+    env: "PYODIDE_MAX_RECOVERIES_PER_MINUTE",
+    kind: "int",
+    default: 600,
+    min: 1,
+    help: "interpreter crashes a worker recovers from in place within a minute (the memory " +
+      "image put back, a few milliseconds each); past it the worker is replaced",
+  },
+  {
     key: "maxFileBytes",
     flag: "max-file-bytes",
     env: "PYODIDE_MAX_FILE_BYTES",
@@ -387,6 +397,7 @@ export interface Config {
   logFormat: "text" | "json";
   isolation: "request" | "tenant" | "none";
   maxParkedMb: number;
+  maxRecoveriesPerMinute: number;
 }
 
 /** A setting with a bad value, or a bad flag or file: the start must stop. */

@@ -246,8 +246,20 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
   };
 }
 
-/** How a Python run ended. Python-level outcomes are results, not JSON-RPC errors. */
-export type ExecuteStatus = "ok" | "error" | "timeout" | "output_limit" | "memory_limit";
+/**
+ * How a Python run ended. Python-level outcomes are results, not JSON-RPC errors. `exited`: the
+ * code exited (`sys.exit`, `os._exit`, a fatal signal's default action), with `exit_code`;
+ * `crashed`: the interpreter failed (a Wasm trap, `abort()`, a stack overflow), and the worker
+ * put it back.
+ */
+export type ExecuteStatus =
+  | "ok"
+  | "error"
+  | "timeout"
+  | "output_limit"
+  | "memory_limit"
+  | "exited"
+  | "crashed";
 
 export interface PythonError {
   type: string;
@@ -279,6 +291,8 @@ export interface ExecuteResult {
   /** `repr()` of the last expression, or null. */
   result: string | null;
   error: PythonError | null;
+  /** With `exited`: the status the code exited with. */
+  exit_code?: number;
   files: OutputFile[];
   figures: Figure[];
   /** With `return_session`: the updated state, and the names that could not be kept. */

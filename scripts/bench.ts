@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { Supervisor } from "../lib/pool_client.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
 import { encodeBase64 } from "../tests/helpers/base64.ts";
+import { crashCosts } from "./bench_crash.ts";
 import { compareModes, sessionsBySize } from "./bench_isolation.ts";
 
 const { values: options } = parseArgs({
@@ -221,6 +222,7 @@ const modes = await compareModes({
   progress,
 });
 const sessions = await sessionsBySize([1, 5, 10, 25, 50], 5, progress);
+const crashes = await crashCosts({ rounds: 4, progress });
 
 const mb = (bytes: number) => bytes / (1 << 20);
 const workerRss = stats.workers.map((w) => mb(w.rss_bytes));
@@ -282,6 +284,22 @@ const isolationTargets = [
     : t.value >= Number(t.target.slice(3)),
 }));
 
+/** Issue 14's targets, each with what this run measured. */
+const crashTargets = [
+  {
+    name: "fatal request, answer to ready again (ms)",
+    target: "<= 50",
+    value: crashes.recovery_in_place_ms,
+    met: crashes.recovery_in_place_ms <= 50,
+  },
+  {
+    name: "1 in 20 fatal / clean throughput",
+    target: ">= 0.8",
+    value: crashes.requests_per_second_one_in_20_fatal / crashes.requests_per_second_clean,
+    met: crashes.requests_per_second_one_in_20_fatal / crashes.requests_per_second_clean >= 0.8,
+  },
+];
+
 const report = {
   machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
   warm_latency: latency,
@@ -305,6 +323,7 @@ const report = {
   },
   targets,
   isolation: { modes, sessions, targets: isolationTargets },
+  crashes: { ...crashes, process_start_alone_ms: snapshotStartMs, targets: crashTargets },
 };
 
 if (options.json) {
@@ -391,4 +410,22 @@ if (options.json) {
     );
   }
   printTargets("targets (issue 13)", isolationTargets);
+  console.log("\nfatal requests (os.abort()), one worker; mixed load: 2 workers, interleaved");
+  const crashRows: [string, string][] = [
+    ["answer to ready again, image put back (ms)", f(crashes.recovery_in_place_ms, 2)],
+    ["  the worker's after-work, p50 (ms)", f(crashes.restore_in_worker_p50_ms, 2)],
+    [
+      "answer to ready again, interpreter replaced (ms)",
+      f(crashes.recovery_by_interpreter_replacement_ms, 0),
+    ],
+    ["a process start from the snapshot, alone (ms)", f(snapshotStartMs, 0)],
+    [
+      "throughput clean / 1 in 20 fatal (req/s)",
+      `${f(crashes.requests_per_second_clean, 0)} / ${
+        f(crashes.requests_per_second_one_in_20_fatal, 0)
+      }`,
+    ],
+  ];
+  for (const [k, v] of crashRows) console.log(`${k.padEnd(width)}  ${v}`);
+  printTargets("targets (issue 14)", crashTargets);
 }

@@ -40,6 +40,7 @@ interface StatsReport {
   restarts: Record<string, number>;
   scaling: Record<string, number>;
   resets: Record<string, number>;
+  recoveries: Record<string, number>;
   queue_depth: number;
   busy_workers: number;
   idle_workers: number;
@@ -71,6 +72,11 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
   const resets = counter(
     "resets_total",
     "Interpreter resets by kind: image (the memory image put back) or python (Python-level).",
+    "kind",
+  );
+  const recoveries = counter(
+    "recoveries_total",
+    "Interpreters put back in place after they crashed or exited, by how they ended.",
     "kind",
   );
   const queueDepth = gauge("queue_depth", "Requests waiting for a worker.");
@@ -113,6 +119,7 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
       mirror(restarts, stats.restarts, "reason");
       mirror(scaling, stats.scaling, "direction");
       mirror(resets, stats.resets, "kind");
+      mirror(recoveries, stats.recoveries, "kind");
       queueDepth.set(stats.queue_depth);
       workers.reset();
       for (const worker of stats.workers) workers.inc({ state: worker.state });

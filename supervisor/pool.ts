@@ -36,6 +36,8 @@ interface IdleParams {
   resume_ms?: number;
   resumed_bytes?: number;
   parked_bytes: number;
+  /** The interpreter crashed or exited, and was put back in place: how it ended. */
+  recovered?: "exited" | "crashed";
 }
 
 /** Receives a streaming request's output as it is written. */
@@ -297,6 +299,7 @@ export class Pool {
       run: this.stats.run.summary(),
       isolation: this.config.isolation,
       resets: this.stats.resets.toJSON(),
+      recoveries: this.stats.recoveries.toJSON(),
       reset: this.stats.reset.summary(),
       park: this.stats.park.summary(),
       resume: this.stats.resume.summary(),
@@ -397,6 +400,7 @@ export class Pool {
       this.stats.resets.add(idle.reset);
       this.stats.reset.recordMs(idle.reset_ms);
     }
+    if (idle.recovered !== undefined) this.stats.recoveries.add(idle.recovered);
     if (idle.park_ms !== undefined) this.stats.park.recordMs(idle.park_ms);
     if (idle.resume_ms !== undefined) this.stats.resume.recordMs(idle.resume_ms);
   }

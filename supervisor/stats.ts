@@ -78,6 +78,8 @@ export class PoolStats {
   readonly run = new LatencyHistogram();
   /** Resets after requests, by kind: `image` (the memory image put back) or `python`. */
   readonly resets = new Counter();
+  /** Interpreters put back in place after they crashed or exited, by how they ended. */
+  readonly recoveries = new Counter();
   /** Time a worker took to reset after a request (off the request's path). */
   readonly reset = new LatencyHistogram();
   /** Time to park a session (save what it changed) before another owner's request. */

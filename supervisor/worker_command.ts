@@ -121,6 +121,8 @@ export function buildWorkerCommand(
       config.isolation,
       "--max-parked-mb",
       String(config.maxParkedMb),
+      "--max-recoveries-per-minute",
+      String(config.maxRecoveriesPerMinute),
       "--log-level",
       config.logLevel,
       "--log-format",

@@ -13,6 +13,12 @@
  *   and its image was put back, into the next tenant's interpreter, with arguments that the
  *   request chose. Python has its own event loop; these do nothing and return 0. (The timers
  *   they would use are also gated by request, see `image/python_handles.ts`.)
+ * - The imports that would end the runtime for good, which Python reaches through ctypes or a
+ *   signal's default action: clearing the runtime's keepalive (after which `exit` closes every
+ *   file stream, which no memory image puts back), `emscripten_force_exit` (which clears it
+ *   and exits); `exit` then only throws, which the worker recovers from (`crash.ts`). And
+ *   `system`, whose Node branch would spawn a shell (Deno refuses, fatally): it fails with
+ *   ENOSYS, like Emscripten's browser branch.
  * - libffi's closure imports, which write a trampoline into any function-table slot they are
  *   given. Called with a slot of the image (`float.__repr__`'s, say), the trampoline would stay
  *   there after the image is put back, for the next tenant to call. A trampoline may go only
@@ -39,6 +45,9 @@ const SCHEDULING_IMPORTS = new RegExp(
     "|setNetworkCallback)$",
 );
 
+/** Emscripten's ENOSYS, which `system` returns for a command; 0 says no shell exists. */
+const ENOSYS = 52;
+
 /** libffi's status for a closure it could not prepare. */
 const FFI_BAD_TYPEDEF = 1;
 
@@ -61,11 +70,17 @@ export function newClosureGeneration(): void {
 
 /** The guarded imports of `env`, Emscripten's import object (`wasmImports`). */
 function guard(env: Record<string, Import>): void {
+  // dlsym wraps an import for the function table by its signature: replacements keep it.
+  const replace = (name: string, by: (...args: number[]) => number | void) => {
+    if (env[name]) env[name] = Object.assign(by, { sig: env[name].sig });
+  };
   const inert = Object.keys(env).filter((name) => SCHEDULING_IMPORTS.test(name));
-  for (const name of [...SCRIPT_IMPORTS, ...inert]) {
-    // dlsym wraps an import for the function table by its signature.
-    if (env[name]) env[name] = Object.assign(() => 0, { sig: env[name].sig });
-  }
+  for (const name of [...SCRIPT_IMPORTS, ...inert]) replace(name, () => 0);
+  replace("_emscripten_system", (command) => command ? -ENOSYS : 0);
+  replace("_emscripten_runtime_keepalive_clear", () => {});
+  replace("emscripten_runtime_keepalive_pop", () => {});
+  const exit = env.proc_exit;
+  replace("emscripten_force_exit", (status) => exit(status));
   const { ffi_closure_alloc_js: alloc, ffi_closure_free_js: free } = env;
   const prepare = env.ffi_prep_closure_loc_js;
   if (!alloc || !free || !prepare) return;

@@ -6,6 +6,7 @@
  */
 
 import type { ExecuteResult, ExecuteStatus, InputFile } from "../lib/protocol.ts";
+import type { Crash } from "./crash.ts";
 import type { Isolation, Owner, ResetKind } from "./tenancy.ts";
 
 /** Slots of the shared Int32Array that the main thread uses to stop Python. */
@@ -166,6 +167,8 @@ export interface SettledMessage {
   lost: { sessionId: string; reason: string }[];
   /** The function table grew past what a worker should keep: it asks to be replaced. */
   overgrown: boolean;
+  /** The interpreter crashed or exited (crash.ts), and was put back: how it ended. */
+  recovered?: Crash["kind"];
 }
 
 export interface ReturnedMessage {

@@ -28,7 +28,20 @@ export type EmscriptenModule =
     getPyProxyClass(flags: number): { prototype: object };
     HEAPU32: Uint32Array;
     _free(pointer: number): void;
+    /** Called by `abort()` before it marks the runtime aborted for good (see crash.ts). */
+    onAbort?: (what: unknown) => void;
   };
+
+/** Pyodide's internal API (`pyodide._api`), as far as this worker patches it. */
+export interface InternalApi {
+  /** Called with every fatal error of the interpreter; rethrows it. */
+  fatal_error(error: unknown): never;
+}
+
+/** The internal API behind a Pyodide instance. */
+export function internalApiOf(pyodide: PyodideAPI): InternalApi {
+  return (pyodide as unknown as { _api: InternalApi })._api;
+}
 
 /** The Emscripten module behind a Pyodide instance. */
 export function emscriptenOf(pyodide: PyodideAPI): EmscriptenModule {

@@ -12,8 +12,9 @@ import type { PyProxy } from "pyodide/ffi";
 import { FsWatch } from "./fs_watch.ts";
 import { protectContents } from "./image/fs_image.ts";
 import { PythonHandles } from "./image/python_handles.ts";
+import { type Crash, CrashWatch, isFatal } from "./crash.ts";
 import { bootInterpreter, type Interpreter } from "./interpreter.ts";
-import { emscriptenOf } from "./pyodide_internals.ts";
+import { emscriptenOf, internalApiOf } from "./pyodide_internals.ts";
 import { installStoppableClock, withClockStopped } from "./stopped_clock.ts";
 import { type GivenFiles, RunFiles } from "./run_files.ts";
 import {
@@ -88,15 +89,18 @@ const channel = acceptChannel<FromThread, ToThread>(self, (message) => void hand
 const send = (message: FromThread) => channel.send(message);
 
 // A promise that Python rejects and drops (`Array.fromAsync` over a failing iterable, a fetch
-// aborted as its request ended) fails that code, not the worker: Deno would end the thread.
-// Pyodide's fatal errors still do (the interpreter is gone).
+// aborted as its request ended) fails that code, not the worker: Deno would end the thread. So
+// does an interpreter's crash that surfaces outside the run's own frames (in an event-loop
+// callback, say): `CrashWatch` recorded it, and the thread recovers.
 globalThis.addEventListener("unhandledrejection", (event) => {
-  const reason: unknown = event.reason;
-  if ((reason as { pyodide_fatal_error?: boolean } | null)?.pyodide_fatal_error) return;
   event.preventDefault();
+  if (isFatal(event.reason)) return;
   // Its kind only: the message is the request's, and stays out of the logs.
-  const kind = reason instanceof Error ? reason.name : typeof reason;
+  const kind = event.reason instanceof Error ? event.reason.name : typeof event.reason;
   console.error(`python thread: a promise was rejected and not handled (${kind})`);
+});
+globalThis.addEventListener("error", (event) => {
+  if (isFatal(event.error)) event.preventDefault();
 });
 
 /**
@@ -202,6 +206,7 @@ async function start(init: InitMessage): Promise<Thread> {
   pyodide.setStderr({ write: stderr.write, isatty: false });
   pyodide.setStdin({ error: true });
   const emscripten = emscriptenOf(pyodide);
+  const crashes = new CrashWatch({ api: internalApiOf(pyodide), module: emscripten });
   guardSignalBuffer(emscripten);
   // Python takes interrupts only while a request's code runs (`openRun` to `closeRun`): the
   // phase check in the main thread cannot stop a signal it sent a moment before the run
@@ -333,7 +338,13 @@ async function start(init: InitMessage): Promise<Thread> {
   });
 
   /** Tells the main thread that the run's after-work is done, with what it cost. */
-  const settle = (seq: number, entered: EnterReport, reset: ResetKind, resetMs: number) => {
+  const settle = (
+    seq: number,
+    entered: EnterReport,
+    reset: ResetKind,
+    resetMs: number,
+    recovered?: Crash["kind"],
+  ) => {
     send({
       type: "settled",
       seq,
@@ -346,6 +357,7 @@ async function start(init: InitMessage): Promise<Thread> {
       parkedBytes: tenancy.parkedBytes,
       lost: tenancy.takeDropped(),
       overgrown: tenancy.overgrown,
+      recovered,
     });
   };
 
@@ -417,22 +429,58 @@ async function start(init: InitMessage): Promise<Thread> {
       const json = runPython(message.request, reseed);
       if (typeof json === "string") return json;
       const task = json as PyProxy & Promise<string>;
-      try {
-        return await task;
-      } finally {
-        task.destroy();
-      }
+      // A crash in an event-loop callback leaves the task pending for good.
+      const done = await Promise.race([task, crashes.happened]);
+      if (crashes.current) return crashJson(crashes.current);
+      task.destroy();
+      return done as string;
     } catch (error) {
-      // Anything else (a JavaScript error, a Pyodide fatal error) breaks the worker.
+      if (crashes.current) return crashJson(crashes.current);
+      // Anything else (a JavaScript error of the runtime's own) breaks the worker.
       if (!(error instanceof PythonError)) throw error;
       return errorJson(error.type, "", error.message);
     }
   };
 
+  /** A crash's outcome. Nothing here may call into Wasm: its memory is as the crash left it. */
+  const crashJson = (crash: Crash): string =>
+    crash.kind === "exited"
+      ? JSON.stringify({ status: "exited", exit_code: crash.exitCode, result: null, error: null })
+      : JSON.stringify({
+        status: "crashed",
+        result: null,
+        error: { type: "InterpreterCrash", message: crash.reason, traceback: "" },
+      });
+
+  /**
+   * After a crash: the image is put back (a session whose state was live is lost), and checked
+   * by a run of Python. What failed, if the interpreter must be replaced instead (there is no
+   * image with `--isolation none`).
+   */
+  const recover = (crash: Crash): string | undefined => {
+    const failure = `the interpreter ${crash.kind}: ${crash.reason}`;
+    if (!imaged) return failure;
+    tenancy.recover(`was lost: the interpreter ${crash.kind} (${crash.reason})`);
+    crashes.recovered();
+    try {
+      pyodide.runPython("0");
+    } catch {
+      return `${failure}; the image put back did not run`;
+    }
+  };
+  /** Recovers from a crash that came between runs (an event-loop callback's); false if broken. */
+  const recoveredBetweenRuns = (): boolean => {
+    const failure = crashes.current && recover(crashes.current);
+    if (failure === undefined) return true;
+    broken = true;
+    send({ type: "broken", message: failure });
+    return false;
+  };
+
   return {
     async run(message) {
       // The main thread posts it again to the interpreter that replaces this one.
-      if (broken) return;
+      if (broken || !recoveredBetweenRuns()) return;
       let entered: EnterReport;
       try {
         entered = tenancy.enter(message.owner);
@@ -485,7 +533,8 @@ async function start(init: InitMessage): Promise<Thread> {
       // a request that changed files (its run directory's included) is reset first: its answer
       // then says whether the worker is tainted. The interpreter's reset comes before the
       // files' (the file reset calls os and shutil, which the request may have patched).
-      const resetFirst = tenancy.mode === "none" && fsWatch.changed().length > 0;
+      const resetFirst = tenancy.mode === "none" && !crashes.current &&
+        fsWatch.changed().length > 0;
       let resetFailure = resetFirst
         ? reset(() => {
           resetInterpreter();
@@ -500,7 +549,9 @@ async function start(init: InitMessage): Promise<Thread> {
       outcome.truncated = stdout.truncated || stderr.truncated;
       outcome.stdout = stdout.take();
       outcome.stderr = stderr.take();
-      if (closedFor === InterruptReason.OutputLimit) outcome.status = "output_limit";
+      if (crashes.current) {
+        // How the interpreter ended is the answer, whatever stopped it meanwhile.
+      } else if (closedFor === InterruptReason.OutputLimit) outcome.status = "output_limit";
       else if (outcome.status !== "ok" && closedFor === InterruptReason.Timeout) {
         outcome.status = "timeout";
       } else if (outcome.status !== "ok" && closedFor === InterruptReason.Cancelled) {
@@ -518,19 +569,29 @@ async function start(init: InitMessage): Promise<Thread> {
       }
       const resetStarted = performance.now();
       let kind: ResetKind = "python";
-      if (imaged) {
-        // What the run queued (a thenable's `then`, say) runs in its own generation.
+      let crash = crashes.current;
+      if (imaged && !crash) {
+        // What the run queued (a thenable's `then`, say) runs in its own generation, and may
+        // crash the interpreter too.
         await imaged.handles.drain();
+        crash = crashes.current;
         // A change the Python-level reset cannot undo stays with its owner: the image is put
         // back before anyone else's request.
-        kind = tenancy.leave(() =>
-          reset(() => {
-            resetInterpreter();
-            restoreChangedFiles();
-          })
-        );
-      } else if (!resetFirst) resetFailure = reset(resetInterpreter);
-      settle(message.seq, entered, kind, performance.now() - resetStarted);
+        if (!crash) {
+          kind = tenancy.leave(() =>
+            reset(() => {
+              resetInterpreter();
+              restoreChangedFiles();
+            })
+          );
+        }
+      }
+      if (crash) {
+        resetFailure = recover(crash);
+        kind = resetFailure === undefined ? "image" : "none";
+      } else if (!imaged && !resetFirst) resetFailure = reset(resetInterpreter);
+      const recovered = crash && resetFailure === undefined ? crash.kind : undefined;
+      settle(message.seq, entered, kind, performance.now() - resetStarted, recovered);
       // A reset that failed leaves an interpreter that no request may use; the answer above
       // is the request's own all the same.
       if (resetFailure !== undefined) {
@@ -539,7 +600,7 @@ async function start(init: InitMessage): Promise<Thread> {
       }
     },
     async call({ seq, fn, arg }) {
-      if (broken) return;
+      if (broken || !recoveredBetweenRuns()) return;
       // With the memory image, a session is its image, not a namespace to pickle.
       if (tenancy.mode !== "none") {
         const value = fn === "drop_session"

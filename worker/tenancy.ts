@@ -223,6 +223,17 @@ export class Tenancy {
   }
 
   /**
+   * The interpreter crashed, its memory in whatever state the crash left: puts the base back.
+   * The session whose state was live is lost with `reason`; parked ones are intact.
+   */
+  recover(reason: string): void {
+    const live = this.#live!;
+    if (live.sessionId !== undefined) this.#lose(live.sessionId, reason);
+    this.#restoreBase();
+    this.#live = { key: undefined, base: this.#base! };
+  }
+
+  /**
    * Drops a session, live or parked, or forgets that it was lost (the client was told); false
    * if this worker does not hold it.
    */

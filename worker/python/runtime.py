@@ -7,11 +7,14 @@ for code that uses top-level await, a coroutine that returns that string.
 
 import ast
 import asyncio
+import errno
 import functools
 import inspect
 import io
 import json
 import linecache
+import os
+import posix
 import sys
 import time
 import traceback
@@ -73,6 +76,7 @@ def install(wait_ms, close_run, interrupts_in_callbacks, max_repr_chars, reseed)
 
     sleep.__doc__ = time.sleep.__doc__
     time.sleep = sleep
+    os.system = posix.system = _no_processes
     loop_guard.install(cancel_current, interrupts_in_callbacks)
 
 
@@ -146,6 +150,9 @@ class _Run:
         # From here on no interrupt reaches Python: reporting and reset must end. That includes
         # describing the error, which is the runtime's work, not the request's.
         _close_run()
+        exit_code = None
+        if isinstance(exc, SystemExit):
+            status, exit_code, exc = "exited", _exit_code(exc), None
         sys.stdout.flush()
         sys.stderr.flush()
         error = None if exc is None else _error(exc)
@@ -156,11 +163,33 @@ class _Run:
                 "error": error,
                 "figures": figures.capture(),
             }
+            if exit_code is not None:
+                outcome["exit_code"] = exit_code
             if self.request.get("return_session"):
                 outcome["session_bytes"], outcome["session_dropped"] = state.dump(self.namespace)
         except BaseException as failure:  # noqa: BLE001 - the runtime must always answer
             outcome = {"status": "error", "result": None, "error": _error(failure)}
         return json.dumps(outcome)
+
+
+def _exit_code(exc):
+    """The status `sys.exit(code)` gives a process in CPython: None is 0, an int is itself,
+    anything else is written to stderr and is 1."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    try:
+        print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - the runtime must always answer
+        pass
+    return 1
+
+
+def _no_processes(*args, **kwargs):
+    """`os.system` and `posix.system`: no process can be spawned here (the same error as
+    `subprocess` and `os.popen`; the C `system` fails with ENOSYS below Python)."""
+    raise OSError(errno.ENOTSUP, "emscripten does not support processes.")
 
 
 def reset():

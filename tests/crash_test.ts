@@ -1,0 +1,171 @@
+/**
+ * Code that ends its interpreter (a Wasm trap, abort, exit, a fatal signal, a stack overflow)
+ * is answered, and the worker puts its memory image back and lives on: same process, the next
+ * request runs, and nothing of the crashed request is left.
+ */
+
+import assert from "node:assert/strict";
+import { Supervisor } from "../lib/pool_client.ts";
+import type { ExecuteResult } from "../lib/protocol.ts";
+import { waitUntil } from "./helpers/processes.ts";
+
+interface Stats {
+  recoveries: Record<string, number>;
+  restarts: Record<string, number>;
+}
+
+/** Each line of the issue that used to end the worker's process, and how it ends now. */
+const FATAL: [code: string, status: "crashed" | "exited", detail: RegExp | number][] = [
+  ["import ctypes\nctypes.string_at(0xfffffff0, 64)", "crashed", /Wasm trap: memory access out/],
+  ["import ctypes\nctypes.memset(0, 0, 1 << 20)", "crashed", /abort\(\)/],
+  ["import faulthandler\nfaulthandler._sigsegv()", "crashed", /abort\(\)/],
+  ["import os\nos.abort()", "crashed", /abort\(\)/],
+  ["import ctypes\nctypes.CDLL(None).abort()", "crashed", /abort\(\)/],
+  ["import ctypes\nctypes.CDLL(None).exit(0)", "exited", 0],
+  ["import os\nos._exit(3)", "exited", 3],
+  ["import os\nos.kill(os.getpid(), 9)", "exited", 128 + 9],
+  ["import os, signal\nos.kill(os.getpid(), signal.SIGTERM)", "exited", 128 + 15],
+  [
+    "import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)",
+    "crashed",
+    /stack overflow/,
+  ],
+  // Not the issue's, but reachable through ctypes: they would end the runtime for good.
+  ["import ctypes\nctypes.CDLL(None).emscripten_force_exit(7)", "exited", 7],
+  [
+    "import ctypes\nlib = ctypes.CDLL(None)\nfor _ in range(5):\n    lib.emscripten_runtime_keepalive_pop()\nlib.exit(0)",
+    "exited",
+    0,
+  ],
+  // After an await: the crash comes in an event-loop callback, outside the run's own frames.
+  ["import asyncio, os\nawait asyncio.sleep(0.01)\nos._exit(5)", "exited", 5],
+  [
+    "import asyncio, ctypes\nawait asyncio.sleep(0.01)\nctypes.string_at(0xfffffff0, 64)",
+    "crashed",
+    /Wasm trap/,
+  ],
+];
+
+/** Leaves traces the next request must not see: a global, a patched module, a file. */
+const TRACES = "import math\nmath.pi = 3\nmarker = 'crashed-request'\n" +
+  "open('/tmp/left-by-crash.txt', 'w').write('x')\n";
+const CHECK =
+  "import math, os\n('marker' in globals(), math.pi, os.path.exists('/tmp/left-by-crash.txt'))";
+
+let shared: Promise<Supervisor> | undefined;
+const pool = () => shared ??= Supervisor.start({ args: ["--pool-size", "1"] });
+
+for (const [code, status, detail] of FATAL) {
+  Deno.test(`recovered in place: ${code.split("\n").at(-1)}`, async () => {
+    const sup = await pool();
+    const [pid] = await sup.workerPids();
+    const r = await sup.execute({ code: TRACES + code, timeout_ms: 20_000 });
+    assert.equal(r.status, status, JSON.stringify(r));
+    if (typeof detail === "number") assert.equal(r.exit_code, detail);
+    else {
+      assert.equal(r.error?.type, "InterpreterCrash");
+      assert.match(r.error!.message, detail);
+    }
+    const next = await sup.execute({ code: CHECK });
+    assert.equal(next.status, "ok", JSON.stringify(next.error));
+    assert.equal(next.result, "(False, 3.141592653589793, False)");
+    assert.deepEqual(await sup.workerPids(), [pid], "the same process");
+  });
+}
+
+Deno.test("the pool counts each recovery, by how the interpreter ended, and no restart", async () => {
+  const sup = await pool();
+  await waitUntil("the last recovery is reported", async () => {
+    const stats = await sup.call("stats") as Stats;
+    return (stats.recoveries.crashed ?? 0) + (stats.recoveries.exited ?? 0) === FATAL.length;
+  }, 5_000);
+  const stats = await sup.call("stats") as Stats;
+  const expected = (kind: string) => FATAL.filter(([, status]) => status === kind).length;
+  assert.deepEqual(stats.recoveries, { crashed: expected("crashed"), exited: expected("exited") });
+  assert.deepEqual(stats.restarts, {});
+});
+
+Deno.test("processes cannot be spawned, and saying so ends nothing", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code: [
+      "import os, posix, ctypes",
+      "outcomes = []",
+      "for spawn in (os.system, posix.system):",
+      "    try:",
+      "        spawn('id')",
+      "    except OSError as e:",
+      "        outcomes.append(str(e))",
+      "outcomes.append(ctypes.CDLL(None).system(b'id'))",
+      "outcomes",
+    ].join("\n"),
+  });
+  assert.equal(r.status, "ok", JSON.stringify(r.error));
+  const refused = "'[Errno 138] emscripten does not support processes.'";
+  assert.equal(r.result, `[${refused}, ${refused}, -1]`);
+});
+
+Deno.test("sys.exit gives the exit code CPython would", async () => {
+  const sup = await pool();
+  for (const [call, code] of [["sys.exit()", 0], ["sys.exit(4)", 4], ["sys.exit('bye')", 1]]) {
+    const r: ExecuteResult = await sup.execute({ code: `import sys\n${call}` });
+    assert.equal(r.status, "exited");
+    assert.equal(r.exit_code, code);
+    assert.equal(r.error, null);
+    if (code === 1) assert.equal(r.stderr, "bye\n");
+  }
+});
+
+Deno.test("a session that crashes is lost, and says why", async () => {
+  const sup = await pool();
+  await sup.execute({ code: "x = 1", session_id: "crashing" });
+  const crashed = await sup.execute({ code: "import os\nos.abort()", session_id: "crashing" });
+  assert.equal(crashed.status, "crashed");
+  const lost = await sup.request("execute", { code: "x", session_id: "crashing" });
+  assert.equal(lost.error?.code, -32004, JSON.stringify(lost));
+  assert.match(lost.error!.message, /crashed \(abort\(\)/);
+  // Told once: the id then names a new session.
+  const fresh = await sup.execute({ code: "'x' in globals()", session_id: "crashing" });
+  assert.equal(fresh.result, "False");
+});
+
+Deno.test({
+  name: "the crash pool ends cleanly",
+  fn: async () => assert.equal((await (await pool()).close()).code, 0),
+});
+
+Deno.test("a worker that recovers too often in a minute is replaced", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--max-recoveries-per-minute", "2"],
+  });
+  try {
+    const [pid] = await sup.workerPids();
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await sup.execute({ code: "import os\nos.abort()" })).status, "crashed");
+    }
+    await waitUntil("the replacement", async () => {
+      const pids = await sup.workerPids();
+      return pids.length === 1 && pids[0] !== pid;
+    }, 30_000);
+    assert.equal((await sup.call("stats") as Stats).restarts.recoveries, 1);
+    assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
+  } finally {
+    await sup.close();
+  }
+});
+
+Deno.test("without the image, a crash is answered and the interpreter replaced", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--isolation", "none"] });
+  try {
+    const r = await sup.execute({ code: "import ctypes\nctypes.string_at(0xfffffff0, 64)" });
+    assert.equal(r.status, "crashed");
+    assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
+    // The old interpreter's memory is not given back at once: the process is replaced too.
+    await waitUntil("the replacement", async () => {
+      const stats = await sup.call("stats") as Stats;
+      return stats.restarts.tainted === 1;
+    }, 30_000);
+  } finally {
+    await sup.close();
+  }
+});
