@@ -169,3 +169,33 @@ Deno.test("without the image, a crash is answered and the interpreter replaced",
     await sup.close();
   }
 });
+
+Deno.test("a crash set off by the reset after the answer (a destructor) is recovered too", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--isolation", "tenant"] });
+  try {
+    const [pid] = await sup.workerPids();
+    // Held by a builtin only (no cycle): the reset's removal of that name frees it at once.
+    const code = [
+      "import builtins, os",
+      "class Bomb:",
+      "    def __del__(self):",
+      "        os.abort()",
+      "builtins.bomb = Bomb()",
+      "'armed'",
+    ].join("\n");
+    const armed = await sup.execute({ code, tenant: "a" });
+    assert.equal(armed.result, "'armed'");
+    // The same tenant's next request: the Python-level reset ran in between, and crashed.
+    const next = await sup.execute({
+      code: "import builtins\nhasattr(builtins, 'bomb')",
+      tenant: "a",
+    });
+    assert.equal(next.result, "False");
+    assert.deepEqual(await sup.workerPids(), [pid]);
+    await waitUntil("the recovery is counted", async () => {
+      return ((await sup.call("stats")) as Stats).recoveries.crashed === 1;
+    }, 5_000);
+  } finally {
+    await sup.close();
+  }
+});

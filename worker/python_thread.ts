@@ -285,7 +285,10 @@ async function start(init: InitMessage): Promise<Thread> {
     try {
       steps();
     } catch (error) {
-      // Anything but a Python exception is a broken runtime: the process ends (see `fatal`).
+      // A crash (a destructor the reset set off may end the interpreter) is recovered from by
+      // the caller; anything else but a Python exception is a broken runtime: the process ends
+      // (see `fatal`).
+      if (crashes.current) return `the isolation reset crashed: ${crashes.current.reason}`;
       if (!(error instanceof PythonError)) throw error;
       // The message is the whole traceback; its last line names the error.
       return `the isolation reset failed: ${error.message.trim().split("\n").at(-1)}`;
@@ -569,27 +572,26 @@ async function start(init: InitMessage): Promise<Thread> {
       }
       const resetStarted = performance.now();
       let kind: ResetKind = "python";
-      let crash = crashes.current;
-      if (imaged && !crash) {
-        // What the run queued (a thenable's `then`, say) runs in its own generation, and may
-        // crash the interpreter too.
-        await imaged.handles.drain();
-        crash = crashes.current;
+      // What the run queued (a thenable's `then`, say) runs in its own generation, and the
+      // reset may set off a destructor: either may crash the interpreter too.
+      if (imaged && !crashes.current) await imaged.handles.drain();
+      if (crashes.current) {
+        // Recovered below.
+      } else if (imaged) {
         // A change the Python-level reset cannot undo stays with its owner: the image is put
         // back before anyone else's request.
-        if (!crash) {
-          kind = tenancy.leave(() =>
-            reset(() => {
-              resetInterpreter();
-              restoreChangedFiles();
-            })
-          );
-        }
-      }
+        kind = tenancy.leave(() =>
+          reset(() => {
+            resetInterpreter();
+            restoreChangedFiles();
+          })
+        );
+      } else if (!resetFirst) resetFailure = reset(resetInterpreter);
+      const crash = crashes.current;
       if (crash) {
         resetFailure = recover(crash);
         kind = resetFailure === undefined ? "image" : "none";
-      } else if (!imaged && !resetFirst) resetFailure = reset(resetInterpreter);
+      }
       const recovered = crash && resetFailure === undefined ? crash.kind : undefined;
       settle(message.seq, entered, kind, performance.now() - resetStarted, recovered);
       // A reset that failed leaves an interpreter that no request may use; the answer above
