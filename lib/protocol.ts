@@ -247,7 +247,13 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
 }
 
 /** How a Python run ended. Python-level outcomes are results, not JSON-RPC errors. */
-export type ExecuteStatus = "ok" | "error" | "timeout" | "output_limit" | "memory_limit";
+export type ExecuteStatus =
+  | "ok"
+  | "error"
+  | "timeout"
+  | "output_limit"
+  | "memory_limit"
+  | "fs_limit";
 
 export interface PythonError {
   type: string;
