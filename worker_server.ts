@@ -22,6 +22,8 @@ const { values: args } = parseArgs({
     "max-output-bytes": { type: "string", default: String(1 << 20) },
     "max-heap-mb": { type: "string", default: "1024" },
     "recycle-heap-mb": { type: "string", default: "512" },
+    "max-fs-mb": { type: "string", default: "512" },
+    "max-rss-mb": { type: "string", default: "2048" },
     "max-line-bytes": { type: "string", default: String(16 << 20) },
     "interrupt-grace-ms": { type: "string", default: "500" },
     "default-timeout-ms": { type: "string", default: "30000" },
@@ -41,8 +43,15 @@ const workerId = args["worker-id"];
 const maxOutputBytes = Number(args["max-output-bytes"]);
 const maxHeapBytes = Number(args["max-heap-mb"]) * 1024 * 1024;
 const recycleHeapBytes = Number(args["recycle-heap-mb"]) * 1024 * 1024;
+const maxRssBytes = Number(args["max-rss-mb"]) * 1024 * 1024;
 const maxFileBytes = Number(args["max-file-bytes"]);
 const maxRecoveriesPerMinute = Number(args["max-recoveries-per-minute"]);
+/**
+ * Returned files travel as base64 (a third larger) in the answer's one line, which the
+ * supervisor refuses past `--max-line-bytes` (by killing the worker): together they may take
+ * half of it.
+ */
+const maxReturnedFileBytes = Math.floor(Number(args["max-line-bytes"]) * 3 / 8);
 const startedAt = performance.now();
 /** When the interpreter was last recovered in place from a crash, within the last minute. */
 let recoveries: number[] = [];
@@ -50,6 +59,8 @@ let requests = 0;
 let recycleAsked = false;
 /** Bytes parked sessions held after the last run. */
 let parkedBytes = 0;
+/** Bytes of files the file system held beyond the pristine interpreter's, after the last run. */
+let fsBytes = 0;
 /** Until the handler below is in place, a fatal error is kept for it. */
 let earlyFatal: string | undefined;
 let onFatal = (message: string) => void (earlyFatal ??= message);
@@ -59,7 +70,9 @@ let onFatal = (message: string) => void (earlyFatal ??= message);
 const python = new PythonHost({
   maxOutputBytes,
   maxFileBytes,
+  maxReturnedFileBytes,
   maxHeapBytes,
+  maxFsBytes: Number(args["max-fs-mb"]) * 1024 * 1024,
   snapshotPath: args.snapshot,
   lockFileUrl: args["lock-file-url"],
   allowNetwork: args["allow-network"],
@@ -113,17 +126,32 @@ if (earlyFatal !== undefined) onFatal(earlyFatal);
  * - `table_grown`: requests left so many slots in the Wasm function table (libffi closures)
  *   that the image keeps them (see worker/image/wasm_state.ts);
  * - `recoveries`: the interpreter crashed more than --max-recoveries-per-minute times in a
- *   minute, each put back in place (worker/crash.ts): a fresh process costs no more then.
+ *   minute, each put back in place (worker/crash.ts): a fresh process costs no more then;
+ * - `rss_grown`: the process's resident memory passed `--max-rss-mb` (memory outside the Wasm
+ *   heap, such as file contents, that the allocators keep once freed).
  */
 function askToBeRecycled(
-  reason: "heap_grown" | "interpreter_restart" | "tainted" | "table_grown" | "recoveries",
+  reason:
+    | "heap_grown"
+    | "interpreter_restart"
+    | "tainted"
+    | "table_grown"
+    | "recoveries"
+    | "rss_grown",
+  rssBytes = Deno.memoryUsage().rss,
 ): void {
   if (recycleAsked) return;
   recycleAsked = true;
   out.write(JSON.stringify({
     jsonrpc: "2.0",
     method: "recycle",
-    params: { reason, heap_bytes: python.heapBytes, heap_limit_bytes: recycleHeapBytes },
+    params: {
+      reason,
+      heap_bytes: python.heapBytes,
+      heap_limit_bytes: recycleHeapBytes,
+      rss_bytes: rssBytes,
+      rss_limit_bytes: maxRssBytes,
+    },
   }));
 }
 
@@ -149,7 +177,12 @@ function settled(id: unknown, settled: SettledMessage): void {
     recoveries = [...recoveries.filter((at) => now - at < 60_000), now];
     if (recoveries.length > maxRecoveriesPerMinute) askToBeRecycled("recoveries");
   }
+  // Once the request is answered and its after-work done: the next request, maybe another
+  // tenant's, then runs here until the replacement is ready, never cut short.
+  const rssBytes = Deno.memoryUsage().rss;
+  if (rssBytes > maxRssBytes) askToBeRecycled("rss_grown", rssBytes);
   parkedBytes = settled.parkedBytes;
+  fsBytes = settled.fsBytes;
   setTimeout(() =>
     out.write(JSON.stringify({
       jsonrpc: "2.0",
@@ -164,6 +197,9 @@ function settled(id: unknown, settled: SettledMessage): void {
         resumed_bytes: settled.resumedBytes,
         parked_bytes: settled.parkedBytes,
         recovered: settled.recovered,
+        heap_bytes: python.heapBytes,
+        rss_bytes: rssBytes,
+        fs_bytes: settled.fsBytes,
       },
     }))
   );
@@ -196,6 +232,14 @@ function limitError(report: RunReport, timeoutMs: number): PythonError | null {
       return {
         type: "MemoryError",
         message: `out of memory: the Wasm heap is capped at ${args["max-heap-mb"]} MB`,
+        traceback,
+      };
+    case "fs_limit":
+      return {
+        type: "OSError",
+        message: `no space left on device: a request's files are capped at ${
+          args["max-fs-mb"]
+        } MB (the write past it failed with ENOSPC)`,
         traceback,
       };
     default:
@@ -287,6 +331,7 @@ const server = new RpcServer({
     interpreter_restarts: python.restarts,
     heap_bytes: python.heapBytes,
     parked_bytes: parkedBytes,
+    fs_bytes: fsBytes,
     rss_bytes: Deno.memoryUsage().rss,
     uptime_ms: performance.now() - startedAt,
   }),
@@ -317,6 +362,8 @@ python.ready.then((ready) => {
       load_ms: Math.round(ready.loadMs),
       restored_from_snapshot: ready.restored,
       heap_bytes: ready.heapBytes,
+      rss_bytes: Deno.memoryUsage().rss,
+      fs_bytes: ready.fsBytes,
     },
   }));
 }, (error) => {

@@ -167,6 +167,26 @@ export const SETTINGS: readonly Setting[] = [
     help: "a worker whose Wasm heap grew past this many MB is recycled (Wasm memory never shrinks)",
   },
   {
+    key: "workerMaxRssMb",
+    flag: "worker-max-rss-mb",
+    env: "PYODIDE_WORKER_MAX_RSS_MB",
+    kind: "int",
+    default: 2048,
+    min: 128,
+    help: "a worker whose resident memory (heap, file system, buffers) passed this many MB is " +
+      "replaced once its request is answered",
+  },
+  {
+    key: "maxFsMb",
+    flag: "max-fs-mb",
+    env: "PYODIDE_MAX_FS_MB",
+    kind: "int",
+    default: 512,
+    min: 1,
+    help: "MB of files one request may hold in the in-memory file system; past it writes fail " +
+      "with ENOSPC (fs_limit)",
+  },
+  {
     key: "maxOutputBytes",
     flag: "max-output-bytes",
     env: "PYODIDE_MAX_OUTPUT_BYTES",
@@ -377,6 +397,8 @@ export interface Config {
   maxQueue: number;
   workerMaxMemoryMb: number;
   workerRecycleHeapMb: number;
+  workerMaxRssMb: number;
+  maxFsMb: number;
   maxOutputBytes: number;
   maxLineBytes: number;
   maxUnreadMb: number;

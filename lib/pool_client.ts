@@ -25,6 +25,8 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** Wait until this many workers are ready (default: the pool size, or 0 without a pool). */
   waitForWorkers?: number;
+  /** Longest line accepted from the supervisor (default 64 MiB). */
+  maxLineBytes?: number;
 }
 
 /**
@@ -49,7 +51,7 @@ export class Supervisor {
   /** Resolves when stdout has ended; requests still pending have then failed. */
   readonly stdoutClosed: Promise<void>;
 
-  private constructor(args: string[], env: Record<string, string>) {
+  private constructor(args: string[], env: Record<string, string>, maxLineBytes: number) {
     const [executable, commandArgs] = supervisorCommand(args);
     this.process = new Deno.Command(executable, {
       args: commandArgs,
@@ -60,7 +62,7 @@ export class Supervisor {
     }).spawn();
     this.#writer = this.process.stdin.getWriter();
     this.#connection = new RpcConnection(this.process.stdout, (text) => this.sendRaw(text), {
-      maxLineBytes: 64 << 20,
+      maxLineBytes,
       onMessage: (value) => {
         this.received.push(value);
         for (const wake of this.#lineWaiters.splice(0)) wake();
@@ -71,7 +73,11 @@ export class Supervisor {
   }
 
   static async start(options: StartOptions = {}): Promise<Supervisor> {
-    const supervisor = new Supervisor(options.args ?? [], options.env ?? {});
+    const supervisor = new Supervisor(
+      options.args ?? [],
+      options.env ?? {},
+      options.maxLineBytes ?? 64 << 20,
+    );
     const wanted = options.waitForWorkers ?? poolSizeOf(options.args ?? []);
     const deadline = Date.now() + 120_000;
     while (wanted > 0) {

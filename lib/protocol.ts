@@ -250,7 +250,7 @@ export function parseExecuteParams(params: unknown): ExecuteParams {
  * How a Python run ended. Python-level outcomes are results, not JSON-RPC errors. `exited`: the
  * code exited (`sys.exit`, `os._exit`, a fatal signal's default action), with `exit_code`;
  * `crashed`: the interpreter failed (a Wasm trap, `abort()`, a stack overflow), and the worker
- * put it back.
+ * put it back; `fs_limit`: a write past --max-fs-mb was refused (ENOSPC).
  */
 export type ExecuteStatus =
   | "ok"
@@ -259,7 +259,8 @@ export type ExecuteStatus =
   | "output_limit"
   | "memory_limit"
   | "exited"
-  | "crashed";
+  | "crashed"
+  | "fs_limit";
 
 export interface PythonError {
   type: string;

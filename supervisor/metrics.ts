@@ -51,6 +51,7 @@ interface StatsReport {
     rss_bytes?: number;
     heap_bytes?: number;
     parked_bytes?: number;
+    fs_bytes?: number;
   }[];
 }
 
@@ -86,6 +87,11 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
   const parked = gauge(
     "worker_parked_bytes",
     "Bytes of parked session images each worker holds.",
+    ["worker"],
+  );
+  const fsBytes = gauge(
+    "worker_fs_bytes",
+    "Bytes of files each worker's in-memory file system holds beyond its pristine interpreter's.",
     ["worker"],
   );
   const supervisorRss = gauge("supervisor_rss_bytes", "Resident memory of the supervisor.");
@@ -126,12 +132,14 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
       heap.reset();
       rss.reset();
       parked.reset();
+      fsBytes.reset();
       for (const worker of stats.workers) {
         if (worker.heap_bytes !== undefined) heap.set({ worker: worker.id }, worker.heap_bytes);
         if (worker.rss_bytes !== undefined) rss.set({ worker: worker.id }, worker.rss_bytes);
         if (worker.parked_bytes !== undefined) {
           parked.set({ worker: worker.id }, worker.parked_bytes);
         }
+        if (worker.fs_bytes !== undefined) fsBytes.set({ worker: worker.id }, worker.fs_bytes);
       }
       supervisorRss.set(stats.supervisor_rss_bytes);
     },

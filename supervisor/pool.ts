@@ -248,6 +248,10 @@ export class Pool {
       request_limit: w.options.requestLimit,
       uptime_ms: Math.round(performance.now() - w.spawnedAt),
       startup_ms: w.startupMs === undefined ? null : Math.round(w.startupMs),
+      // As the worker last reported them (when ready, and after each request).
+      heap_bytes: w.memory?.heap_bytes ?? null,
+      rss_bytes: w.memory?.rss_bytes ?? null,
+      fs_bytes: w.memory?.fs_bytes ?? null,
       sessions: this.sessions.idsOn(w.id),
     }));
     const ready = workers.filter((w) => w.state === "idle" || w.state === "busy").length;

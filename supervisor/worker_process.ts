@@ -13,13 +13,22 @@ import { LineWriter, readFrames } from "../lib/framing.ts";
 import { logger } from "../lib/logging.ts";
 import type { WorkerCommand } from "./worker_command.ts";
 
+/** A worker's memory, as it reports it when ready and after each request's after-work. */
+export interface WorkerMemory {
+  /** The Wasm heap. */
+  heap_bytes: number;
+  /** The whole process's resident memory. */
+  rss_bytes: number;
+  /** Files held in the in-memory file system beyond the pristine interpreter's. */
+  fs_bytes: number;
+}
+
 /** What a worker announces in its `ready` notification. */
-export interface ReadyInfo {
+export interface ReadyInfo extends WorkerMemory {
   worker_id: string;
   pyodide_version: string;
   python_version: string;
   load_ms: number;
-  heap_bytes: number;
 }
 
 export interface ExitInfo {
@@ -91,6 +100,8 @@ export class WorkerProcess {
   /** Milliseconds from spawn to its ready notification. */
   startupMs: number | undefined;
   readyInfo: ReadyInfo | undefined;
+  /** The memory it last reported (undefined until it is ready). */
+  memory: WorkerMemory | undefined;
   exitInfo: ExitInfo | undefined;
   /** Receives the worker's notifications other than `ready` (e.g. `recycle`, `idle`). */
   onNotification: (method: string, params: unknown) => void = () => {};
@@ -153,6 +164,7 @@ export class WorkerProcess {
     this.#readMessages((info) => {
       clearTimeout(initTimer);
       this.readyInfo = info;
+      this.memory = memoryOf(info);
       this.startupMs = performance.now() - this.spawnedAt;
       if (this.state === "starting") this.state = "idle";
       readyResolve(info);
@@ -249,6 +261,7 @@ export class WorkerProcess {
         else if (message?.method === "idle") {
           const id = message.params?.id;
           if (!this.#unsettled.delete(id)) this.#settledEarly.add(id);
+          this.memory = memoryOf(message.params);
           this.onNotification(message.method, message.params);
         } else if (message?.method === "output") {
           this.#outputHandlers.get(message.params?.id)?.(message.params);
@@ -275,6 +288,11 @@ export class WorkerProcess {
   #violation(what: string): void {
     this.kill("protocol_violation", what);
   }
+}
+
+/** The memory figures out of a worker's notification. */
+function memoryOf({ heap_bytes, rss_bytes, fs_bytes }: WorkerMemory): WorkerMemory {
+  return { heap_bytes, rss_bytes, fs_bytes };
 }
 
 /** The variables the deno executable needs to find its cache; nothing else is passed. */

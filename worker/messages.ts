@@ -51,8 +51,12 @@ export interface InitMessage {
   maxOutputBytes: number;
   /** Files created by a run larger than this come back without content. */
   maxFileBytes: number;
+  /** Most bytes of file contents one answer returns; the files past it come back without. */
+  maxReturnedFileBytes: number;
   /** Cap on the Wasm heap: growing past it fails, which Python sees as MemoryError. */
   maxHeapBytes: number;
+  /** Bytes of files a request may hold in the file system beyond the pristine interpreter's. */
+  maxFsBytes: number;
   /** Memory snapshot to start from, if any. */
   snapshotPath?: string;
   /** Pyodide lock file that names the loadable packages (a local path or a URL). */
@@ -103,6 +107,8 @@ export interface ReadyMessage {
   pythonVersion: string;
   loadMs: number;
   heapBytes: number;
+  /** Bytes of files held beyond the pristine interpreter's (see fs_quota.ts). */
+  fsBytes: number;
   /** Started from the memory snapshot. */
   restored: boolean;
 }
@@ -163,6 +169,8 @@ export interface SettledMessage {
   resumedBytes?: number;
   /** Parked sessions, and their bytes, after the run. */
   parkedBytes: number;
+  /** Bytes of files held beyond the pristine interpreter's, once the after-work is done. */
+  fsBytes: number;
   /** Sessions dropped (least recently used past the limit, or a failed reset), and why. */
   lost: { sessionId: string; reason: string }[];
   /** The function table grew past what a worker should keep: it asks to be replaced. */

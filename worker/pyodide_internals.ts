@@ -7,6 +7,7 @@
  */
 
 import type { PyodideAPI } from "pyodide";
+import type { GrowingMemFs, QuotaFs } from "./fs_quota.ts";
 import type { EmscriptenFs, MemFs } from "./image/fs_image.ts";
 import type { HandleModule } from "./image/python_handles.ts";
 import type { WasmModule } from "./image/wasm_state.ts";
@@ -20,8 +21,8 @@ export type EmscriptenModule =
     memory: WebAssembly.Memory;
     HEAP8: Int8Array;
     HEAPU8: Uint8Array;
-    FS: EmscriptenFs;
-    MEMFS: MemFs;
+    FS: EmscriptenFs & QuotaFs;
+    MEMFS: MemFs & GrowingMemFs;
     /** Grows the Wasm memory to at least `bytes`, and the heap views with it. */
     growMemory(bytes: number): unknown;
     /** Makes (and caches) the class of PyProxies with the given flags. */

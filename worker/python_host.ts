@@ -33,8 +33,12 @@ export interface PythonHostOptions {
   maxOutputBytes: number;
   /** Cap on the content of each file a run returns, in bytes. */
   maxFileBytes: number;
+  /** Cap on the content of all the files a run returns, in bytes. */
+  maxReturnedFileBytes: number;
   /** Cap on the Wasm heap, in bytes. */
   maxHeapBytes: number;
+  /** Cap on the bytes of files a request may hold in the file system. */
+  maxFsBytes: number;
   /** Memory snapshot to start (and restart) the interpreter from. */
   snapshotPath?: string;
   /** Pyodide lock file naming the loadable packages. */
@@ -233,7 +237,9 @@ export class PythonHost {
       control: this.#control.buffer as SharedArrayBuffer,
       maxOutputBytes: this.options.maxOutputBytes,
       maxFileBytes: this.options.maxFileBytes,
+      maxReturnedFileBytes: this.options.maxReturnedFileBytes,
       maxHeapBytes: this.options.maxHeapBytes,
+      maxFsBytes: this.options.maxFsBytes,
       snapshotPath: this.options.snapshotPath,
       lockFileUrl: this.options.lockFileUrl,
       allowNetwork: this.options.allowNetwork,

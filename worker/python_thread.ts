@@ -9,6 +9,7 @@
 /// <reference lib="deno.worker" />
 
 import type { PyProxy } from "pyodide/ffi";
+import { FsQuota } from "./fs_quota.ts";
 import { FsWatch } from "./fs_watch.ts";
 import { protectContents } from "./image/fs_image.ts";
 import { PythonHandles } from "./image/python_handles.ts";
@@ -274,7 +275,7 @@ async function start(init: InitMessage): Promise<Thread> {
   seal.destroy();
   const { PythonError } = pyodide.ffi;
   const fsWatch = new FsWatch(pyodide.FS);
-  const runFiles = new RunFiles(pyodide.FS, init.maxFileBytes);
+  const runFiles = new RunFiles(pyodide.FS, init.maxFileBytes, init.maxReturnedFileBytes);
   fsWatch.mark(JSON.parse(watchedPaths()));
   // Set once a request changed a file the reset cannot restore; the worker is then replaced.
   let tainted = false;
@@ -328,9 +329,12 @@ async function start(init: InitMessage): Promise<Thread> {
       handles,
     };
   })();
+  // After protectContents, in the image modes: a write refused for want of room copies nothing.
+  const fsQuota = new FsQuota(emscripten.FS, emscripten.MEMFS, init.maxFsBytes);
   freezeShared(emscripten, jsglobals);
   const tenancy = new Tenancy(init.isolation, imaged, init.maxParkedBytes);
   tenancy.start();
+  fsQuota.rebase();
   send({
     type: "ready",
     pyodideVersion: pyodide.version,
@@ -338,6 +342,7 @@ async function start(init: InitMessage): Promise<Thread> {
     loadMs: performance.now() - started,
     restored,
     heapBytes: heapBytes(),
+    fsBytes: fsQuota.measure(),
   });
 
   /** Tells the main thread that the run's after-work is done, with what it cost. */
@@ -358,6 +363,7 @@ async function start(init: InitMessage): Promise<Thread> {
       resumeMs: entered.resumeMs,
       resumedBytes: entered.resumedBytes,
       parkedBytes: tenancy.parkedBytes,
+      fsBytes: fsQuota.measure(),
       lost: tenancy.takeDropped(),
       overgrown: tenancy.overgrown,
       recovered,
@@ -389,6 +395,7 @@ async function start(init: InitMessage): Promise<Thread> {
       acceptInstalled();
       fsWatch.mark(JSON.parse(watchedPaths()));
       tenancy.packagesLoaded();
+      fsQuota.rebase();
     });
     const failed = missing.filter((name) => !(name in pyodide.loadedPackages));
     if (failed.length === 0) return undefined;
@@ -527,9 +534,11 @@ async function start(init: InitMessage): Promise<Thread> {
       running = true;
       tenancy.ran();
       const given: GivenFiles = new Map();
+      fsQuota.open();
       const json = packageError ?? await runToJson(message, given, entered.fresh);
       // The runtime closed the run already, unless it failed before it could.
       closeRun();
+      const fsFull = fsQuota.close();
       const files = runFiles.collect(given);
       // The reset runs after the answer is sent, off the request's path, and before the next
       // request (this handler ends with it). Without the memory image (`--isolation none`),
@@ -560,6 +569,7 @@ async function start(init: InitMessage): Promise<Thread> {
       } else if (outcome.status !== "ok" && closedFor === InterruptReason.Cancelled) {
         outcome.status = "cancelled";
       } else if (outcome.error?.type === "MemoryError") outcome.status = "memory_limit";
+      else if (outcome.status === "error" && fsFull) outcome.status = "fs_limit";
       send({
         type: "done",
         seq: message.seq,

@@ -9,6 +9,7 @@
  */
 
 import type { InputFile, OutputFile } from "../lib/protocol.ts";
+import { ENOSPC } from "./fs_quota.ts";
 
 /** The part of Emscripten's FS API used here. */
 interface EmscriptenFs {
@@ -30,7 +31,13 @@ export const RUN_DIRECTORY = "/tmp/pyodide-pool/run";
 export type GivenFiles = Map<string, Uint8Array>;
 
 export class RunFiles {
-  constructor(private readonly fs: EmscriptenFs, private readonly maxFileBytes: number) {}
+  constructor(
+    private readonly fs: EmscriptenFs,
+    /** Largest file returned with its content. */
+    private readonly maxFileBytes: number,
+    /** Most bytes of content returned in all; the files past it come back without content. */
+    private readonly maxTotalBytes: number,
+  ) {}
 
   /**
    * Writes the request's files (paths were checked at the edge: relative, no `..`), noting
@@ -46,6 +53,12 @@ export class RunFiles {
       } catch (error) {
         // Emscripten's ErrnoError carries only a number.
         const errno = (error as { errno?: number }).errno;
+        if (errno === ENOSPC) {
+          throw new Error(
+            `cannot write ${JSON.stringify(path)}: the request's files take more room than the ` +
+              `file system quota gives a request (--max-fs-mb)`,
+          );
+        }
         throw new Error(
           `cannot write ${JSON.stringify(path)}: a folder of that name, or a file where one ` +
             `of its folders should be, came earlier in files (errno ${errno})`,
@@ -67,6 +80,13 @@ export class RunFiles {
       return [];
     }
     const changed: OutputFile[] = [];
+    let room = this.maxTotalBytes;
+    const withoutContent = (path: string, size: number): OutputFile => ({
+      path,
+      size,
+      content_b64: null,
+      truncated: true,
+    });
     const walk = (folder: string, prefix: string) => {
       for (const name of this.fs.readdir(folder)) {
         if (name === "." || name === "..") continue;
@@ -87,17 +107,19 @@ export class RunFiles {
         }
         if (!this.fs.isFile(stat.mode)) continue;
         const before = given.get(relative);
-        if (stat.size > this.maxFileBytes && before?.length !== stat.size) {
-          changed.push({ path: relative, size: stat.size, content_b64: null, truncated: true });
+        const fits = (size: number) => size <= this.maxFileBytes && size <= room;
+        if (!fits(stat.size) && before?.length !== stat.size) {
+          changed.push(withoutContent(relative, stat.size));
           continue;
         }
         const content = this.fs.readFile(full);
         if (sameBytes(before, content)) continue;
-        changed.push(
-          content.length > this.maxFileBytes
-            ? { path: relative, size: content.length, content_b64: null, truncated: true }
-            : { path: relative, size: content.length, content_b64: content.toBase64() },
-        );
+        if (!fits(content.length)) {
+          changed.push(withoutContent(relative, content.length));
+          continue;
+        }
+        room -= content.length;
+        changed.push({ path: relative, size: content.length, content_b64: content.toBase64() });
       }
     };
     walk(RUN_DIRECTORY, "");

@@ -21,7 +21,8 @@ interface FsNode {
   mtime: number;
   ctime: number;
   usedBytes?: number;
-  contents?: Uint8Array | Record<string, FsNode>;
+  /** File contents: a Uint8Array, or an Int8Array for a file written in one go. */
+  contents?: Uint8Array | Int8Array | Record<string, FsNode>;
   link?: string;
   mounted: { root: FsNode } | null;
 }
@@ -60,7 +61,7 @@ interface NodeRecord {
   mtime: number;
   ctime: number;
   usedBytes?: number;
-  contents?: Uint8Array;
+  contents?: Uint8Array | Int8Array;
   /** A folder's entries. */
   entries?: Record<string, FsNode>;
   link?: string;
@@ -75,7 +76,7 @@ interface StreamRecord {
 }
 
 /** Contents arrays that a saved state holds: a write into one must copy it first. */
-const held = new WeakSet<Uint8Array>();
+const held = new WeakSet<Uint8Array | Int8Array>();
 
 /**
  * Makes MEMFS copy a file's contents before writing into them when a saved state holds them
@@ -85,7 +86,7 @@ export function protectContents(memfs: MemFs): void {
   const write = memfs.stream_ops.write;
   const copyOnWrite: WriteOp = (stream, ...rest) => {
     const contents = stream.node.contents;
-    if (contents instanceof Uint8Array && held.has(contents)) {
+    if (isFileContents(contents) && held.has(contents)) {
       stream.node.contents = contents.slice();
     }
     return write(stream, ...rest);
@@ -93,6 +94,10 @@ export function protectContents(memfs: MemFs): void {
   // msync calls the first; file streams call the second.
   memfs.stream_ops.write = copyOnWrite;
   if (memfs.ops_table) memfs.ops_table.file.stream.write = copyOnWrite;
+}
+
+function isFileContents(value: unknown): value is Uint8Array | Int8Array {
+  return value instanceof Uint8Array || value instanceof Int8Array;
 }
 
 function isFolderContents(value: unknown): value is Record<string, FsNode> {
@@ -132,7 +137,7 @@ export class FsState {
         link: node.link,
         mounted: node.mounted,
       };
-      if (node.contents instanceof Uint8Array) {
+      if (isFileContents(node.contents)) {
         record.contents = node.contents;
         held.add(node.contents);
       } else if (isFolderContents(node.contents)) {

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 @dataclass(frozen=True)
 class PythonError:
-    """The exception that ended a run with status `error` (also set for `timeout` and
-    `memory_limit`)."""
+    """The exception that ended a run with status `error` (also set for `timeout`,
+    `memory_limit` and `fs_limit`)."""
 
     type: str
     message: str
@@ -48,7 +48,7 @@ class Figure:
 
 @dataclass(frozen=True)
 class ExecuteResult:
-    """How the run ended (`status`: ok, error, timeout, output_limit, memory_limit) and what
+    """How the run ended (`status`: ok, error, timeout, output_limit, memory_limit, fs_limit) and what
     it produced. Python exceptions and timeouts are results, not raised: check `status`."""
 
     status: str

@@ -1,0 +1,174 @@
+/**
+ * Memory outside the Wasm heap is bounded too: what a request holds in the in-memory file
+ * system (`--max-fs-mb`), what it returns (output and files), and the worker process's whole
+ * resident memory (`--worker-max-rss-mb`). Through real pools, in `--isolation request` and
+ * `none` (where there is no memory image).
+ */
+
+import assert from "node:assert/strict";
+import { Supervisor } from "../lib/pool_client.ts";
+import { metricsPortIn, scrapeMetrics } from "./helpers/metrics.ts";
+import { waitFor, waitForExit, waitUntil } from "./helpers/processes.ts";
+
+const MiB = 1 << 20;
+const FS_MB = 256;
+const RSS_MB = 1024;
+
+interface WorkerHealth {
+  id: string;
+  pid: number;
+  state: string;
+  rss_bytes: number | null;
+  fs_bytes: number | null;
+}
+
+const workersOf = async (sup: Supervisor) =>
+  (await sup.call("health") as { workers: WorkerHealth[] }).workers;
+
+/** Writes files of 64 MiB to /tmp until a write fails; prints how, and how many it wrote. */
+const FLOOD = `
+import errno
+data = b'x' * (64 << 20)
+n = 0
+try:
+    while True:
+        with open(f'/tmp/flood-{n}', 'wb') as f:
+            f.write(data)
+        n += 1
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+    raise
+`;
+
+/** Fills the quota exactly (the image's files do not count), then checks that each way to grow fails. */
+const FILL_EXACTLY = `
+import errno, os
+data = b'x' * (64 << 20)
+for n in range(4):
+    with open(f'/tmp/fill-{n}', 'wb') as f:
+        f.write(data)
+def refused(grow):
+    try:
+        grow()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return 'written'
+fd = os.open('/tmp/fill-0', os.O_WRONLY)
+print('append', refused(lambda: os.pwrite(fd, b'1', 64 << 20)))
+print('write past the end', refused(lambda: os.pwrite(fd, b'1', 100 << 20)))
+print('truncate up', refused(lambda: os.ftruncate(fd, 65 << 20)))
+os.close(fd)
+os.remove('/tmp/fill-1')
+with open('/tmp/fill-again', 'wb') as f:
+    f.write(data)
+print('after a removal', 'written')
+`;
+
+for (const isolation of ["request", "none"]) {
+  let shared: Promise<Supervisor> | undefined;
+  const pool = () =>
+    shared ??= Supervisor.start({
+      args: [
+        "--pool-size",
+        "1",
+        "--isolation",
+        isolation,
+        "--max-fs-mb",
+        String(FS_MB),
+        "--worker-max-rss-mb",
+        String(RSS_MB),
+        // So that the heap grown by the last test is not what replaces the worker.
+        "--worker-recycle-heap-mb",
+        "1024",
+        "--metrics-port",
+        "0",
+      ],
+      // The metrics port is logged at info.
+      env: { PYODIDE_LOG_LEVEL: "info" },
+      maxLineBytes: 256 * MiB,
+    });
+
+  Deno.test(`${isolation}: a file system flood stops at the quota with ENOSPC (fs_limit); memory stays under the ceiling`, async () => {
+    const sup = await pool();
+    const r = await sup.execute({ code: FLOOD });
+    assert.equal(r.status, "fs_limit", JSON.stringify(r.error));
+    // Four files of 64 MiB fill the 256 MiB quota; the fifth write is refused.
+    assert.equal(r.stdout, "ENOSPC 4\n");
+    assert.equal(r.error?.type, "OSError");
+    assert.match(r.error!.message, new RegExp(`capped at ${FS_MB} MB`));
+    assert.match(r.error!.traceback, /OSError: \[Errno 51\] No space left on device/);
+    const [worker] = await workersOf(sup);
+    assert.equal(worker.id, r.worker_id);
+    // The request's files were removed after it, with its quota.
+    assert.equal(worker.fs_bytes, 0);
+    // As the worker measured it after the request (/proc/<pid>/status needs --allow-all).
+    assert.ok(worker.rss_bytes! < RSS_MB * MiB, `rss ${worker.rss_bytes}`);
+  });
+
+  Deno.test(`${isolation}: the image's files do not count; growing past the quota fails every way; removed files free it`, async () => {
+    const sup = await pool();
+    for (let round = 0; round < 2; round++) {
+      const r = await sup.execute({ code: FILL_EXACTLY });
+      assert.equal(r.status, "ok", JSON.stringify(r.error));
+      assert.equal(
+        r.stdout,
+        "append ENOSPC\nwrite past the end ENOSPC\ntruncate up ENOSPC\nafter a removal written\n",
+      );
+    }
+    const stats = await sup.call("stats") as { workers: { fs_bytes: number }[] };
+    assert.equal(stats.workers[0].fs_bytes, 0);
+  });
+
+  Deno.test(`${isolation}: output and returned files are bounded by their caps`, async () => {
+    const sup = await pool();
+    const output = await sup.execute({
+      code: "import sys\nwhile True:\n    sys.stderr.write('e' * 10_000)",
+    });
+    assert.equal(output.status, "output_limit");
+    // --max-output-bytes, 1 MiB by default.
+    assert.equal(output.stderr.length, MiB);
+    // 20 files of 10 MiB (each at --max-file-bytes, all within the quota): contents come back for as many as fit in
+    // 3/8 of the line between worker and supervisor (256 MiB), the others without.
+    const files = await sup.execute({
+      code: "data = b'x' * (10 << 20)\nfor n in range(20):\n    open(f'f{n}', 'wb').write(data)",
+    });
+    assert.equal(files.status, "ok", JSON.stringify(files.error));
+    assert.equal(files.files.length, 20);
+    const returned = files.files.filter((f) => f.content_b64 !== null);
+    assert.equal(returned.length, 9);
+    assert.ok(files.files.every((f) => f.size === 10 * MiB));
+    assert.ok(files.files.filter((f) => f.content_b64 === null).every((f) => f.truncated));
+    // The worker answered, and serves on.
+    assert.equal((await sup.execute({ code: "'next'" })).worker_id, files.worker_id);
+  });
+
+  Deno.test(`${isolation}: a worker whose memory passed --worker-max-rss-mb is replaced after its answer`, async () => {
+    const sup = await pool();
+    // 800 MiB of Wasm heap, written, under the heap's caps: resident, and it never shrinks.
+    const r = await sup.execute({ code: "data = b'x' * (800 << 20)\nlen(data)" });
+    assert.equal(r.status, "ok", JSON.stringify(r.error));
+    assert.equal(r.result, String(800 * MiB));
+    const [old] = await workersOf(sup);
+    await waitUntil("the replacement", async () => {
+      const workers = await workersOf(sup);
+      return workers.length === 1 && workers[0].id !== r.worker_id && workers[0].state === "idle";
+    });
+    await waitForExit([old.pid]);
+    const stats = await sup.call("stats") as { restarts: Record<string, number> };
+    assert.equal(stats.restarts.rss_grown, 1);
+    const port = await waitFor("the metrics URL", () => Promise.resolve(metricsPortIn(sup.stderr)));
+    const metrics = await scrapeMetrics(port);
+    assert.equal(metrics.get('pyodide_pool_worker_restarts_total{reason="rss_grown"}'), 1);
+    assert.equal((await sup.execute({ code: "'fine'" })).result, "'fine'");
+  });
+
+  Deno.test({
+    name: `${isolation}: close the memory limits pool`,
+    fn: async () => {
+      const sup = await pool();
+      const pids = await sup.workerPids();
+      assert.equal((await sup.close()).code, 0);
+      await waitForExit(pids);
+    },
+  });
+}
