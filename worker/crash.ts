@@ -44,7 +44,9 @@ interface FatalHooks {
 function classify(error: unknown): Crash {
   const { name, message, status } = error as { name?: string; message?: string; status?: number };
   if (name === "ExitStatus" || name === "Exit") {
-    return { kind: "exited", exitCode: status ?? 0, reason: `exit(${status ?? 0})` };
+    // As a process reports it: the low 8 bits.
+    const code = (status ?? 0) & 0xff;
+    return { kind: "exited", exitCode: code, reason: `exit(${status ?? 0})` };
   }
   if (name === "AbortError") {
     return { kind: "crashed", reason: `abort() (${message || "no reason given"})` };
@@ -62,10 +64,14 @@ export class CrashWatch {
 
   /** Installs the hooks; call once Pyodide has booted, before any user code runs. */
   constructor({ api, module }: FatalHooks) {
-    module.onAbort = (what) => {
+    // Fixed for good: Pyodide's own setup, which Python can call again through ctypes
+    // (`pyodide_js_init`), would put its own handler back.
+    const fixed = (target: object, key: string, value: unknown) =>
+      Object.defineProperty(target, key, { value, writable: false, configurable: false });
+    fixed(module, "onAbort", (what: unknown) => {
       throw new AbortError(String(what ?? ""));
-    };
-    api.fatal_error = (error: unknown): never => {
+    });
+    fixed(api, "fatal_error", (error: unknown): never => {
       const fatal = typeof error === "object" && error !== null
         ? error as { pyodide_fatal_error?: boolean }
         : new Error(String(error)) as Error & { pyodide_fatal_error?: boolean };
@@ -75,7 +81,7 @@ export class CrashWatch {
         this.#happened.resolve(this.#current);
       }
       throw fatal;
-    };
+    });
   }
 
   /** The crash not yet recovered from, if there is one. */

@@ -637,7 +637,13 @@ async function start(init: InitMessage): Promise<Thread> {
       // cancel the run's task instead.
       if (!running) return;
       Atomics.store(control, ControlSlot.Interrupt, 0);
-      cancelCurrent();
+      try {
+        cancelCurrent();
+      } catch (error) {
+        // The cancel ran the code's own Python (a future's `cancel`), which may end the
+        // interpreter: the run, racing its task against the crash, answers and recovers.
+        if (!crashes.current) throw error;
+      }
     },
   };
 }

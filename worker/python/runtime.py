@@ -178,7 +178,8 @@ def _exit_code(exc):
     if exc.code is None:
         return 0
     if isinstance(exc.code, int):
-        return exc.code
+        # As a process reports it: the low 8 bits (a bool is an int too).
+        return int(exc.code) & 0xFF
     try:
         print(exc.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - the runtime must always answer
