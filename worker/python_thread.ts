@@ -585,9 +585,8 @@ async function start(init: InitMessage): Promise<Thread> {
       // What the run queued (a thenable's `then`, say) runs in its own generation, and the
       // reset may set off a destructor: either may crash the interpreter too.
       if (imaged && !crashes.current) await imaged.handles.drain();
-      if (crashes.current) {
-        // Recovered below.
-      } else if (imaged) {
+      // A crash is recovered from below, instead of a reset.
+      if (!crashes.current && imaged) {
         // A change the Python-level reset cannot undo stays with its owner: the image is put
         // back before anyone else's request.
         kind = tenancy.leave(() =>
@@ -596,7 +595,7 @@ async function start(init: InitMessage): Promise<Thread> {
             restoreChangedFiles();
           })
         );
-      } else if (!resetFirst) resetFailure = reset(resetInterpreter);
+      } else if (!crashes.current && !resetFirst) resetFailure = reset(resetInterpreter);
       const crash = crashes.current;
       if (crash) {
         resetFailure = recover(crash);
