@@ -73,6 +73,7 @@ const python = new PythonHost({
   maxReturnedFileBytes,
   maxHeapBytes,
   maxFsBytes: Number(args["max-fs-mb"]) * 1024 * 1024,
+  maxRssBytes,
   snapshotPath: args.snapshot,
   lockFileUrl: args["lock-file-url"],
   allowNetwork: args["allow-network"],
@@ -80,6 +81,8 @@ const python = new PythonHost({
   interruptGraceMs: Number(args["interrupt-grace-ms"]),
   isolation: args.isolation as Isolation,
   maxParkedBytes: Number(args["max-parked-mb"]) * 1024 * 1024,
+  // In base64, 5/6 of the line, the rest for the pages' offsets and the JSON around them.
+  maxExportBytes: Math.floor(Number(args["max-line-bytes"]) * 5 / 8),
   onFatal: (message) => onFatal(message),
   // Runs come only once the server below is set up, and so does this.
   onInterpreterReplaced: (reason) => log.warn("interpreter replaced: {reason}", { reason }),
@@ -177,13 +180,14 @@ function settled(id: unknown, settled: SettledMessage): void {
     recoveries = [...recoveries.filter((at) => now - at < 60_000), now];
     if (recoveries.length > maxRecoveriesPerMinute) askToBeRecycled("recoveries");
   }
-  // Once the request is answered and its after-work done: the next request, maybe another
-  // tenant's, then runs here until the replacement is ready, never cut short.
-  const rssBytes = Deno.memoryUsage().rss;
-  if (rssBytes > maxRssBytes) askToBeRecycled("rss_grown", rssBytes);
   parkedBytes = settled.parkedBytes;
   fsBytes = settled.fsBytes;
-  setTimeout(() =>
+  setTimeout(() => {
+    // Once the request is answered (its line built: returned files in base64 took 660 MB)
+    // and its after-work done: the next request, maybe another tenant's, then runs here
+    // until the replacement is ready, never cut short.
+    const rssBytes = Deno.memoryUsage().rss;
+    if (rssBytes > maxRssBytes) askToBeRecycled("rss_grown", rssBytes);
     out.write(JSON.stringify({
       jsonrpc: "2.0",
       method: "idle",
@@ -201,8 +205,8 @@ function settled(id: unknown, settled: SettledMessage): void {
         rss_bytes: rssBytes,
         fs_bytes: settled.fsBytes,
       },
-    }))
-  );
+    }));
+  });
 }
 
 function sessionIdOf(params: unknown): string {
@@ -231,7 +235,12 @@ function limitError(report: RunReport, timeoutMs: number): PythonError | null {
     case "memory_limit":
       return {
         type: "MemoryError",
-        message: `out of memory: the Wasm heap is capped at ${args["max-heap-mb"]} MB`,
+        // Stopped by the worker: its whole memory passed the ceiling (see PythonHost).
+        message: report.stoppedBy
+          ? `out of memory: the worker's memory passed its ceiling of ${
+            args["max-rss-mb"]
+          } MB; stopped by ${report.stoppedBy}`
+          : `out of memory: the Wasm heap is capped at ${args["max-heap-mb"]} MB`,
         traceback,
       };
     case "fs_limit":
@@ -344,6 +353,8 @@ const server = new RpcServer({
   },
 }, {
   maxLineBytes: Number(args["max-line-bytes"]),
+  // The supervisor reads our lines with the same limit, and replaces a worker that passes it.
+  maxAnswerBytes: Number(args["max-line-bytes"]),
   onUnexpectedError: (method, error) =>
     log.error("unexpected error in {method}: {error}", { method, error: String(error) }),
 });

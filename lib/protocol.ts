@@ -295,6 +295,8 @@ export interface ExecuteResult {
   /** With `exited`: the status the code exited with. */
   exit_code?: number;
   files: OutputFile[];
+  /** Changed files left out of `files`: their paths passed the bytes an answer returns. */
+  files_omitted?: number;
   figures: Figure[];
   /** With `return_session`: the updated state, and the names that could not be kept. */
   session_bytes?: string;

@@ -40,6 +40,8 @@ export interface RpcServerOptions {
   onUnexpectedError?: (method: string, error: unknown) => void;
   /** Longest accepted line in bytes; longer lines get an error and are skipped. */
   maxLineBytes: number;
+  /** Longest answer line, in bytes (UTF-8); a longer one is answered with an error instead. */
+  maxAnswerBytes?: number;
   /**
    * Backpressure: while more than this many characters of responses wait to be written (the
    * reader is not reading), no further request is read, so memory stays bounded by the requests
@@ -66,6 +68,8 @@ export interface RpcServerOptions {
  * console.assert(out.join("").includes('"pong"'));
  * ```
  */
+const NON_ASCII = /[^\x00-\x7f]/;
+
 export class RpcServer {
   #server: JSONRPCServer<RequestContext>;
   #inFlight = new Set<Promise<void>>();
@@ -90,7 +94,7 @@ export class RpcServer {
   async serve(input: AsyncIterable<Uint8Array>, writer: LineWriter): Promise<void> {
     for await (const frame of readFrames(input, this.options.maxLineBytes)) {
       const pending = this.handleFrame(frame).then((response) => {
-        if (response !== undefined) writer.write(JSON.stringify(response));
+        if (response !== undefined) writer.write(this.#lineOf(response));
       });
       this.#inFlight.add(pending);
       pending.finally(() => this.#inFlight.delete(pending));
@@ -99,6 +103,42 @@ export class RpcServer {
         await writer.flushed();
       }
     }
+  }
+
+  /**
+   * The line that carries `response`; an answer that cannot be written (past
+   * `maxAnswerBytes`, or past what a JavaScript string holds) becomes an error that says so,
+   * for the request's id: the reader would otherwise refuse the line, or the server fail.
+   */
+  #lineOf(response: ResponseMessage | ResponseMessage[]): string {
+    if (Array.isArray(response)) {
+      return `[${response.map((one) => this.#lineOf(one)).join(",")}]`;
+    }
+    const limit = this.options.maxAnswerBytes ?? Infinity;
+    let why: string;
+    let bytes: number | undefined;
+    try {
+      const line = JSON.stringify(response);
+      // A character is 1 to 3 bytes of UTF-8 (a surrogate pair, 4 bytes, is 2 characters);
+      // large answers (files in base64) are mostly ASCII, measured without a copy.
+      if (line.length * 3 <= limit) return line;
+      bytes = NON_ASCII.test(line) ? new TextEncoder().encode(line).byteLength : line.length;
+      if (bytes <= limit) return line;
+      why = `${bytes} bytes, past the limit of ${limit}`;
+    } catch (error) {
+      why = (error as Error).message;
+    }
+    return JSON.stringify(errorResponse(
+      response.id,
+      new RpcError(
+        ErrorCode.InternalError,
+        `Internal error: the answer could not be sent (${why})`,
+        {
+          bytes,
+          max_answer_bytes: this.options.maxAnswerBytes,
+        },
+      ),
+    ));
   }
 
   /** Resolves when every request received so far has been answered. */

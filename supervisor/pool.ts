@@ -604,10 +604,15 @@ export class Pool {
           new: successor.id,
         });
       } catch (error) {
+        const why = error instanceof Error ? error.message : String(error);
         this.#log.warn("could not move the sessions of {id}: {error}", {
           id: worker.id,
-          error: String(error),
+          error: why,
         });
+        this.sessions.loseWorker(
+          worker.id,
+          `could not move when worker ${worker.id} was replaced: ${why}`,
+        );
       }
     }
     await worker.close();

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
 import type { ExecuteResult } from "../lib/protocol.ts";
+import { waitUntil } from "./helpers/processes.ts";
 
 async function ok(sup: Supervisor, params: Record<string, unknown>): Promise<ExecuteResult> {
   const r = await sup.execute(params);
@@ -67,8 +68,11 @@ Deno.test("a session comes back whole after other tenants ran: objects, generato
       ...session,
     });
     assert.equal(back.result, "(15, 2, 4, Fraction(1, 2), 200000)");
-    const stats = await sup.call("stats") as Stats;
-    assert.ok(stats.park.count >= 1 && stats.resume.count >= 1, JSON.stringify(stats));
+    // Counted as the worker settles the request, after its answer.
+    await waitUntil("the park and the resume are counted", async () => {
+      const stats = await sup.call("stats") as Stats;
+      return stats.park.count >= 1 && stats.resume.count >= 1;
+    }, 5_000);
   } finally {
     await sup.close();
   }

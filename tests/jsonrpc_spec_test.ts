@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { LineWriter } from "../lib/framing.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
 import type { Params } from "../lib/protocol.ts";
 
@@ -177,4 +178,33 @@ Deno.test("deeply nested JSON is a parse error or an invalid request, never a cr
     ? response.map((r) => (r as { error: { code: number } }).error.code)
     : [response.error!.code];
   for (const code of codes) assert.ok(code === -32700 || code === -32600, String(code));
+});
+
+Deno.test("an answer that cannot be written is an error for its id, and the server serves on", async () => {
+  const server = new RpcServer({
+    big: () => "é".repeat(600),
+    bigint: () => 1n,
+    small: () => "fine",
+  }, { maxLineBytes: 1024, maxAnswerBytes: 1000 });
+  const lines: string[] = [];
+  const writer = new LineWriter(
+    new WritableStream({ write: (chunk) => void lines.push(new TextDecoder().decode(chunk)) }),
+  );
+  const requests = ["big", "bigint", "small"].map((method, id) =>
+    JSON.stringify({ jsonrpc: "2.0", method, id })
+  );
+  await server.serve(
+    ReadableStream.from([new TextEncoder().encode(requests.join("\n") + "\n")]),
+    writer,
+  );
+  await server.settled();
+  await writer.flushed();
+  const answers = lines.join("").trim().split("\n").map((line) => JSON.parse(line));
+  answers.sort((a, b) => a.id - b.id);
+  // 600 characters of two bytes each: 1,236 bytes of JSON, though only 636 characters.
+  assert.equal(answers[0].error.code, -32603);
+  assert.match(answers[0].error.message, /1236 bytes, past the limit of 1000/);
+  assert.equal(answers[1].error.code, -32603);
+  assert.match(answers[1].error.message, /BigInt/);
+  assert.equal(answers[2].result, "fine");
 });

@@ -8,11 +8,15 @@
 import assert from "node:assert/strict";
 import { Supervisor } from "../lib/pool_client.ts";
 import { metricsPortIn, scrapeMetrics } from "./helpers/metrics.ts";
-import { waitFor, waitForExit, waitUntil } from "./helpers/processes.ts";
+import { peakRssBytes, waitFor, waitForExit, waitUntil } from "./helpers/processes.ts";
 
 const MiB = 1 << 20;
 const FS_MB = 256;
-const RSS_MB = 1024;
+/**
+ * Above what the other caps allow together: the boot (about 200 MB), a 256 MiB file system,
+ * and the answer that returns 96 MiB of files (its copies in base64 took 660 MB more, measured).
+ */
+const RSS_MB = 1536;
 
 interface WorkerHealth {
   id: string;
@@ -77,9 +81,6 @@ for (const isolation of ["request", "none"]) {
         String(FS_MB),
         "--worker-max-rss-mb",
         String(RSS_MB),
-        // So that the heap grown by the last test is not what replaces the worker.
-        "--worker-recycle-heap-mb",
-        "1024",
         "--metrics-port",
         "0",
       ],
@@ -101,8 +102,10 @@ for (const isolation of ["request", "none"]) {
     assert.equal(worker.id, r.worker_id);
     // The request's files were removed after it, with its quota.
     assert.equal(worker.fs_bytes, 0);
-    // As the worker measured it after the request (/proc/<pid>/status needs --allow-all).
+    // As the worker measured it after the request, and its peak during it.
     assert.ok(worker.rss_bytes! < RSS_MB * MiB, `rss ${worker.rss_bytes}`);
+    const peak = await peakRssBytes(worker.pid);
+    assert.ok(peak < RSS_MB * MiB, `peak rss ${peak}`);
   });
 
   Deno.test(`${isolation}: the image's files do not count; growing past the quota fails every way; removed files free it`, async () => {
@@ -138,28 +141,68 @@ for (const isolation of ["request", "none"]) {
     assert.equal(returned.length, 9);
     assert.ok(files.files.every((f) => f.size === 10 * MiB));
     assert.ok(files.files.filter((f) => f.content_b64 === null).every((f) => f.truncated));
-    // The worker answered, and serves on.
+    // The worker answered, and serves on; its memory never came near the ceiling.
     assert.equal((await sup.execute({ code: "'next'" })).worker_id, files.worker_id);
+    const [worker] = await workersOf(sup);
+    const peak = await peakRssBytes(worker.pid);
+    assert.ok(peak < RSS_MB * MiB, `peak rss ${peak}`);
+    console.log(`peak rss ${(peak / MiB).toFixed(0)} MiB`);
   });
 
-  Deno.test(`${isolation}: a worker whose memory passed --worker-max-rss-mb is replaced after its answer`, async () => {
+  Deno.test(`${isolation}: names are limited as Linux limits them, and paths count toward the files returned`, async () => {
     const sup = await pool();
-    // 800 MiB of Wasm heap, written, under the heap's caps: resident, and it never shrinks.
-    const r = await sup.execute({ code: "data = b'x' * (800 << 20)\nlen(data)" });
-    assert.equal(r.status, "ok", JSON.stringify(r.error));
-    assert.equal(r.result, String(800 * MiB));
-    const [old] = await workersOf(sup);
-    await waitUntil("the replacement", async () => {
-      const workers = await workersOf(sup);
-      return workers.length === 1 && workers[0].id !== r.worker_id && workers[0].state === "idle";
+    const names = await sup.execute({
+      code: [
+        "import errno, os",
+        "def made(make):",
+        "    try:",
+        "        make()",
+        "        return 'made'",
+        "    except OSError as e:",
+        "        return errno.errorcode[e.errno]",
+        "open('/tmp/ok', 'w').close()",
+        "[made(make) for make in (",
+        "    lambda: open('/tmp/' + 'n' * 256, 'w'),",
+        "    lambda: os.mkdir('/tmp/' + 'd' * 256),",
+        "    lambda: open('/tmp/' + 'é' * 128, 'w'),",
+        "    lambda: os.symlink('y' * 4097, '/tmp/link'),",
+        "    lambda: os.rename('/tmp/ok', '/tmp/' + 'r' * 256),",
+        "    lambda: open('/tmp/' + 'n' * 255, 'w'),",
+        "    lambda: os.symlink('y' * 4096, '/tmp/link'),",
+        ")]",
+      ].join("\n"),
     });
-    await waitForExit([old.pid]);
-    const stats = await sup.call("stats") as { restarts: Record<string, number> };
-    assert.equal(stats.restarts.rss_grown, 1);
-    const port = await waitFor("the metrics URL", () => Promise.resolve(metricsPortIn(sup.stderr)));
-    const metrics = await scrapeMetrics(port);
-    assert.equal(metrics.get('pyodide_pool_worker_restarts_total{reason="rss_grown"}'), 1);
-    assert.equal((await sup.execute({ code: "'fine'" })).result, "'fine'");
+    assert.equal(
+      names.result,
+      `[${Array(5).fill("'ENAMETOOLONG'").join(", ")}, 'made', 'made']`,
+      JSON.stringify(names.error),
+    );
+    // Contents fill the 96 MiB returned (3/8 of the 256 MiB line) but for 100 KiB; 100 paths of
+    // 3.7 KiB do not all fit after them.
+    const files = await sup.execute({
+      code: [
+        "import os",
+        "data = b'x' * (10 << 20)",
+        "for n in range(9):",
+        "    open(f'big{n}', 'wb').write(data)",
+        "open('fill', 'wb').write(b'x' * ((6 << 20) - (100 << 10)))",
+        "deep = '/'.join(['d' * 250] * 15)",
+        "os.makedirs(deep)",
+        "for i in range(100):",
+        "    open(f'{deep}/{i:03d}', 'w').close()",
+      ].join("\n"),
+    });
+    assert.equal(files.status, "ok", JSON.stringify(files.error));
+    assert.ok(files.files_omitted! > 50 && files.files_omitted! < 100, String(files.files_omitted));
+    assert.equal(files.files.length + files.files_omitted!, 110);
+  });
+
+  Deno.test(`${isolation}: an error's message and traceback are cut at the output cap`, async () => {
+    const sup = await pool();
+    const r = await sup.execute({ code: "raise ValueError('x' * (4 << 20))" });
+    assert.equal(r.status, "error");
+    assert.equal(r.error!.message, "x".repeat(MiB) + "...[truncated]");
+    assert.ok(r.error!.traceback.length <= MiB + 20, String(r.error!.traceback.length));
   });
 
   Deno.test({
@@ -172,3 +215,58 @@ for (const isolation of ["request", "none"]) {
     },
   });
 }
+
+Deno.test("memory a run holds outside the Wasm heap stops it at --worker-max-rss-mb (memory_limit)", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-max-rss-mb", String(RSS_MB)],
+  });
+  try {
+    const [pid] = await sup.workerPids();
+    // Copies of a bytes object into JavaScript: 2.5 GB, past the heap and its cap, unless stopped.
+    const r = await sup.execute({
+      code: "from pyodide.ffi import to_js\nb = b'x' * (100 << 20)\n" +
+        "kept = [to_js(b) for _ in range(25)]",
+      timeout_ms: 60_000,
+    });
+    assert.equal(r.status, "memory_limit", JSON.stringify(r.error));
+    assert.equal(r.error?.type, "MemoryError");
+    assert.match(r.error!.message, new RegExp(`passed its ceiling of ${RSS_MB} MB`));
+    // Checked every 50 ms: it goes past by what it adds meanwhile (a copy of 100 MiB is one step).
+    const peak = await peakRssBytes(pid);
+    assert.ok(peak < 1.5 * RSS_MB * MiB, `peak rss ${peak}`);
+    assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
+  } finally {
+    await sup.close();
+  }
+});
+
+Deno.test("a worker whose memory passed --worker-max-rss-mb after its run is replaced once it answered", async () => {
+  // The run holds about 310 MB (the boot, 100 MiB of files); its answer, which returns 90 MiB
+  // of them in base64, takes the worker past 768 MB.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-max-rss-mb", "768", "--metrics-port", "0"],
+    env: { PYODIDE_LOG_LEVEL: "info" },
+    maxLineBytes: 256 * MiB,
+  });
+  try {
+    const [old] = await workersOf(sup);
+    const r = await sup.execute({
+      code: "data = b'x' * (10 << 20)\nfor n in range(10):\n    open(f'f{n}', 'wb').write(data)",
+    });
+    assert.equal(r.status, "ok", JSON.stringify(r.error));
+    assert.equal(r.files.filter((f) => f.content_b64 !== null).length, 9);
+    await waitUntil("the replacement", async () => {
+      const workers = await workersOf(sup);
+      return workers.length === 1 && workers[0].id !== old.id && workers[0].state === "idle";
+    });
+    await waitForExit([old.pid]);
+    const stats = await sup.call("stats") as { restarts: Record<string, number> };
+    assert.deepEqual(stats.restarts, { rss_grown: 1 });
+    const port = await waitFor("the metrics URL", () => Promise.resolve(metricsPortIn(sup.stderr)));
+    const metrics = await scrapeMetrics(port);
+    assert.equal(metrics.get('pyodide_pool_worker_restarts_total{reason="rss_grown"}'), 1);
+    assert.equal((await sup.execute({ code: "'fine'" })).result, "'fine'");
+  } finally {
+    await sup.close();
+  }
+});

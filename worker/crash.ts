@@ -55,7 +55,16 @@ function classify(error: unknown): Crash {
   if (error instanceof WebAssembly.RuntimeError) {
     return { kind: "crashed", reason: `Wasm trap: ${message}` };
   }
-  return { kind: "crashed", reason: `${name ?? typeof error}: ${message ?? String(error)}` };
+  return { kind: "crashed", reason: `${name ?? typeof error}: ${message ?? describe(error)}` };
+}
+
+/** `String(value)`, which a value's own `toString` may make throw. */
+function describe(value: unknown): string {
+  try {
+    return String(value);
+  } catch {
+    return `a ${typeof value} that cannot be printed`;
+  }
 }
 
 export class CrashWatch {
@@ -72,9 +81,11 @@ export class CrashWatch {
       throw new AbortError(String(what ?? ""));
     });
     fixed(api, "fatal_error", (error: unknown): never => {
-      const fatal = typeof error === "object" && error !== null
-        ? error as { pyodide_fatal_error?: boolean }
-        : new Error(String(error)) as Error & { pyodide_fatal_error?: boolean };
+      // Marked, so that Pyodide's frames let it through: a value that cannot take the mark
+      // (not an object, or one frozen) is carried by an Error that can.
+      const fatal = (typeof error === "object" && error !== null && Object.isExtensible(error)
+        ? error
+        : new Error(describe(error), { cause: error })) as { pyodide_fatal_error?: boolean };
       if (!fatal.pyodide_fatal_error) {
         fatal.pyodide_fatal_error = true;
         this.#current ??= classify(fatal);

@@ -165,3 +165,48 @@ export class FsQuota {
     }
   }
 }
+
+/** Emscripten's errno for "File name too long" (numbered as in WASI; Python's is 37 too). */
+export const ENAMETOOLONG = 37;
+/** Linux's longest file name (what `statvfs` reports here) and longest link target, in bytes. */
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+
+/** The part of Emscripten's FS object whose names are limited. */
+export interface NamingFs {
+  mknod(path: string, mode: number, dev: number): unknown;
+  symlink(target: string, path: string): unknown;
+  rename(from: string, to: string): unknown;
+  ErrnoError: new (errno: number) => Error;
+}
+
+/** Whether `text` takes more than `max` bytes of UTF-8 (a character takes one to three). */
+const longerThan = (text: string, max: number) =>
+  text.length > max || (text.length * 3 > max && new TextEncoder().encode(text).byteLength > max);
+
+/**
+ * Limits file names and link targets as Linux does. MEMFS takes any length, and the quota
+ * counts contents only: 2,000 links to 1 MiB targets, or 1,500 files with 1 MiB names, took
+ * a worker's memory past 2 GB. Every file, folder and link is made by `mknod` or `symlink`,
+ * and named again only by `rename`.
+ */
+export function limitNames(fs: NamingFs): void {
+  const checkName = (path: string) => {
+    const name = path.slice(path.lastIndexOf("/") + 1);
+    if (longerThan(name, NAME_MAX)) throw new fs.ErrnoError(ENAMETOOLONG);
+  };
+  const { mknod, symlink, rename } = fs;
+  fs.mknod = (path, mode, dev) => {
+    checkName(path);
+    return mknod.call(fs, path, mode, dev);
+  };
+  fs.symlink = (target, path) => {
+    if (longerThan(target, PATH_MAX)) throw new fs.ErrnoError(ENAMETOOLONG);
+    checkName(path);
+    return symlink.call(fs, target, path);
+  };
+  fs.rename = (from, to) => {
+    checkName(to);
+    return rename.call(fs, from, to);
+  };
+}

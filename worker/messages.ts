@@ -43,6 +43,8 @@ export const InterruptReason = {
   Timeout: 1,
   OutputLimit: 2,
   Cancelled: 3,
+  /** The worker process's resident memory passed its ceiling while the run went on. */
+  MemoryLimit: 4,
 } as const;
 
 export interface InitMessage {
@@ -67,6 +69,8 @@ export interface InitMessage {
   failpoints: boolean;
   /** What is put back between requests (`--isolation`). */
   isolation: Isolation;
+  /** Bytes of session memory one export may carry: the line to the supervisor is capped. */
+  maxExportBytes: number;
   /** Bytes parked sessions may hold before the least recently used is dropped. */
   maxParkedBytes: number;
 }
@@ -128,7 +132,11 @@ export type RunOutcome =
 /** The outcome of a run stopped (timeout, cancel, one of `InterruptReason`) with no output. */
 export function stoppedOutcome(reason: number, type: string, message: string): RunOutcome {
   return {
-    status: reason === InterruptReason.Cancelled ? "cancelled" : "timeout",
+    status: reason === InterruptReason.Cancelled
+      ? "cancelled"
+      : reason === InterruptReason.MemoryLimit
+      ? "memory_limit"
+      : "timeout",
     stdout: "",
     stderr: "",
     truncated: false,

@@ -7,21 +7,23 @@
  */
 
 import type { PyodideAPI } from "pyodide";
-import type { GrowingMemFs, QuotaFs } from "./fs_quota.ts";
+import type { GrowingMemFs, NamingFs, QuotaFs } from "./fs_quota.ts";
 import type { EmscriptenFs, MemFs } from "./image/fs_image.ts";
 import type { HandleModule } from "./image/python_handles.ts";
+import type { LinkerModule } from "./image/linker_state.ts";
 import type { WasmModule } from "./image/wasm_state.ts";
 
 /** Pyodide's Emscripten module, as far as this worker uses it. */
 export type EmscriptenModule =
   & WasmModule
+  & LinkerModule
   & HandleModule
   & {
     /** The Wasm linear memory (its views, HEAP8 and the others, are replaced when it grows). */
     memory: WebAssembly.Memory;
     HEAP8: Int8Array;
     HEAPU8: Uint8Array;
-    FS: EmscriptenFs & QuotaFs;
+    FS: EmscriptenFs & QuotaFs & NamingFs;
     MEMFS: MemFs & GrowingMemFs;
     /** Grows the Wasm memory to at least `bytes`, and the heap views with it. */
     growMemory(bytes: number): unknown;

@@ -9,7 +9,7 @@
 /// <reference lib="deno.worker" />
 
 import type { PyProxy } from "pyodide/ffi";
-import { FsQuota } from "./fs_quota.ts";
+import { FsQuota, limitNames } from "./fs_quota.ts";
 import { FsWatch } from "./fs_watch.ts";
 import { protectContents } from "./image/fs_image.ts";
 import { PythonHandles } from "./image/python_handles.ts";
@@ -281,6 +281,11 @@ async function start(init: InitMessage): Promise<Thread> {
   let tainted = false;
   // Set once the interpreter's reset failed: no request may run here again (see `reset`).
   let broken = false;
+  /** No request may run here again: the main thread replaces this interpreter. */
+  const breakDown = (why: string) => {
+    broken = true;
+    send({ type: "broken", message: why });
+  };
   /** Runs reset steps; what a failure says, if they fail with a Python exception. */
   const reset = (steps: () => void): string | undefined => {
     try {
@@ -331,6 +336,7 @@ async function start(init: InitMessage): Promise<Thread> {
   })();
   // After protectContents, in the image modes: a write refused for want of room copies nothing.
   const fsQuota = new FsQuota(emscripten.FS, emscripten.MEMFS, init.maxFsBytes);
+  limitNames(emscripten.FS);
   freezeShared(emscripten, jsglobals);
   const tenancy = new Tenancy(init.isolation, imaged, init.maxParkedBytes);
   tenancy.start();
@@ -373,7 +379,11 @@ async function start(init: InitMessage): Promise<Thread> {
   const errorJson = (type: string, message: string, traceback = "") =>
     JSON.stringify({ status: "error", result: null, error: { type, message, traceback } });
 
-  /** Loads what is not loaded yet; loadPackage reports failures instead of throwing. */
+  /**
+   * Loads what is not loaded yet; loadPackage reports failures instead of throwing. Pyodide's
+   * loader is Python the request's owner may have patched (in its session), so the loading may
+   * end the interpreter: the crash is then the answer, recovered from like the run's.
+   */
   const loadPackages = async (names: string[]): Promise<string | undefined> => {
     const missing = names.filter((name) => !(name in pyodide.loadedPackages));
     if (missing.length === 0) return undefined;
@@ -382,15 +392,19 @@ async function start(init: InitMessage): Promise<Thread> {
       // With the clock stopped, every worker that loads the same packages gets the same image.
       await withClockStopped(() =>
         loadingPackages(() =>
-          pyodide.loadPackage(missing, {
-            messageCallback: () => {},
-            errorCallback: (message) => messages.push(message),
-          })
+          Promise.race([
+            pyodide.loadPackage(missing, {
+              messageCallback: () => {},
+              errorCallback: (message) => messages.push(message),
+            }),
+            crashes.happened,
+          ])
         )
       );
     } catch (error) {
       messages.push(error instanceof Error ? error.message : String(error));
     }
+    if (crashes.current) return crashJson(crashes.current);
     await withClockStopped(() => {
       acceptInstalled();
       fsWatch.mark(JSON.parse(watchedPaths()));
@@ -482,8 +496,7 @@ async function start(init: InitMessage): Promise<Thread> {
   const recoveredBetweenRuns = (): boolean => {
     const failure = crashes.current && recover(crashes.current);
     if (failure === undefined) return true;
-    broken = true;
-    send({ type: "broken", message: failure });
+    breakDown(failure);
     return false;
   };
 
@@ -539,7 +552,7 @@ async function start(init: InitMessage): Promise<Thread> {
       // The runtime closed the run already, unless it failed before it could.
       closeRun();
       const fsFull = fsQuota.close();
-      const files = runFiles.collect(given);
+      const { files, omitted } = runFiles.collect(given);
       // The reset runs after the answer is sent, off the request's path, and before the next
       // request (this handler ends with it). Without the memory image (`--isolation none`),
       // a request that changed files (its run directory's included) is reset first: its answer
@@ -557,6 +570,7 @@ async function start(init: InitMessage): Promise<Thread> {
       streaming = undefined;
       const outcome = readOutcome(json);
       outcome.files = files;
+      if (omitted > 0) outcome.files_omitted = omitted;
       outcome.figures ??= [];
       outcome.truncated = stdout.truncated || stderr.truncated;
       outcome.stdout = stdout.take();
@@ -564,6 +578,7 @@ async function start(init: InitMessage): Promise<Thread> {
       if (crashes.current) {
         // How the interpreter ended is the answer, whatever stopped it meanwhile.
       } else if (closedFor === InterruptReason.OutputLimit) outcome.status = "output_limit";
+      else if (closedFor === InterruptReason.MemoryLimit) outcome.status = "memory_limit";
       else if (outcome.status !== "ok" && closedFor === InterruptReason.Timeout) {
         outcome.status = "timeout";
       } else if (outcome.status !== "ok" && closedFor === InterruptReason.Cancelled) {
@@ -605,10 +620,7 @@ async function start(init: InitMessage): Promise<Thread> {
       settle(message.seq, entered, kind, performance.now() - resetStarted, recovered);
       // A reset that failed leaves an interpreter that no request may use; the answer above
       // is the request's own all the same.
-      if (resetFailure !== undefined) {
-        broken = true;
-        send({ type: "broken", message: resetFailure });
-      }
+      if (resetFailure !== undefined) breakDown(resetFailure);
     },
     async call({ seq, fn, arg }) {
       if (broken || !recoveredBetweenRuns()) return;
@@ -617,7 +629,7 @@ async function start(init: InitMessage): Promise<Thread> {
         const value = fn === "drop_session"
           ? tenancy.dropSession(arg!)
           : fn === "export_sessions"
-          ? await tenancy.exportSessions()
+          ? await tenancy.exportSessions(init.maxExportBytes)
           : await tenancy.importSessions(JSON.parse(arg!));
         send({ type: "returned", seq, value: JSON.stringify(value) });
         return;
@@ -626,6 +638,15 @@ async function start(init: InitMessage): Promise<Thread> {
         const value = arg === undefined ? functions[fn]() : functions[fn](arg);
         send({ type: "returned", seq, value: String(value) });
       } catch (error) {
+        // Pickling a session runs its objects' own Python (`__reduce__`), which may end the
+        // interpreter: the call fails, and the interpreter is replaced.
+        const crash = crashes.current;
+        if (crash) {
+          const failure = `the interpreter ${crash.kind}: ${crash.reason}`;
+          send({ type: "returned", seq, value: "", error: failure });
+          recoveredBetweenRuns();
+          return;
+        }
         if (!(error instanceof PythonError)) throw error;
         send({ type: "returned", seq, value: "", error: `${error.type}: ${error.message}` });
       }

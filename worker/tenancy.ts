@@ -255,7 +255,7 @@ export class Tenancy {
    * first. A session moves as its memory pages; one that holds JavaScript objects or changed
    * files cannot move (those live outside the memory), and says so.
    */
-  async exportSessions(): Promise<Record<string, ExportedSession>> {
+  async exportSessions(maxBytes: number): Promise<Record<string, ExportedSession>> {
     const live = this.#live;
     if (live?.sessionId !== undefined && !this.#pristine) {
       this.#parked.set(live.sessionId, { image: live.base.diff(), usedAt: performance.now() });
@@ -263,12 +263,23 @@ export class Tenancy {
       this.#live = { key: undefined, base: this.#base! };
     }
     const exported: Record<string, ExportedSession> = {};
+    let room = maxBytes;
     for (const [id, { image }] of this.#parked) {
       const bound = image.base.whyBound(image);
       if (bound !== undefined) {
         exported[id] = { error: bound };
         continue;
       }
+      // The others still move: one line carries them all.
+      const bytes = image.memory.dataBytes;
+      if (bytes > room) {
+        exported[id] = {
+          error: `is too large to move (${bytes} bytes of memory; ${room} of the ${maxBytes} ` +
+            "one move carries were left)",
+        };
+        continue;
+      }
+      room -= bytes;
       exported[id] = {
         base: await image.base.fingerprint(),
         tenant: this.#tenants.get(id),
@@ -314,7 +325,7 @@ export class Tenancy {
           hiwireLength: session.hiwire_length,
           tableLength: session.table_length,
         };
-        const image = new SessionImage(base, memory, wasm, undefined, session.packages);
+        const image = new SessionImage(base, memory, wasm, undefined, undefined, session.packages);
         this.#parked.set(id, { image, usedAt: performance.now() });
         this.#tenants.set(id, session.tenant);
       }

@@ -45,3 +45,14 @@ export async function waitUntil(
 ): Promise<void> {
   await waitFor(what, async () => (await probe()) || undefined, timeoutMs);
 }
+
+/**
+ * The most resident memory the process `pid` has had (its `VmHWM`), in bytes. Read through
+ * `cat`: Deno lets a program read another process's /proc files only with --allow-all.
+ */
+export async function peakRssBytes(pid: number): Promise<number> {
+  const { stdout } = await new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).output();
+  const kib = new TextDecoder().decode(stdout).match(/^VmHWM:\s+(\d+) kB$/m);
+  if (!kib) throw new Error(`no VmHWM for process ${pid}`);
+  return Number(kib[1]) * 1024;
+}

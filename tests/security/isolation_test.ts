@@ -343,29 +343,62 @@ Deno.test("a libffi closure cannot be written into a function-table slot of the 
   assert.equal((await run(sup, { code: "repr(2.5)", tenant: "alice" })).result, "'2.5'");
 });
 
+/**
+ * Writes a side module with Emscripten's dylink.0 section that imports the interpreter's
+ * memory (it could keep data or code that no image puts back) and tries to load it: `outcome`
+ * is "loaded", or the error's text.
+ */
+const LOAD_SIDE_MODULE = [
+  "import ctypes",
+  "def section(kind, body):",
+  "    return bytes([kind, len(body)]) + body",
+  "dylink = b'\\x08dylink.0' + bytes([1, 4, 0, 0, 0, 0])",
+  "imports = bytes([1, 3]) + b'env' + bytes([6]) + b'memory' + bytes([2, 0, 0])",
+  "wasm = b'\\0asm' + bytes([1, 0, 0, 0]) + section(0, dylink) + section(2, imports)",
+  "open('/tmp/side.so', 'wb').write(wasm)",
+  "try:",
+  "    ctypes.CDLL('/tmp/side.so')",
+  "    outcome = 'loaded'",
+  "except OSError as e:",
+  "    outcome = str(e)",
+].join("\n");
+
 Deno.test("no Wasm library that shares the interpreter's memory or table loads through ctypes", async () => {
   const sup = await pool("request");
-  // A side module with Emscripten's dylink.0 section that imports the interpreter's memory:
-  // it could keep data or code that no image puts back.
-  const r = await run(sup, {
-    code: [
-      "import ctypes",
-      "def section(kind, body):",
-      "    return bytes([kind, len(body)]) + body",
-      "dylink = b'\\x08dylink.0' + bytes([1, 4, 0, 0, 0, 0])",
-      "imports = bytes([1, 3]) + b'env' + bytes([6]) + b'memory' + bytes([2, 0, 0])",
-      "wasm = b'\\0asm' + bytes([1, 0, 0, 0]) + section(0, dylink) + section(2, imports)",
-      "open('/tmp/side.so', 'wb').write(wasm)",
-      "try:",
-      "    ctypes.CDLL('/tmp/side.so')",
-      "    outcome = 'loaded'",
-      "except OSError as e:",
-      "    outcome = str(e)",
-      "outcome",
-    ].join("\n"),
-  });
+  const r = await run(sup, { code: `${LOAD_SIDE_MODULE}\noutcome` });
   assert.match(r.result!, /not allowed outside package loading/);
 });
+
+for (const mode of MODES) {
+  Deno.test(`--isolation ${mode}: the dynamic linker's JavaScript records are put back with the image`, async () => {
+    const sup = await pool(mode);
+    // dlopen's JavaScript half, called with the main module's handle (0), replaces its entry:
+    // every later CDLL(None) lookup would fail. A load that fails marks its library "loading",
+    // which a later dlopen of that name took for loaded.
+    const r = await run(sup, {
+      code: [
+        LOAD_SIDE_MODULE,
+        "dlopen = ctypes.CDLL(None)._dlopen_js",
+        "dlopen.restype = ctypes.c_uint32",
+        "dlopen.argtypes = [ctypes.c_uint32]",
+        "dlopen(0)",
+        "try:",
+        "    ctypes.CDLL(None).abort",
+        "    broken = False",
+        "except AttributeError:",
+        "    broken = True",
+        "'loaded' not in outcome, broken",
+      ].join("\n"),
+      tenant: "evil",
+    });
+    assert.equal(r.result, "(True, True)", "the attack took effect in its own request");
+    const victim = await run(sup, {
+      code: `${LOAD_SIDE_MODULE}\ncallable(ctypes.CDLL(None).abort), outcome`,
+      tenant: freshTenant(),
+    });
+    assert.match(victim.result!, /^\(True, .*not allowed outside package loading/);
+  });
+}
 
 Deno.test("no host path reaches Python: environment, argv, modules, JavaScript errors, heap", async () => {
   const sup = await pool("request");

@@ -9,6 +9,7 @@
  * - the Wasm globals, the function table's free slots and Pyodide's table of JavaScript objects
  *   (`wasm_state.ts`);
  * - the Emscripten file system (`fs_image.ts`);
+ * - the dynamic linker's record of loaded libraries (`linker_state.ts`);
  * - Pyodide's record of loaded packages.
  * JavaScript's handles on Python objects made since the image are cut off whenever memory is
  * put back (`python_handles.ts`).
@@ -17,6 +18,7 @@
  */
 
 import { FsState } from "./fs_image.ts";
+import { LinkerState } from "./linker_state.ts";
 import { MemoryImage, type MemoryPatch } from "./memory_image.ts";
 import type { PythonHandles } from "./python_handles.ts";
 import { type WasmChanges, WasmState } from "./wasm_state.ts";
@@ -39,6 +41,7 @@ export class BaseImage {
   readonly #memory: MemoryImage;
   readonly #wasm: WasmState;
   readonly #fs: FsState;
+  readonly #linker: LinkerState;
   readonly #packages: Record<string, string>;
   #fingerprint: Promise<string> | undefined;
 
@@ -47,6 +50,7 @@ export class BaseImage {
     this.#memory = MemoryImage.take(module.memory);
     this.#wasm = WasmState.take(module);
     this.#fs = FsState.take(module.FS);
+    this.#linker = LinkerState.take(module);
     this.#packages = { ...interpreter.loadedPackages };
     interpreter.handles.imaged();
   }
@@ -101,6 +105,9 @@ export class BaseImage {
   /** Why `session` cannot move to another worker, if it cannot. */
   whyBound(session: SessionImage): string | undefined {
     if (session.fs !== undefined) return "changed files, which cannot leave their worker";
+    if (session.linker !== undefined) {
+      return "loaded shared libraries, which cannot leave their worker";
+    }
     return this.#wasm.whyBound(session.wasm);
   }
 
@@ -121,6 +128,7 @@ export class BaseImage {
     module.growMemory(module.HEAPU8.byteLength);
     this.#wasm.restore();
     if (!this.#fs.isCurrent()) this.#fs.restore();
+    this.#linker.restore();
     for (const name of Object.keys(loadedPackages)) {
       if (!(name in this.#packages)) delete loadedPackages[name];
     }
@@ -135,6 +143,7 @@ export class BaseImage {
       this.#memory.diff(module.HEAPU8),
       this.#wasm.changes(),
       this.#fs.isCurrent() ? undefined : FsState.take(module.FS),
+      this.#linker.isCurrent() ? undefined : LinkerState.take(module),
       { ...this.interpreter.loadedPackages },
     );
   }
@@ -148,6 +157,7 @@ export class BaseImage {
     session.memory.applyTo(module.HEAPU8);
     this.#wasm.apply(session.wasm);
     session.fs?.restore();
+    session.linker?.restore();
     Object.assign(loadedPackages, session.packages);
   }
 }
@@ -160,6 +170,8 @@ export class SessionImage {
     readonly wasm: WasmChanges,
     /** The file system, when it differs from the base's. */
     readonly fs: FsState | undefined,
+    /** The dynamic linker's record, when it differs from the base's. */
+    readonly linker: LinkerState | undefined,
     readonly packages: Record<string, string>,
   ) {}
 

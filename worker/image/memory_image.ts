@@ -69,6 +69,13 @@ export class MemoryPatch {
     return this.#compressed ? inflateRawSync(this.#data) : this.#data;
   }
 
+  /** Bytes of the pages' contents, as `data` gives them. */
+  get dataBytes(): number {
+    let pages = 0;
+    for (let i = 0; i < this.runs.length; i += 2) pages += this.runs[i + 1] - this.runs[i];
+    return pages * PAGE_BYTES;
+  }
+
   get compressed(): boolean {
     return this.#compressed;
   }

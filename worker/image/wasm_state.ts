@@ -55,23 +55,32 @@ export const MAX_TABLE_GROWTH = 50_000;
  */
 export const MAX_HIWIRE_GROWTH = 100_000;
 
-/** Length of a table whose getter throws past the end. */
-function lengthOf(get: (index: number) => unknown, from = 0): number {
-  let length = from;
-  for (;;) {
-    try {
-      get(length);
-    } catch {
-      return length;
+/**
+ * The length of a table that never shrinks, whose getter throws past its end (hiwire's table
+ * and its immortal values): each probe starts where the last one ended.
+ */
+class GrowingLength {
+  #known = 0;
+
+  constructor(private readonly get: (index: number) => unknown) {}
+
+  /** Probes the length now. */
+  now(): number {
+    for (;;) {
+      try {
+        this.get(this.#known);
+      } catch {
+        return this.#known;
+      }
+      this.#known++;
     }
-    length++;
+  }
+
+  /** The length as last probed. */
+  get known(): number {
+    return this.#known;
   }
 }
-
-const hiwireLength = (module: WasmModule, from = 0) =>
-  lengthOf((i) => module.__hiwire_get(i), from);
-const immortalLength = (module: WasmModule, from = 0) =>
-  lengthOf((i) => module.__hiwire_immortal_get(i), from);
 
 /**
  * What a session holds outside the memory: the hiwire entries that differ from the base, the
@@ -95,11 +104,11 @@ export class WasmState {
   readonly #freeTableIndexes: number[];
   readonly #tableLength: number;
   readonly #hiwire: unknown[];
-  /** The hiwire table's length as last seen: it never shrinks, so probing starts there. */
-  #knownHiwireLength = 0;
+  readonly #hiwireLength: GrowingLength;
   readonly #deduplicationMap: Map<unknown, number>;
   /** Immortal values only grow; those of the base are never put back. */
   readonly #immortalLength: number;
+  readonly #immortalsLength: GrowingLength;
   readonly #deduplicated: [unknown, number][];
   /** The one writable property of the frozen intrinsics (see worker/sandbox.ts). */
   readonly #stackTraceLimit = Error.stackTraceLimit;
@@ -111,9 +120,14 @@ export class WasmState {
     this.#tempRet = module.__emscripten_tempret_get();
     this.#freeTableIndexes = [...module.freeTableIndexes];
     this.#tableLength = module.wasmTable.length;
-    this.#hiwire = Array.from({ length: hiwireLength(module) }, (_, i) => module.__hiwire_get(i));
+    this.#hiwireLength = new GrowingLength((i) => module.__hiwire_get(i));
+    this.#hiwire = Array.from(
+      { length: this.#hiwireLength.now() },
+      (_, i) => module.__hiwire_get(i),
+    );
     this.#deduplicationMap = deduplicationMap(module);
-    this.#immortalLength = immortalLength(module);
+    this.#immortalsLength = new GrowingLength((i) => module.__hiwire_immortal_get(i));
+    this.#immortalLength = this.#immortalsLength.now();
     freezeReachable([
       ...this.#hiwire,
       ...Array.from({ length: this.#immortalLength }, (_, i) => module.__hiwire_immortal_get(i)),
@@ -141,8 +155,8 @@ export class WasmState {
    */
   get overgrown(): boolean {
     return this.module.wasmTable.length - this.#tableLength > MAX_TABLE_GROWTH ||
-      this.#knownHiwireLength - this.#hiwire.length > MAX_HIWIRE_GROWTH ||
-      immortalLength(this.module, this.#immortalLength) - this.#immortalLength > MAX_HIWIRE_GROWTH;
+      this.#hiwireLength.known - this.#hiwire.length > MAX_HIWIRE_GROWTH ||
+      this.#immortalsLength.now() - this.#immortalLength > MAX_HIWIRE_GROWTH;
   }
 
   /** Puts the globals, the free list and the hiwire table back; no Wasm frame may be running. */
@@ -155,20 +169,12 @@ export class WasmState {
     Error.stackTraceLimit = this.#stackTraceLimit;
     // Entries past the saved length were made since: they go, and the table's own free list,
     // in the memory put back with them, sees their slots as free.
-    const length = this.#hiwireLength();
+    const length = this.#hiwireLength.now();
     for (let i = 0; i < length; i++) {
       const saved = i < this.#hiwire.length ? this.#hiwire[i] : null;
       if (m.__hiwire_get(i) !== saved) m.__hiwire_set(i, saved);
     }
     this.#restoreDeduplicated(this.#deduplicated);
-  }
-
-  #hiwireLength(): number {
-    this.#knownHiwireLength = hiwireLength(
-      this.module,
-      Math.max(this.#knownHiwireLength, this.#hiwire.length),
-    );
-    return this.#knownHiwireLength;
   }
 
   #restoreDeduplicated(entries: [unknown, number][]): void {
@@ -181,7 +187,7 @@ export class WasmState {
   changes(): WasmChanges {
     const m = this.module;
     const entries: WasmChanges["entries"] = [];
-    const length = this.#hiwireLength();
+    const length = this.#hiwireLength.now();
     for (let i = 0; i < length; i++) {
       const value = m.__hiwire_get(i);
       if (value !== (i < this.#hiwire.length ? this.#hiwire[i] : null)) entries.push([i, value]);
@@ -190,7 +196,7 @@ export class WasmState {
     const same = map.size === this.#deduplicated.length &&
       this.#deduplicated.every(([value, reference]) => map.get(value) === reference);
     const immortals = Array.from(
-      { length: immortalLength(m, this.#immortalLength) - this.#immortalLength },
+      { length: this.#immortalsLength.now() - this.#immortalLength },
       (_, i) => m.__hiwire_immortal_get(this.#immortalLength + i),
     );
     return {
@@ -226,7 +232,7 @@ export class WasmState {
    */
   adoptImmortals(immortals: unknown[]): boolean {
     const m = this.module;
-    const length = immortalLength(m, this.#immortalLength);
+    const length = this.#immortalsLength.now();
     for (let i = 0; i < immortals.length; i++) {
       const index = this.#immortalLength + i;
       if (index < length) {
@@ -238,7 +244,7 @@ export class WasmState {
 
   /** Applies changes taken by `changes`, over this state restored. */
   apply(changes: WasmChanges): void {
-    let length = this.#hiwireLength();
+    let length = this.#hiwireLength.now();
     // The table grows one slot at a time (setting the slot at its length); gaps stay empty.
     // The session's free list may name any slot below its length.
     const grown = (target: number) => {

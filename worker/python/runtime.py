@@ -113,19 +113,22 @@ def _error(exc):
     try:
         return {
             "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": _user_traceback(exc),
+            "message": _capped(str(exc)),
+            "traceback": _capped(_user_traceback(exc)),
         }
     except BaseException:  # noqa: BLE001 - the runtime must always answer
         return {"type": type(exc).__name__, "message": "", "traceback": ""}
 
 
 def _repr(value):
-    if value is None:
-        return None
-    text = repr(value)
+    return None if value is None else _capped(repr(value))
+
+
+def _capped(text):
+    """A result's text (repr, an error's message or traceback), cut at the cap: each becomes
+    part of one line to the supervisor, which holds it, and to the client."""
     if len(text) > _max_repr_chars:
-        text = text[:_max_repr_chars] + "...[truncated]"
+        return text[:_max_repr_chars] + "...[truncated]"
     return text
 
 
@@ -178,8 +181,10 @@ def _exit_code(exc):
     if exc.code is None:
         return 0
     if isinstance(exc.code, int):
-        # As a process reports it: the low 8 bits (a bool is an int too).
-        return int(exc.code) & 0xFF
+        # As a process reports it: the low 8 bits (a bool is an int too) of a C long, and
+        # CPython's -1 for an int that does not fit one.
+        code = int(exc.code)
+        return code & 0xFF if -(2**63) <= code < 2**63 else 255
     try:
         print(exc.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - the runtime must always answer
