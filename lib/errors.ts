@@ -56,10 +56,15 @@ export class RpcError extends Error {
   }
 }
 
+/** What a thrown value says: an Error's message, or the value as text. */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** Wraps anything thrown into an RpcError, keeping RpcErrors as they are. */
 export function toRpcError(error: unknown): RpcError {
   if (error instanceof RpcError) return error;
-  const message = error instanceof Error ? error.message : String(error);
+  const message = messageOf(error);
   return new RpcError(ErrorCode.InternalError, `Internal error: ${message}`, {
     reason: message,
   });

@@ -8,7 +8,7 @@
  */
 
 import type { Config } from "../lib/config.ts";
-import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
+import { ErrorCode, invalidParams, messageOf, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import type { ExecuteParams, ExecuteResult } from "../lib/protocol.ts";
 import { decideScale } from "./autoscaler.ts";
@@ -604,7 +604,7 @@ export class Pool {
           new: successor.id,
         });
       } catch (error) {
-        const why = error instanceof Error ? error.message : String(error);
+        const why = messageOf(error);
         this.#log.warn("could not move the sessions of {id}: {error}", {
           id: worker.id,
           error: why,

@@ -53,6 +53,13 @@ const TRACES = "import math\nmath.pi = 3\nmarker = 'crashed-request'\n" +
 const CHECK =
   "import math, os\n('marker' in globals(), math.pi, os.path.exists('/tmp/left-by-crash.txt'))";
 
+/** Waits until the pool's one worker, process `pid`, has been replaced by another. */
+const replaced = (sup: Supervisor, pid: number) =>
+  waitUntil("the replacement", async () => {
+    const pids = await sup.workerPids();
+    return pids.length === 1 && pids[0] !== pid;
+  }, 30_000);
+
 let shared: Promise<Supervisor> | undefined;
 const pool = () => shared ??= Supervisor.start({ args: ["--pool-size", "1"] });
 
@@ -177,10 +184,7 @@ Deno.test("a worker that recovers too often in a minute is replaced", async () =
     for (let i = 0; i < 3; i++) {
       assert.equal((await sup.execute({ code: "import os\nos.abort()" })).status, "crashed");
     }
-    await waitUntil("the replacement", async () => {
-      const pids = await sup.workerPids();
-      return pids.length === 1 && pids[0] !== pid;
-    }, 30_000);
+    await replaced(sup, pid);
     assert.equal((await sup.call("stats") as Stats).restarts.recoveries, 1);
     assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
   } finally {
@@ -274,10 +278,7 @@ Deno.test("without the image, a session whose pickling ends the interpreter cost
     await sup.execute({ code: bomb, session_id: "bomb", tenant: "t" });
     // The third request recycles the worker: its sessions are pickled for the successor.
     for (let i = 0; i < 2; i++) assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
-    await waitUntil("the successor", async () => {
-      const pids = await sup.workerPids();
-      return pids.length === 1 && pids[0] !== pid;
-    }, 30_000);
+    await replaced(sup, pid);
     const lost = await sup.request("execute", { code: "b", session_id: "bomb", tenant: "t" });
     assert.equal(lost.error?.code, -32004, JSON.stringify(lost));
     // Why: the successor never had it, as the interpreter ended while pickling it.

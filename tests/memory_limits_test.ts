@@ -26,6 +26,12 @@ interface WorkerHealth {
   fs_bytes: number | null;
 }
 
+/** The most resident memory process `pid` ever had (its VmHWM) is under `bytes`. */
+async function assertPeakUnder(pid: number, bytes: number): Promise<void> {
+  const peak = await peakRssBytes(pid);
+  assert.ok(peak < bytes, `peak rss ${peak}, over ${bytes}`);
+}
+
 const workersOf = async (sup: Supervisor) =>
   (await sup.call("health") as { workers: WorkerHealth[] }).workers;
 
@@ -104,8 +110,7 @@ for (const isolation of ["request", "none"]) {
     assert.equal(worker.fs_bytes, 0);
     // As the worker measured it after the request, and its peak during it.
     assert.ok(worker.rss_bytes! < RSS_MB * MiB, `rss ${worker.rss_bytes}`);
-    const peak = await peakRssBytes(worker.pid);
-    assert.ok(peak < RSS_MB * MiB, `peak rss ${peak}`);
+    await assertPeakUnder(worker.pid, RSS_MB * MiB);
   });
 
   Deno.test(`${isolation}: the image's files do not count; growing past the quota fails every way; removed files free it`, async () => {
@@ -144,9 +149,7 @@ for (const isolation of ["request", "none"]) {
     // The worker answered, and serves on; its memory never came near the ceiling.
     assert.equal((await sup.execute({ code: "'next'" })).worker_id, files.worker_id);
     const [worker] = await workersOf(sup);
-    const peak = await peakRssBytes(worker.pid);
-    assert.ok(peak < RSS_MB * MiB, `peak rss ${peak}`);
-    console.log(`peak rss ${(peak / MiB).toFixed(0)} MiB`);
+    await assertPeakUnder(worker.pid, RSS_MB * MiB);
   });
 
   Deno.test(`${isolation}: names are limited as Linux limits them, and paths count toward the files returned`, async () => {
@@ -232,8 +235,7 @@ Deno.test("memory a run holds outside the Wasm heap stops it at --worker-max-rss
     assert.equal(r.error?.type, "MemoryError");
     assert.match(r.error!.message, new RegExp(`passed its ceiling of ${RSS_MB} MB`));
     // Checked every 50 ms: it goes past by what it adds meanwhile (a copy of 100 MiB is one step).
-    const peak = await peakRssBytes(pid);
-    assert.ok(peak < 1.5 * RSS_MB * MiB, `peak rss ${peak}`);
+    await assertPeakUnder(pid, 1.5 * RSS_MB * MiB);
     assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
   } finally {
     await sup.close();

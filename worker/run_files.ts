@@ -72,11 +72,6 @@ export class RunFiles {
   }
 
   /**
-   * Files created or changed in the run directory, sorted by path, content capped. None if
-   * the code removed the directory or put something else in its place (the reset then
-   * taints the worker).
-   */
-  /**
    * A file's bytes, without a copy where MEMFS holds them in an array (`readFile` copies: the
    * copies of the files an answer returns, at once, were 90 MiB of a worker's peak).
    */
@@ -88,9 +83,11 @@ export class RunFiles {
   }
 
   /**
-   * The files created or changed since `given` was written. Their paths count toward the
-   * bytes returned, as contents do (600 names of 1 MiB were a 600 MB answer): those past it
-   * are left out, and counted in `omitted`.
+   * Files created or changed in the run directory, sorted by path, content capped. None if
+   * the code removed the directory or put something else in its place (the reset then
+   * taints the worker). Their paths count toward the bytes returned, as contents do (600
+   * names of 1 MiB were a 600 MB answer): those past it are left out, and counted in
+   * `omitted`.
    */
   collect(given: GivenFiles): { files: OutputFile[]; omitted: number } {
     const changed: OutputFile[] = [];

@@ -128,7 +128,7 @@ export class BaseImage {
     module.growMemory(module.HEAPU8.byteLength);
     this.#wasm.restore();
     if (!this.#fs.isCurrent()) this.#fs.restore();
-    this.#linker.restore();
+    if (!this.#linker.isCurrent()) this.#linker.restore();
     for (const name of Object.keys(loadedPackages)) {
       if (!(name in this.#packages)) delete loadedPackages[name];
     }

@@ -67,7 +67,6 @@ export class LinkerState {
 
   /** Puts the linker back as it was when this state was taken. */
   restore(): void {
-    if (this.isCurrent()) return;
     const { LDSO } = this.module;
     replaceEntries(LDSO.loadedLibsByName, this.#byName);
     replaceEntries(LDSO.loadedLibsByHandle, this.#byHandle);
