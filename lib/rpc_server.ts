@@ -68,7 +68,7 @@ export interface RpcServerOptions {
  * console.assert(out.join("").includes('"pong"'));
  * ```
  */
-const NON_ASCII = /[^\x00-\x7f]/;
+const NON_ASCII = /[\u0080-\uffff]/;
 
 export class RpcServer {
   #server: JSONRPCServer<RequestContext>;
