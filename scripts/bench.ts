@@ -16,6 +16,7 @@ import { Int32Histogram } from "../supervisor/stats.ts";
 import { encodeBase64 } from "../tests/helpers/base64.ts";
 import { crashCosts } from "./bench_crash.ts";
 import { compareModes, sessionsBySize } from "./bench_isolation.ts";
+import { memoryPeaks } from "./bench_memory.ts";
 
 const { values: options } = parseArgs({
   args: Deno.args,
@@ -223,6 +224,7 @@ const modes = await compareModes({
 });
 const sessions = await sessionsBySize([1, 5, 10, 25, 50], 5, progress);
 const crashes = await crashCosts({ rounds: 4, progress });
+const memoryLoads = await memoryPeaks(progress);
 
 const mb = (bytes: number) => bytes / (1 << 20);
 const workerRss = stats.workers.map((w) => mb(w.rss_bytes));
@@ -324,6 +326,7 @@ const report = {
   targets,
   isolation: { modes, sessions, targets: isolationTargets },
   crashes: { ...crashes, process_start_alone_ms: snapshotStartMs, targets: crashTargets },
+  memory_outside_the_heap: memoryLoads,
 };
 
 if (options.json) {
@@ -428,4 +431,17 @@ if (options.json) {
   ];
   for (const [k, v] of crashRows) console.log(`${k.padEnd(width)}  ${v}`);
   printTargets("targets (issue 14)", crashTargets);
+  console.log(
+    `\nmemory outside the heap, a fresh worker each, --worker-max-rss-mb ${memoryLoads.ceiling_mb}`,
+  );
+  for (const [name, load] of Object.entries(memoryLoads.loads)) {
+    console.log(
+      `${`${name}: status, peak RSS before / after (MB)`.padEnd(width)}  ${load.status}, ${
+        f(load.before_mb, 0)
+      } / ${f(load.peak_mb, 0)}`,
+    );
+  }
+  console.log(
+    `${"one read of the resident memory (us)".padEnd(width)}  ${f(memoryLoads.rss_read_us, 1)}`,
+  );
 }
