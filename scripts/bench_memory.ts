@@ -47,12 +47,20 @@ export async function memoryPeaks(progress: (message: string) => void): Promise<
     try {
       const [pid] = await sup.workerPids();
       const before = await peakRssBytes(pid);
+      // Read while the request runs, and once after: a worker past the ceiling after its
+      // answer is replaced, and its process may be gone by then.
+      let peak = before;
+      let running = true;
+      const sampling = (async () => {
+        for (let last = false; !last; await new Promise((r) => setTimeout(r, 20))) {
+          last = !running;
+          peak = Math.max(peak, await peakRssBytes(pid).catch(() => peak));
+        }
+      })();
       const r = await sup.execute({ code, timeout_ms: 120_000 });
-      loads[name] = {
-        status: r.status,
-        before_mb: mb(before),
-        peak_mb: mb(await peakRssBytes(pid)),
-      };
+      running = false;
+      await sampling;
+      loads[name] = { status: r.status, before_mb: mb(before), peak_mb: mb(peak) };
     } finally {
       await sup.close();
     }
