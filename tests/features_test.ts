@@ -135,6 +135,28 @@ Deno.test("files go in under a fresh directory; created and changed files come b
   assert.equal(next.result, "[]");
 });
 
+Deno.test("files come back through links and deep folders; links to folders are not walked", async () => {
+  const sup = await pool();
+  const r = await sup.execute({
+    code: [
+      "import os",
+      "open('/tmp/outside.txt', 'w').write('linked')",
+      "os.symlink('/tmp/outside.txt', 'to_file')",
+      "os.symlink('/tmp', 'to_folder')",
+      "os.symlink('/nowhere', 'dangling')",
+      // Deep enough that a walk by path, each looked up from the root, took seconds.
+      "os.makedirs('/'.join(['d'] * 400))",
+      "open('/'.join(['d'] * 400) + '/deep.txt', 'w').write('deep')",
+    ].join("\n"),
+  });
+  assert.equal(r.status, "ok", JSON.stringify(r.error));
+  const byPath = Object.fromEntries(r.files.map((f) => [f.path, f]));
+  const deep = `${Array(400).fill("d").join("/")}/deep.txt`;
+  assert.deepEqual(Object.keys(byPath).sort(), [deep, "to_file"]);
+  assert.equal(new TextDecoder().decode(bytes(byPath.to_file.content_b64!)), "linked");
+  assert.equal(new TextDecoder().decode(bytes(byPath[deep].content_b64!)), "deep");
+});
+
 Deno.test("unsafe file paths are rejected with -32602", async () => {
   const sup = await pool();
   for (const path of ["../escape.txt", "/etc/passwd", "a//b", "a/./b", "", "a\\\\b"]) {
