@@ -150,7 +150,8 @@ export class WasmState {
    * function table, the hiwire table, the immortal values. Function-table slots added since the
    * image stay: they hold functions of the pristine module and the closures of libffi (no
    * other code can load, see `interpreter.ts`), and Emscripten's map of functions to slots,
-   * which no one can reach, still points at them. Only the free list is put back, so that a
+   * which the image does not hold, still points at them (a `dlsym` of a JavaScript import finds
+   * the slot an earlier lookup made: SECURITY.md). Only the free list is put back, so that a
    * slot the image uses is never handed out again.
    */
   get overgrown(): boolean {
