@@ -11,7 +11,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
 import { encodeBase64 } from "../tests/helpers/base64.ts";
 import { crashCosts } from "./bench_crash.ts";

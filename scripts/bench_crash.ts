@@ -7,7 +7,7 @@
  * @module
  */
 
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 
 const TRIVIAL = { code: "x = 1 + 1" };
 const FATAL = { code: "import os\nos.abort()" };

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
 
 export const MODES = ["none", "request", "tenant"] as const;

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 import { peakRssBytes } from "../tests/helpers/processes.ts";
 
 /** The ceiling the loads run under: below the default (2048), so that the flood meets it. */

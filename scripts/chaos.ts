@@ -1,7 +1,7 @@
 /**
  * The long chaos run: 10,000 requests through a pool of 3 while a random busy worker is
  * SIGKILLed every 50 responses; prints the counts. The test suite runs a 2,000-request
- * variant of the same (lib/chaos.ts).
+ * variant of the same (tests/helpers/chaos.ts).
  *
  *     deno run -A scripts/chaos.ts [--requests N] [--kill-every N] [--json]
  *
@@ -9,8 +9,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { runChaos } from "../lib/chaos.ts";
-import { Supervisor } from "../lib/pool_client.ts";
+import { runChaos } from "../tests/helpers/chaos.ts";
+import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

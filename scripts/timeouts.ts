@@ -9,7 +9,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Config } from "../lib/config.ts";
+import type { Config } from "./config.ts";
 import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import { parseExecuteParams } from "../lib/protocol.ts";

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { ConfigError, loadConfig } from "../lib/config.ts";
+import { ConfigError, loadConfig } from "./config.ts";
 import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { createClientServer } from "./client_endpoint.ts";

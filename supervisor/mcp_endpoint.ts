@@ -17,7 +17,7 @@ import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
 // @ts-types="@modelcontextprotocol/sdk/types"
 import type { CallToolResult, JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
-import type { Config } from "../lib/config.ts";
+import type { Config } from "./config.ts";
 import { RpcError, toRpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import { type ExecuteResult, parseExecuteParams } from "../lib/protocol.ts";

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type Config, ConfigError } from "../lib/config.ts";
+import { type Config, ConfigError } from "./config.ts";
 import { invalidParams } from "../lib/errors.ts";
 import { pyodideDirectory } from "./worker_command.ts";
 

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Config } from "../lib/config.ts";
+import type { Config } from "./config.ts";
 import { ErrorCode, invalidParams, messageOf, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import type { ExecuteParams, ExecuteResult } from "../lib/protocol.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Config } from "../lib/config.ts";
+import type { Config } from "./config.ts";
 
 const PROJECT_ROOT = new URL("../", import.meta.url);
 const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
@@ -67,7 +67,7 @@ export function pyodideDirectory(): string {
  * @example
  * ```ts
  * import { buildWorkerCommand } from "./worker_command.ts";
- * import { loadConfig } from "../lib/config.ts";
+ * import { loadConfig } from "./config.ts";
  * const loaded = loadConfig([], {});
  * if ("config" in loaded) console.assert(buildWorkerCommand(loaded.config).args.includes("--deny-net"));
  * ```

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "./helpers/supervisor_process.ts";
 import { decideScale, type ScaleView, type ScaleWorkerView } from "../supervisor/autoscaler.ts";
 import { waitUntil } from "./helpers/processes.ts";
 

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { readFrames } from "../lib/framing.ts";
-import { supervisorCommand } from "../lib/pool_client.ts";
+import { supervisorCommand } from "./helpers/supervisor_process.ts";
 import { metricsPortIn, scrapeMetrics } from "./helpers/metrics.ts";
 import { waitFor, waitUntil } from "./helpers/processes.ts";
 

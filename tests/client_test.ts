@@ -13,7 +13,7 @@ import {
   Pool,
   RpcError,
   supervisorCommand,
-} from "../lib/client.ts";
+} from "../clients/typescript/client.ts";
 import { waitForExit } from "./helpers/processes.ts";
 
 const quiet = { PYODIDE_LOG_LEVEL: "warning" };
@@ -158,7 +158,13 @@ Deno.test({
   fn: async () => {
     const directory = await Deno.makeTempDir({ prefix: "pyodide-pool-node-" });
     const bundle = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--quiet", "-o", `${directory}/client.mjs`, fromRoot("lib/client.ts")],
+      args: [
+        "bundle",
+        "--quiet",
+        "-o",
+        `${directory}/client.mjs`,
+        fromRoot("clients/typescript/client.ts"),
+      ],
     }).output();
     assert.equal(bundle.code, 0, new TextDecoder().decode(bundle.stderr));
     await Deno.writeTextFile(`${directory}/proof.mjs`, NODE_SCRIPT);

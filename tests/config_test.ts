@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type Config, ConfigError, loadConfig } from "../lib/config.ts";
+import { type Config, ConfigError, loadConfig } from "../supervisor/config.ts";
 
 function config(argv: string[], env: Record<string, string> = {}): Config {
   const result = loadConfig(argv, env);

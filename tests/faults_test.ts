@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { runChaos } from "../lib/chaos.ts";
-import { Supervisor, supervisorCommand } from "../lib/pool_client.ts";
+import { runChaos } from "./helpers/chaos.ts";
+import { Supervisor, supervisorCommand } from "./helpers/supervisor_process.ts";
 import { isAlive, waitFor, waitForExit } from "./helpers/processes.ts";
 
 interface Health {

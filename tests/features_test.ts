@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { encodeBase64 } from "./helpers/base64.ts";
 import { buildPackageDirectory } from "./helpers/packages.ts";
 import { waitForExit, waitUntil } from "./helpers/processes.ts";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "./helpers/supervisor_process.ts";
 
 interface Health {
   ready_workers: number;

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "./helpers/supervisor_process.ts";
 import { buildPackageDirectory } from "./helpers/packages.ts";
 
 function serve(directory: string) {

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "./helpers/supervisor_process.ts";
 import type { ExecuteResult } from "../lib/protocol.ts";
 import { waitUntil } from "./helpers/processes.ts";
 

@@ -12,7 +12,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { buildPackageDirectory } from "./helpers/packages.ts";
 import { waitForExit, waitUntil } from "./helpers/processes.ts";
-import { supervisorCommand } from "../lib/pool_client.ts";
+import { supervisorCommand } from "./helpers/supervisor_process.ts";
 
 interface ToolOutcome {
   isError?: boolean;

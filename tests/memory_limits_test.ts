@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "./helpers/supervisor_process.ts";
 import { metricsPortIn, scrapeMetrics } from "./helpers/metrics.ts";
 import { peakRssBytes, waitFor, waitForExit, waitUntil } from "./helpers/processes.ts";
 

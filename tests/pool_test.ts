@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../lib/pool_client.ts";
+import { Supervisor } from "./helpers/supervisor_process.ts";
 import { waitForExit } from "./helpers/processes.ts";
 
 const POOL_SIZE = 2;

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { loadConfig } from "../lib/config.ts";
+import { loadConfig } from "../supervisor/config.ts";
 import { readFrames } from "../lib/framing.ts";
 import { buildWorkerCommand } from "../supervisor/worker_command.ts";
 import { snapshotPath } from "../supervisor/snapshot.ts";

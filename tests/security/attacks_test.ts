@@ -15,7 +15,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Supervisor } from "../../lib/pool_client.ts";
+import { Supervisor } from "../helpers/supervisor_process.ts";
 import { waitForExit, waitUntil } from "../helpers/processes.ts";
 
 const SECRET = "pool-secret-7d1c";

@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { loadConfig } from "../../lib/config.ts";
-import { Supervisor } from "../../lib/pool_client.ts";
+import { loadConfig } from "../../supervisor/config.ts";
+import { Supervisor } from "../helpers/supervisor_process.ts";
 import { buildWorkerCommand, pyodideDirectory } from "../../supervisor/worker_command.ts";
 
 function config(argv: string[]) {

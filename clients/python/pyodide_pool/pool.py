@@ -80,28 +80,23 @@ def deno_command(root: Optional[Path] = None) -> List[str]:
 
 
 def supervisor_command(args: Sequence[str] = (), root: Optional[Path] = None) -> List[str]:
-    """The supervisor's command line, as `supervisorCommand()` in lib/client.ts builds it, with
-    `args` (supervisor flags) appended. Paths are absolute: it runs from any directory."""
+    """The supervisor's command line: `deno task start` from deno.json, the one place that
+    writes it (its permission set, its V8 flags), made to run from any directory, with `args`
+    (supervisor flags) appended."""
     root = Path(root) if root is not None else project_root()
-    main = root / "supervisor" / "main.ts"
-    if not main.is_file():
+    config = root / "deno.json"
+    try:
+        task = json.loads(config.read_text())["tasks"]["start"]
+    except (OSError, ValueError, KeyError) as error:
         raise PoolError(
-            f"no pyodide-pool checkout at {root} ({main} is missing): "
+            f"no pyodide-pool checkout at {root} ({config}: {error}): "
             "pass root= or set PYODIDE_POOL_ROOT"
-        )
-    return [
-        *deno_command(root),
-        "run",
-        "--allow-read",
-        "--allow-env",
-        "--allow-run",
-        f"--allow-write={root / '.snapshots'}",
-        # Loopback only, for --metrics-port; the workers get no network at all.
-        "--allow-net=127.0.0.1",
-        "--v8-flags=--max-semi-space-size=1",
-        str(main),
-        *args,
-    ]
+        ) from None
+    program, subcommand, *rest = task.split()
+    if program != "deno" or subcommand != "run" or not rest or not rest[-1].endswith(".ts"):
+        raise PoolError(f'{config}: tasks.start is not "deno run ... <script>.ts": {task}')
+    *flags, script = rest
+    return [*deno_command(root), "run", "--config", str(config), *flags, str(root / script), *args]
 
 
 _Converter = Callable[[Any], Any]

@@ -7,9 +7,9 @@
  * @module
  */
 
-import { supervisorCommand } from "./client.ts";
-import type { ExecuteResult } from "./protocol.ts";
-import { RpcConnection } from "./rpc_connection.ts";
+import { supervisorCommand } from "../../clients/typescript/client.ts";
+import type { ExecuteResult } from "../../lib/protocol.ts";
+import { RpcConnection } from "../../lib/rpc_connection.ts";
 
 export { supervisorCommand };
 
@@ -32,7 +32,7 @@ export interface StartOptions {
 /**
  * @example
  * ```ts ignore
- * import { Supervisor } from "./pool_client.ts";
+ * import { Supervisor } from "./supervisor_process.ts";
  * const pool = await Supervisor.start({ args: ["--pool-size", "1"] });
  * console.log((await pool.execute({ code: "1 + 1" })).result); // "2"
  * await pool.close();

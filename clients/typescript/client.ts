@@ -17,10 +17,11 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import process from "node:process";
 import { finished, type Writable } from "node:stream";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { ErrorCode, type ErrorData, RpcError } from "./errors.ts";
-import type { ExecuteParams, ExecuteResult } from "./protocol.ts";
-import { ConnectionClosedError, RpcConnection } from "./rpc_connection.ts";
+import { ErrorCode, type ErrorData, RpcError } from "../../lib/errors.ts";
+import type { ExecuteParams, ExecuteResult } from "../../lib/protocol.ts";
+import { ConnectionClosedError, RpcConnection } from "../../lib/rpc_connection.ts";
 
 export { ConnectionClosedError, ErrorCode, RpcError };
 export type {
@@ -31,7 +32,7 @@ export type {
   InputFile,
   OutputFile,
   PythonError,
-} from "./protocol.ts";
+} from "../../lib/protocol.ts";
 
 /** -32000: the queue is full; retry later. */
 export class OverloadedError extends RpcError {
@@ -145,26 +146,21 @@ export interface AttachOptions {
 }
 
 /**
- * The supervisor's command line, as `deno task start` runs it, for the running Deno or else
- * `deno` on the PATH. A small young generation (1 MB semi-spaces) keeps the supervisor's
- * memory flat under load: with V8's default the resident size climbs to about 150 MB after a
- * few thousand requests, with it to about 75.
+ * The supervisor's command line: `deno task start` from deno.json, the one place that writes
+ * it (its permission set, its V8 flags), made to run from any directory, for the running Deno
+ * or else `deno` on the PATH.
  */
 export function supervisorCommand(args: string[] = []): [string, string[]] {
   const deno = (globalThis as { Deno?: { execPath(): string } }).Deno?.execPath() ?? "deno";
   const path = (relative: string) => fileURLToPath(new URL(relative, import.meta.url));
-  return [deno, [
-    "run",
-    "--allow-read",
-    "--allow-env",
-    "--allow-run",
-    `--allow-write=${path("../.snapshots")}`,
-    // Loopback only, for --metrics-port; the workers get no network at all.
-    "--allow-net=127.0.0.1",
-    "--v8-flags=--max-semi-space-size=1",
-    path("../supervisor/main.ts"),
-    ...args,
-  ]];
+  const config = path("../../deno.json");
+  const task: string = JSON.parse(readFileSync(config, "utf8")).tasks.start;
+  const [program, subcommand, ...rest] = task.split(/\s+/);
+  const script = rest.pop();
+  if (program !== "deno" || subcommand !== "run" || !script?.endsWith(".ts")) {
+    throw new Error(`${config}: tasks.start is not "deno run ... <script>.ts": ${task}`);
+  }
+  return [deno, ["run", "--config", config, ...rest, path(`../../${script}`), ...args]];
 }
 
 /**

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Supervisor } from "./pool_client.ts";
+import type { Supervisor } from "./supervisor_process.ts";
 
 export interface ChaosOptions {
   requests: number;
