@@ -34,7 +34,7 @@ export type Frame =
  * ```
  */
 export async function* readFrames(
-  // Any async iterable: a web ReadableStream, or a Node Readable in lib/client.ts.
+  // Any async iterable: a web ReadableStream, or a Node Readable in clients/typescript/client.ts.
   stream: AsyncIterable<Uint8Array>,
   maxLineBytes: number,
 ): AsyncGenerator<Frame> {

@@ -1,7 +1,7 @@
 /**
  * The client side of JSON-RPC 2.0 over a newline-delimited byte stream: sends requests,
  * matches each response to its request by id, hands notifications to a listener, and fails
- * every pending request when the stream ends. It knows nothing about processes: lib/client.ts
+ * every pending request when the stream ends. It knows nothing about processes: clients/typescript/client.ts
  * and the tests' Supervisor (lib/pool_client.ts) run it over a child's pipes. No Deno API, so
  * it runs under Node too.
  *

@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python"))
 
-from pyodide_pool import ExecuteResult, InvalidParamsError, Pool  # noqa: E402
+from pyodide_pool import ExecuteResult, InvalidParamsError, PoolClient  # noqa: E402
 
 
 def main() -> int:
-    with Pool(["--pool-size", "2", "--log-level", "warning"], wait_for_workers=2) as pool:
+    with PoolClient(["--pool-size", "2", "--log-level", "warning"], wait_for_workers=2) as pool:
         print("sum of squares:", pool.execute("sum(i * i for i in range(10))").result)
 
         result = pool.execute("name = input()\nprint(f'hello {name}')", stdin="pyodide\n")

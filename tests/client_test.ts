@@ -1,5 +1,5 @@
 /**
- * lib/client.ts against real supervisors: typed calls, error classes, concurrency, streamed
+ * clients/typescript/client.ts against real supervisors: typed calls, error classes, concurrency, streamed
  * output, cancellation, a supervisor that dies or never starts, and attaching to streams.
  */
 
@@ -10,7 +10,7 @@ import {
   ErrorCode,
   InvalidParamsError,
   MethodNotFoundError,
-  Pool,
+  PoolClient,
   RpcError,
   supervisorCommand,
 } from "../clients/typescript/client.ts";
@@ -18,9 +18,9 @@ import { waitForExit } from "./helpers/processes.ts";
 
 const quiet = { PYODIDE_LOG_LEVEL: "warning" };
 const fromRoot = (path: string) => new URL(`../${path}`, import.meta.url).pathname;
-let shared: Promise<Pool> | undefined;
+let shared: Promise<PoolClient> | undefined;
 const pool = () =>
-  shared ??= Pool.spawn({ args: ["--pool-size", "2"], env: quiet, waitForWorkers: 2 });
+  shared ??= PoolClient.spawn({ args: ["--pool-size", "2"], env: quiet, waitForWorkers: 2 });
 
 Deno.test("client: execute returns the typed result", async () => {
   const p = await pool();
@@ -96,7 +96,11 @@ Deno.test("client: close lets running requests finish, then the supervisor exits
 });
 
 Deno.test("client: pending calls fail when the supervisor dies", async () => {
-  await using p = await Pool.spawn({ args: ["--pool-size", "1"], env: quiet, waitForWorkers: 1 });
+  await using p = await PoolClient.spawn({
+    args: ["--pool-size", "1"],
+    env: quiet,
+    waitForWorkers: 1,
+  });
   const pids = (await p.health()).workers.map((w) => w.pid);
   const pending = p.execute("import time\ntime.sleep(30)");
   await new Promise((r) => setTimeout(r, 200));
@@ -111,7 +115,7 @@ Deno.test("client: pending calls fail when the supervisor dies", async () => {
 });
 
 Deno.test("client: a supervisor that cannot start fails the first call clearly", async () => {
-  const p = await Pool.spawn({ command: ["/nonexistent/deno"] });
+  const p = await PoolClient.spawn({ command: ["/nonexistent/deno"] });
   await assert.rejects(p.health(), /cannot start the supervisor: .*ENOENT/);
   assert.equal(await p.close(), null);
 });
@@ -124,16 +128,16 @@ Deno.test("client: attach speaks over the streams of a supervisor started elsewh
     stdin: "piped",
     stdout: "piped",
   }).spawn();
-  const p = Pool.attach({ input: child.stdout, output: child.stdin });
+  const p = PoolClient.attach({ input: child.stdout, output: child.stdin });
   assert.equal((await p.health()).use_pool, false);
   assert.equal(await p.close(), null);
   assert.equal((await child.status).code, 0);
 });
 
 const NODE_SCRIPT = `
-import { Pool, InvalidParamsError } from "./client.mjs";
+import { PoolClient, InvalidParamsError } from "./client.mjs";
 const [executable, args] = JSON.parse(process.argv[2]);
-const pool = await Pool.spawn({ command: [executable, ...args], args: ["--pool-size", "1"] });
+const pool = await PoolClient.spawn({ command: [executable, ...args], args: ["--pool-size", "1"] });
 const results = await Promise.all([1, 2, 3].map((i) => pool.execute(i + " * 10")));
 console.log("results", results.map((r) => r.result).join(","));
 const error = await pool.execute("1", { session_id: "bad id" }).catch((e) => e);

@@ -6,8 +6,8 @@
  *
  * @example
  * ```ts ignore
- * import { Pool } from "./client.ts";
- * await using pool = await Pool.spawn({ args: ["--pool-size", "2"] });
+ * import { PoolClient } from "./client.ts";
+ * await using pool = await PoolClient.spawn({ args: ["--pool-size", "2"] });
  * console.log((await pool.execute("6 * 7")).result); // "42"
  * ```
  *
@@ -167,7 +167,7 @@ export function supervisorCommand(args: string[] = []): [string, string[]] {
  * One supervisor and the requests sent to it. Safe to use from many async tasks at once:
  * responses are matched to requests by id.
  */
-export class Pool {
+export class PoolClient {
   readonly #connection: RpcConnection;
   readonly #child: ChildProcess | undefined;
   readonly #exited: Promise<Exit>;
@@ -197,7 +197,7 @@ export class Pool {
   }
 
   /** Starts a supervisor and connects to it. */
-  static async spawn(options: SpawnOptions = {}): Promise<Pool> {
+  static async spawn(options: SpawnOptions = {}): Promise<PoolClient> {
     const [executable, ...commandArgs] = options.command ?? supervisorCommand().flat();
     const child = spawn(executable, [...commandArgs, ...(options.args ?? [])], {
       cwd: options.cwd,
@@ -207,7 +207,7 @@ export class Pool {
     const stdin = child.stdin!;
     // Without a listener, a write to a dead supervisor (EPIPE) would crash this process.
     stdin.on("error", () => {});
-    const pool = new Pool(
+    const pool = new PoolClient(
       bytesOf(child.stdout!),
       (text) => writeTo(stdin, text),
       () => endOf(stdin),
@@ -229,12 +229,12 @@ export class Pool {
   }
 
   /** Connects to a supervisor started elsewhere, through its stdout and stdin. */
-  static attach(options: AttachOptions): Pool {
+  static attach(options: AttachOptions): PoolClient {
     const { output } = options;
     if (output instanceof WritableStream) {
       const writer = output.getWriter();
       const encoder = new TextEncoder();
-      return new Pool(
+      return new PoolClient(
         options.input,
         (text) => writer.write(encoder.encode(text)),
         () => writer.close(),
@@ -242,7 +242,7 @@ export class Pool {
       );
     }
     output.on("error", () => {});
-    return new Pool(
+    return new PoolClient(
       bytesOf(options.input),
       (text) => writeTo(output, text),
       () => endOf(output),

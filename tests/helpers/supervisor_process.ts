@@ -2,7 +2,7 @@
  * The test and benchmark client: starts the supervisor as a Deno child process and talks
  * JSON-RPC to it, with what tests need besides calls (raw lines, every line received, the
  * stderr text, the process itself). Requests go through the same RpcConnection as the
- * public client, lib/client.ts.
+ * public client, clients/typescript/client.ts.
  *
  * @module
  */

@@ -1,8 +1,8 @@
 """Python client for pyodide-pool: run untrusted Python on a pool of warm Pyodide workers.
 
-    from pyodide_pool import Pool
+    from pyodide_pool import PoolClient
 
-    with Pool(["--pool-size", "2"]) as pool:
+    with PoolClient(["--pool-size", "2"]) as pool:
         print(pool.execute("6 * 7").result)  # '42'
 """
 
@@ -23,7 +23,7 @@ from .errors import (
     WorkerDiedError,
     rpc_error_from,
 )
-from .pool import OutputCallback, Pool, deno_command, project_root, supervisor_command
+from .client import OutputCallback, PoolClient, deno_command, project_root, supervisor_command
 from .results import ExecuteResult, Figure, OutputFile, PythonError
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "OutputFile",
     "OverloadedError",
     "ParseError",
-    "Pool",
+    "PoolClient",
     "PoolError",
     "PythonError",
     "RpcError",

@@ -1,5 +1,5 @@
 """Exceptions: one per JSON-RPC error code the pool answers with (lib/errors.ts, with the class
-names of lib/client.ts), and one for a pool that is gone."""
+names of clients/typescript/client.ts), and one for a pool that is gone."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from pyodide_pool import (
     ExecuteResult,
     InvalidParamsError,
     MethodNotFoundError,
-    Pool,
+    PoolClient,
     RpcError,
     SessionNotFoundError,
     supervisor_command,
@@ -50,11 +50,11 @@ MISUSES: List[Tuple[str, Dict[str, Any]]] = [
 class SharedPoolTest(unittest.TestCase):
     """Tests that can share one warm pool of two workers."""
 
-    pool: Pool
+    pool: PoolClient
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.pool = Pool(["--pool-size", "2", *QUIET], wait_for_workers=2)
+        cls.pool = PoolClient(["--pool-size", "2", *QUIET], wait_for_workers=2)
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -100,7 +100,7 @@ class SharedPoolTest(unittest.TestCase):
             with self.subTest(misuse=misuse), self.assertRaisesRegex(TypeError, f"^{message}"):
                 self.pool.execute(**{"code": "1", **misuse})
         with self.assertRaisesRegex(TypeError, "^args must be a list"):
-            Pool("--pool-size 1")
+            PoolClient("--pool-size 1")
         # The right types still pass, files in both forms.
         self.assertEqual(self.pool.execute("1", packages=()).result, "1")
         read = "open('a').read() + open('b').read()"
@@ -235,7 +235,7 @@ class LifetimeTest(unittest.TestCase):
         from_pool, to_client = os.pipe()
         from_client, to_pool = os.pipe()
         with open(from_pool, "rb") as reader, open(from_client, "rb") as sent:
-            pool = Pool.attach(reader, open(to_pool, "wb"))
+            pool = PoolClient.attach(reader, open(to_pool, "wb"))
             for _, misuse in MISUSES:
                 # execute_future: a check that stopped raising fails here instead of waiting
                 # for an answer that never comes.
@@ -246,7 +246,7 @@ class LifetimeTest(unittest.TestCase):
             self.assertEqual(sent.read(), b"")
 
     def test_context_manager_stops_the_supervisor(self) -> None:
-        with Pool(["--pool-size", "1", *QUIET]) as pool:
+        with PoolClient(["--pool-size", "1", *QUIET]) as pool:
             self.assertEqual(pool.execute("1").result, "1")
             pid = pool.pid
         assert pid is not None
@@ -256,7 +256,7 @@ class LifetimeTest(unittest.TestCase):
             pool.execute("1")
 
     def test_a_dead_supervisor_fails_pending_calls(self) -> None:
-        pool = Pool(["--pool-size", "1", *QUIET], wait_for_workers=1)
+        pool = PoolClient(["--pool-size", "1", *QUIET], wait_for_workers=1)
         pending = pool.execute_future("import time\ntime.sleep(30)")
         time.sleep(0.2)
         assert pool.pid is not None
@@ -269,13 +269,13 @@ class LifetimeTest(unittest.TestCase):
         pool.close()
 
     def test_a_supervisor_that_cannot_start_fails_calls(self) -> None:
-        pool = Pool(command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+        pool = PoolClient(command=[sys.executable, "-c", "import sys; sys.exit(3)"])
         with self.assertRaises(ConnectionClosedError) as raised:
             pool.execute("1")
         self.assertEqual(raised.exception.exit_code, 3)
         self.assertEqual(pool.close(), 3)
         with self.assertRaises(ConnectionClosedError):
-            Pool(command=["/nonexistent/deno"])
+            PoolClient(command=["/nonexistent/deno"])
 
     def test_attach_to_a_supervisor_started_elsewhere(self) -> None:
         process = subprocess.Popen(
@@ -284,14 +284,14 @@ class LifetimeTest(unittest.TestCase):
             stdout=subprocess.PIPE,
         )
         assert process.stdout is not None and process.stdin is not None
-        pool = Pool.attach(process.stdout, process.stdin)
+        pool = PoolClient.attach(process.stdout, process.stdin)
         self.assertEqual(pool.execute("2 ** 10").result, "1024")
         pool.close()
         self.assertEqual(process.wait(60), 0)
         process.stdout.close()
 
     def test_session_lost_with_its_worker(self) -> None:
-        with Pool(["--pool-size", "1", *QUIET], wait_for_workers=1) as pool:
+        with PoolClient(["--pool-size", "1", *QUIET], wait_for_workers=1) as pool:
             pool.execute("x = 1", session_id="doomed")
             worker_pid = pool.health()["workers"][0]["pid"]
             os.kill(worker_pid, signal.SIGKILL)

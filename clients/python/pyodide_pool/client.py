@@ -102,10 +102,10 @@ def supervisor_command(args: Sequence[str] = (), root: Optional[Path] = None) ->
 _Converter = Callable[[Any], Any]
 
 
-class Pool:
+class PoolClient:
     """A pyodide-pool supervisor and a connection to it.
 
-    >>> with Pool(["--pool-size", "2"]) as pool:  # doctest: +SKIP
+    >>> with PoolClient(["--pool-size", "2"]) as pool:  # doctest: +SKIP
     ...     print(pool.execute("6 * 7").result)
     42
     """
@@ -163,7 +163,7 @@ class Pool:
                 raise
 
     @classmethod
-    def attach(cls, reader: IO[bytes], writer: IO[bytes]) -> Pool:
+    def attach(cls, reader: IO[bytes], writer: IO[bytes]) -> PoolClient:
         """A connection to a supervisor started elsewhere, through its stdout (`reader`) and its
         stdin (`writer`), both binary. `close()` closes `writer`."""
         pool = cls.__new__(cls)
@@ -388,7 +388,7 @@ class Pool:
             self._input.close()
         return code
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> PoolClient:
         return self
 
     def __exit__(self, *_exc: object) -> None:
