@@ -24,6 +24,11 @@ export const ErrorCode = {
   Cancelled: -32003,
   /** The session does not exist, or was lost with its worker. */
   SessionNotFound: -32004,
+  /**
+   * The answer would pass the line limit: the pool sends no line it would not take back (a
+   * session's state, returned, is sent again with the next request).
+   */
+  AnswerTooLarge: -32005,
 } as const;
 
 export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];

@@ -42,6 +42,8 @@ export interface RpcServerOptions {
   maxLineBytes: number;
   /** Longest answer line, in bytes (UTF-8); a longer one is answered with an error instead. */
   maxAnswerBytes?: number;
+  /** What to do about an answer past `maxAnswerBytes`, for its error's message. */
+  answerLimitHint?: string;
   /**
    * Backpressure: while more than this many characters of responses wait to be written (the
    * reader is not reading), no further request is read, so memory stays bounded by the requests
@@ -69,6 +71,15 @@ export interface RpcServerOptions {
  * ```
  */
 const NON_ASCII = /[\u0080-\uffff]/;
+
+/** The three largest fields of an answer too large to send, with their sizes in JSON. */
+function largestFields(result: unknown): { field: string; chars: number }[] {
+  if (typeof result !== "object" || result === null) return [];
+  return Object.entries(result)
+    .map(([field, value]) => ({ field, chars: JSON.stringify(value)?.length ?? 0 }))
+    .sort((a, b) => b.chars - a.chars)
+    .slice(0, 3);
+}
 
 export class RpcServer {
   #server: JSONRPCServer<RequestContext>;
@@ -115,8 +126,7 @@ export class RpcServer {
       return `[${response.map((one) => this.#lineOf(one)).join(",")}]`;
     }
     const limit = this.options.maxAnswerBytes ?? Infinity;
-    let why: string;
-    let bytes: number | undefined;
+    let bytes: number;
     try {
       const line = JSON.stringify(response);
       // A character is 1 to 3 bytes of UTF-8 (a surrogate pair, 4 bytes, is 2 characters);
@@ -124,19 +134,23 @@ export class RpcServer {
       if (line.length * 3 <= limit) return line;
       bytes = NON_ASCII.test(line) ? new TextEncoder().encode(line).byteLength : line.length;
       if (bytes <= limit) return line;
-      why = `${bytes} bytes, past the limit of ${limit}`;
     } catch (error) {
-      why = (error as Error).message;
+      return JSON.stringify(errorResponse(
+        response.id,
+        new RpcError(
+          ErrorCode.InternalError,
+          `Internal error: the answer could not be sent (${(error as Error).message})`,
+          { reason: (error as Error).message },
+        ),
+      ));
     }
+    const hint = this.options.answerLimitHint;
     return JSON.stringify(errorResponse(
       response.id,
       new RpcError(
-        ErrorCode.InternalError,
-        `Internal error: the answer could not be sent (${why})`,
-        {
-          bytes,
-          max_answer_bytes: this.options.maxAnswerBytes,
-        },
+        ErrorCode.AnswerTooLarge,
+        `the answer is ${bytes} bytes, over the ${limit}-byte line limit${hint ? `: ${hint}` : ""}`,
+        { bytes, max_answer_bytes: limit, largest_fields: largestFields(response.result) },
       ),
     ));
   }

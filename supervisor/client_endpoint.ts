@@ -59,6 +59,11 @@ export function createClientServer(
     },
   }, {
     maxLineBytes: config.maxLineBytes,
+    // One limit both ways: an answer the pool would refuse to take back (a session's state,
+    // sent again with the next request) is not sent.
+    maxAnswerBytes: config.maxLineBytes,
+    answerLimitHint: "the pool sends no line longer than it accepts (--max-line-bytes); " +
+      "return less (files, session state), or start the pool with a larger --max-line-bytes",
     // JSON text is mostly ASCII: a character is about a byte.
     maxUnwrittenChars: config.maxUnreadMb * 1e6,
     onReadingPaused: (unwrittenChars) => {

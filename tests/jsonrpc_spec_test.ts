@@ -202,8 +202,8 @@ Deno.test("an answer that cannot be written is an error for its id, and the serv
   const answers = lines.join("").trim().split("\n").map((line) => JSON.parse(line));
   answers.sort((a, b) => a.id - b.id);
   // 600 characters of two bytes each: 1,236 bytes of JSON, though only 636 characters.
-  assert.equal(answers[0].error.code, -32603);
-  assert.match(answers[0].error.message, /1236 bytes, past the limit of 1000/);
+  assert.equal(answers[0].error.code, -32005);
+  assert.match(answers[0].error.message, /1236 bytes, over the 1000-byte line limit/);
   assert.equal(answers[1].error.code, -32603);
   assert.match(answers[1].error.message, /BigInt/);
   assert.equal(answers[2].result, "fine");

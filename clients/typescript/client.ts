@@ -54,6 +54,10 @@ export class CancelledError extends RpcError {
 export class SessionNotFoundError extends RpcError {
   override name = "SessionNotFoundError";
 }
+/** -32005: the answer would pass --max-line-bytes; `data.largest_fields` names what took it. */
+export class AnswerTooLargeError extends RpcError {
+  override name = "AnswerTooLargeError";
+}
 /** -32602: a param is invalid; `data.field` names it. */
 export class InvalidParamsError extends RpcError {
   override name = "InvalidParamsError";
@@ -69,6 +73,7 @@ const ERROR_CLASSES: Record<number, typeof RpcError> = {
   [ErrorCode.ShuttingDown]: ShuttingDownError,
   [ErrorCode.Cancelled]: CancelledError,
   [ErrorCode.SessionNotFound]: SessionNotFoundError,
+  [ErrorCode.AnswerTooLarge]: AnswerTooLargeError,
   [ErrorCode.InvalidParams]: InvalidParamsError,
   [ErrorCode.MethodNotFound]: MethodNotFoundError,
 };

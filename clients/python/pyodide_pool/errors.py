@@ -25,6 +25,8 @@ class ErrorCode(IntEnum):
     """The client cancelled the request with `$/cancelRequest`."""
     SessionNotFound = -32004
     """The session does not exist, or was lost with its worker."""
+    AnswerTooLarge = -32005
+    """The answer would pass --max-line-bytes, which the pool would not take back."""
 
 
 class PoolError(Exception):
@@ -90,6 +92,11 @@ class SessionNotFoundError(RpcError):
     """-32004: the session does not exist, expired, or was lost with its worker."""
 
 
+class AnswerTooLargeError(RpcError):
+    """-32005: the answer would pass --max-line-bytes (a session's state, files): return less,
+    or start the pool with a larger limit. `data["largest_fields"]` names what took the room."""
+
+
 ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     ErrorCode.ParseError: ParseError,
     ErrorCode.InvalidRequest: InvalidRequestError,
@@ -101,6 +108,7 @@ ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     ErrorCode.ShuttingDown: ShuttingDownError,
     ErrorCode.Cancelled: CancelledError,
     ErrorCode.SessionNotFound: SessionNotFoundError,
+    ErrorCode.AnswerTooLarge: AnswerTooLargeError,
 }
 
 
