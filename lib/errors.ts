@@ -41,9 +41,10 @@ export type ErrorData = Record<string, unknown>;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { ErrorCode, RpcError } from "./errors.ts";
  * const e = new RpcError(ErrorCode.Overloaded, "queue is full", { max_queue: 100 });
- * console.assert(e.toJSON().code === -32000);
+ * assert.deepEqual(e.toJSON(), { code: -32000, message: "queue is full", data: { max_queue: 100 } });
  * ```
  */
 export class RpcError extends Error {

@@ -54,9 +54,11 @@ function isValidId(value: unknown): value is JsonRpcId {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { classifyMessage } from "./protocol.ts";
- * console.assert(classifyMessage({ jsonrpc: "2.0", method: 1 }).kind === "invalid");
- * console.assert(classifyMessage({ jsonrpc: "2.0", method: "ping", id: 1 }).kind === "request");
+ * assert.equal(classifyMessage({ jsonrpc: "2.0", method: 1 }).kind, "invalid");
+ * assert.equal(classifyMessage({ jsonrpc: "2.0", method: "ping", id: 1 }).kind, "request");
+ * assert.equal(classifyMessage({ jsonrpc: "2.0", method: "ping" }).kind, "notification");
  * ```
  */
 export function classifyMessage(value: unknown): InboundMessage {
@@ -179,8 +181,10 @@ function parseFiles(files: unknown): InputFile[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseExecuteParams } from "./protocol.ts";
- * console.assert(parseExecuteParams({ code: "1 + 1" }).code === "1 + 1");
+ * assert.equal(parseExecuteParams({ code: "1 + 1" }).code, "1 + 1");
+ * assert.throws(() => parseExecuteParams({ code: "1", timeout: 5 }), /timeout is not a known/);
  * ```
  */
 export function parseExecuteParams(params: unknown): ExecuteParams {

@@ -544,9 +544,11 @@ function readConfigFile(path: string): Record<string, unknown> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadConfig } from "./config.ts";
  * const result = loadConfig(["--pool-size", "2"], {});
- * if ("config" in result) console.assert(result.config.poolSize === 2);
+ * assert.ok("config" in result);
+ * assert.equal(result.config.poolSize, 2);
  * ```
  */
 export function loadConfig(

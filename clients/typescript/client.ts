@@ -5,10 +5,11 @@
  * `supervisorCommand`'s default, so the same module runs under both.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import assert from "node:assert/strict";
  * import { PoolClient } from "./client.ts";
- * await using pool = await PoolClient.spawn({ args: ["--pool-size", "2"] });
- * console.log((await pool.execute("6 * 7")).result); // "42"
+ * await using pool = await PoolClient.spawn({ args: ["--pool-size", "1", "--log-level", "warning"] });
+ * assert.equal((await pool.execute("6 * 7")).result, "42");
  * ```
  *
  * @module
