@@ -170,6 +170,26 @@ export function supervisorCommand(args: string[] = []): [string, string[]] {
 }
 
 /**
+ * Polls `health` until the pool has `count` ready workers; throws with the last report past
+ * `timeoutMs`.
+ */
+export async function waitForWorkers(
+  health: () => Promise<{ ready_workers: number }>,
+  count: number,
+  timeoutMs = 120_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (count > 0) {
+    const report = await health();
+    if (report.ready_workers >= count) return;
+    if (Date.now() > deadline) {
+      throw new Error(`the pool did not get ${count} ready workers: ${JSON.stringify(report)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
  * One supervisor and the requests sent to it. Safe to use from many async tasks at once:
  * responses are matched to requests by id.
  */
@@ -220,16 +240,11 @@ export class PoolClient {
       options.maxLineBytes,
       child,
     );
-    const wanted = options.waitForWorkers ?? 0;
-    const deadline = Date.now() + 120_000;
-    while (wanted > 0) {
-      const health = await pool.health();
-      if (health.ready_workers >= wanted) break;
-      if (Date.now() > deadline) {
-        await pool.close();
-        throw new Error(`the pool did not get ${wanted} ready workers: ${JSON.stringify(health)}`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+    try {
+      await waitForWorkers(() => pool.health(), options.waitForWorkers ?? 0);
+    } catch (error) {
+      await pool.close();
+      throw error;
     }
     return pool;
   }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { supervisorCommand } from "../../clients/typescript/client.ts";
+import { supervisorCommand, waitForWorkers } from "../../clients/typescript/client.ts";
 import type { ExecuteResult } from "../../lib/protocol.ts";
 import { RpcConnection } from "../../lib/rpc_connection.ts";
 
@@ -78,14 +78,10 @@ export class Supervisor {
       options.env ?? {},
       options.maxLineBytes ?? 64 << 20,
     );
-    const wanted = options.waitForWorkers ?? poolSizeOf(options.args ?? []);
-    const deadline = Date.now() + 120_000;
-    while (wanted > 0) {
-      const health = await supervisor.call("health") as { ready_workers: number };
-      if (health.ready_workers >= wanted) break;
-      if (Date.now() > deadline) throw new Error(`pool not ready: ${JSON.stringify(health)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitForWorkers(
+      () => supervisor.call("health") as Promise<{ ready_workers: number }>,
+      options.waitForWorkers ?? poolSizeOf(options.args ?? []),
+    );
     return supervisor;
   }
 
@@ -96,9 +92,7 @@ export class Supervisor {
 
   /** Sends `$/cancelRequest` for the request with this id. */
   async cancel(id: string | number): Promise<void> {
-    await this.sendRaw(
-      JSON.stringify({ jsonrpc: "2.0", method: "$/cancelRequest", params: { id } }) + "\n",
-    );
+    await this.#connection.notify("$/cancelRequest", { id });
   }
 
   /** Sends a request and returns its whole response; rejects if the supervisor goes first. */
