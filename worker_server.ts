@@ -17,6 +17,7 @@ import {
   workerNotification,
   type WorkerNotificationMethod,
   type WorkerNotifications,
+  type WorkerResult,
 } from "./lib/worker_protocol.ts";
 import { PythonHost, type RunReport } from "./worker/python_host.ts";
 import type { SettledMessage } from "./worker/messages.ts";
@@ -270,27 +271,27 @@ const server = new RpcServer({
     };
     return result;
   },
-  drop_session: async (params) => ({
-    dropped: JSON.parse(await python.call("drop_session", sessionIdOf(params))) as boolean,
+  drop_session: async (params): Promise<WorkerResult<"drop_session">> => ({
+    dropped: JSON.parse(await python.call("drop_session", sessionIdOf(params))),
   }),
-  export_sessions: async () => ({
-    sessions: JSON.parse(await python.call("export_sessions")) as Record<string, unknown>,
+  export_sessions: async (): Promise<WorkerResult<"export_sessions">> => ({
+    sessions: JSON.parse(await python.call("export_sessions")),
   }),
-  import_sessions: async (params) => ({
+  import_sessions: async (params): Promise<WorkerResult<"import_sessions">> => ({
     failed: JSON.parse(
       await python.call(
         "import_sessions",
         JSON.stringify((params as { sessions: unknown }).sessions),
       ),
-    ) as Record<string, string>,
+    ),
   }),
-  cancel: () => ({ cancelled: python.cancel() }),
-  ping: () => ({
+  cancel: (): WorkerResult<"cancel"> => ({ cancelled: python.cancel() }),
+  ping: (): WorkerResult<"ping"> => ({
     worker_id: workerId,
     busy: python.busy,
     uptime_ms: performance.now() - startedAt,
   }),
-  stats: () => ({
+  stats: (): WorkerResult<"stats"> => ({
     worker_id: workerId,
     requests,
     interpreter_restarts: python.restarts,
@@ -300,7 +301,7 @@ const server = new RpcServer({
     rss_bytes: Deno.memoryUsage().rss,
     uptime_ms: performance.now() - startedAt,
   }),
-  shutdown: () => {
+  shutdown: (): WorkerResult<"shutdown"> => {
     setTimeout(async () => {
       await out.flushed();
       Deno.exit(0);

@@ -69,6 +69,8 @@ export type WorkerMethods = {
 };
 
 export type WorkerMethod = keyof WorkerMethods;
+export type WorkerParams<M extends WorkerMethod> = WorkerMethods[M]["params"];
+export type WorkerResult<M extends WorkerMethod> = WorkerMethods[M]["result"];
 
 // Notifications: the worker sends, the supervisor listens.
 
