@@ -1,57 +1,47 @@
 /**
  * A pyodide-pool worker: one long-running process that loads Pyodide once and serves
- * newline-delimited JSON-RPC 2.0 on stdin/stdout (`execute`, `cancel`, `ping`, `stats`,
- * `shutdown`). It announces itself with a `ready` notification and exits when stdin closes,
- * so it never outlives the supervisor that spawned it. Python runs in a Web Worker
+ * newline-delimited JSON-RPC 2.0 on stdin/stdout: the methods, notifications and flags of
+ * lib/worker_protocol.ts. It announces itself with a `ready` notification and exits when stdin
+ * closes, so it never outlives the supervisor that spawned it. Python runs in a Web Worker
  * (worker/); this main thread keeps answering while it runs and enforces the limits.
  *
  * @module
  */
 
-import { parseArgs } from "node:util";
-import type { LogFormat, LogLevelName } from "./lib/logging.ts";
-import type { ExecuteResult, PythonError } from "./lib/protocol.ts";
+import type { ExecuteResult, JsonRpcId, PythonError } from "./lib/protocol.ts";
+import {
+  parseWorkerFlags,
+  type RecycleReason,
+  WorkerFlagError,
+  type WorkerFlags,
+  workerNotification,
+  type WorkerNotificationMethod,
+  type WorkerNotifications,
+  type WorkerResult,
+} from "./lib/worker_protocol.ts";
 import { PythonHost, type RunReport } from "./worker/python_host.ts";
 import type { SettledMessage } from "./worker/messages.ts";
-import type { Isolation } from "./worker/tenancy.ts";
 
-const { values: args } = parseArgs({
-  args: Deno.args,
-  options: {
-    "worker-id": { type: "string", default: "w0" },
-    "max-output-bytes": { type: "string", default: String(1 << 20) },
-    "max-heap-mb": { type: "string", default: "1024" },
-    "recycle-heap-mb": { type: "string", default: "512" },
-    "max-fs-mb": { type: "string", default: "512" },
-    "max-rss-mb": { type: "string", default: "2048" },
-    "max-line-bytes": { type: "string", default: String(16 << 20) },
-    "interrupt-grace-ms": { type: "string", default: "500" },
-    "default-timeout-ms": { type: "string", default: "30000" },
-    "log-level": { type: "string", default: "info" },
-    "log-format": { type: "string", default: "text" },
-    snapshot: { type: "string" },
-    "lock-file-url": { type: "string" },
-    "allow-network": { type: "boolean", default: false },
-    "max-file-bytes": { type: "string", default: String(10 << 20) },
-    isolation: { type: "string", default: "request" },
-    "max-parked-mb": { type: "string", default: "256" },
-    "max-recoveries-per-minute": { type: "string", default: "600" },
-    failpoints: { type: "boolean", default: false },
-  },
-});
-const workerId = args["worker-id"];
-const maxOutputBytes = Number(args["max-output-bytes"]);
-const maxHeapBytes = Number(args["max-heap-mb"]) * 1024 * 1024;
-const recycleHeapBytes = Number(args["recycle-heap-mb"]) * 1024 * 1024;
-const maxRssBytes = Number(args["max-rss-mb"]) * 1024 * 1024;
-const maxFileBytes = Number(args["max-file-bytes"]);
-const maxRecoveriesPerMinute = Number(args["max-recoveries-per-minute"]);
+let flags: WorkerFlags;
+try {
+  flags = parseWorkerFlags(Deno.args);
+} catch (error) {
+  if (!(error instanceof WorkerFlagError)) throw error;
+  // Before logging is set up (its level is a flag): a plain line on stderr.
+  console.error(`pyodide-pool worker: ${error.message}`);
+  Deno.exit(2);
+}
+const { workerId, maxOutputBytes, maxFileBytes, maxRecoveriesPerMinute } = flags;
+const MB = 1024 * 1024;
+const maxHeapBytes = flags.maxHeapMb * MB;
+const recycleHeapBytes = flags.recycleHeapMb * MB;
+const maxRssBytes = flags.maxRssMb * MB;
 /**
  * Returned files travel as base64 (a third larger) in the answer's one line, which the
  * supervisor refuses past `--max-line-bytes` (by killing the worker): together they may take
  * half of it.
  */
-const maxReturnedFileBytes = Math.floor(Number(args["max-line-bytes"]) * 3 / 8);
+const maxReturnedFileBytes = Math.floor(flags.maxLineBytes * 3 / 8);
 const startedAt = performance.now();
 /** When the interpreter was last recovered in place from a crash, within the last minute. */
 let recoveries: number[] = [];
@@ -72,17 +62,17 @@ const python = new PythonHost({
   maxFileBytes,
   maxReturnedFileBytes,
   maxHeapBytes,
-  maxFsBytes: Number(args["max-fs-mb"]) * 1024 * 1024,
+  maxFsBytes: flags.maxFsMb * MB,
   maxRssBytes,
-  snapshotPath: args.snapshot,
-  lockFileUrl: args["lock-file-url"],
-  allowNetwork: args["allow-network"],
-  failpoints: args.failpoints,
-  interruptGraceMs: Number(args["interrupt-grace-ms"]),
-  isolation: args.isolation as Isolation,
-  maxParkedBytes: Number(args["max-parked-mb"]) * 1024 * 1024,
+  snapshotPath: flags.snapshot,
+  lockFileUrl: flags.lockFileUrl,
+  allowNetwork: flags.allowNetwork,
+  failpoints: flags.failpoints,
+  interruptGraceMs: flags.interruptGraceMs,
+  isolation: flags.isolation,
+  maxParkedBytes: flags.maxParkedMb * MB,
   // In base64, 5/6 of the line, the rest for the pages' offsets and the JSON around them.
-  maxExportBytes: Math.floor(Number(args["max-line-bytes"]) * 5 / 8),
+  maxExportBytes: Math.floor(flags.maxLineBytes * 5 / 8),
   onFatal: (message) => onFatal(message),
   // Runs come only once the server below is set up, and so does this.
   onInterpreterReplaced: (reason) => log.warn("interpreter replaced: {reason}", { reason }),
@@ -103,7 +93,7 @@ const [
   import("./lib/rpc_server.ts"),
   import("./worker/failpoints.ts"),
 ]);
-await configureLogging(args["log-level"] as LogLevelName, args["log-format"] as LogFormat);
+await configureLogging(flags.logLevel, flags.logFormat);
 const log = logger("worker", workerId);
 const out = new LineWriter(blockingWriter(Deno.stdout), () => Deno.exit(0));
 
@@ -119,43 +109,25 @@ onFatal = (message) => {
 };
 if (earlyFatal !== undefined) onFatal(earlyFatal);
 
-/**
- * Asks the supervisor to replace this process (it starts a replacement first):
- * - `heap_grown`: Wasm memory never shrinks, so a heap grown past the limit stays;
- * - `interpreter_restart`: a terminated Web Worker stuck in Wasm may keep running (and
- *   burning a core) however it was terminated, so only the process ending stops it for sure;
- * - `tainted`: a request changed something the isolation reset cannot undo (a large file of
- *   the virtual file system, such as the stdlib zip): no other request may run here;
- * - `table_grown`: requests left so many slots in the Wasm function table (libffi closures)
- *   that the image keeps them (see worker/image/wasm_state.ts);
- * - `recoveries`: the interpreter crashed more than --max-recoveries-per-minute times in a
- *   minute, each put back in place (worker/crash.ts): a fresh process costs no more then;
- * - `rss_grown`: the process's resident memory passed `--max-rss-mb` (memory outside the Wasm
- *   heap, such as file contents, that the allocators keep once freed).
- */
-function askToBeRecycled(
-  reason:
-    | "heap_grown"
-    | "interpreter_restart"
-    | "tainted"
-    | "table_grown"
-    | "recoveries"
-    | "rss_grown",
-  rssBytes = Deno.memoryUsage().rss,
+/** Writes one of the notifications of the worker's contract (lib/worker_protocol.ts). */
+function notify<M extends WorkerNotificationMethod>(
+  method: M,
+  params: WorkerNotifications[M],
 ): void {
+  out.write(JSON.stringify(workerNotification(method, params)));
+}
+
+/** Asks the supervisor to replace this process, once (the reasons: `RecycleReason`). */
+function askToBeRecycled(reason: RecycleReason, rssBytes = Deno.memoryUsage().rss): void {
   if (recycleAsked) return;
   recycleAsked = true;
-  out.write(JSON.stringify({
-    jsonrpc: "2.0",
-    method: "recycle",
-    params: {
-      reason,
-      heap_bytes: python.heapBytes,
-      heap_limit_bytes: recycleHeapBytes,
-      rss_bytes: rssBytes,
-      rss_limit_bytes: maxRssBytes,
-    },
-  }));
+  notify("recycle", {
+    reason,
+    heap_bytes: python.heapBytes,
+    heap_limit_bytes: recycleHeapBytes,
+    rss_bytes: rssBytes,
+    rss_limit_bytes: maxRssBytes,
+  });
 }
 
 /**
@@ -163,15 +135,11 @@ function askToBeRecycled(
  * park or resume before it), what that cost, and which sessions it lost. Written after the
  * answer: the answer's own write is a few promise steps away, all run before a timer.
  */
-function settled(id: unknown, settled: SettledMessage): void {
+function settled(id: JsonRpcId, settled: SettledMessage): void {
   if (settled.lost.length > 0) {
     const byReason = Map.groupBy(settled.lost, (lost) => lost.reason);
     for (const [reason, lost] of byReason) {
-      out.write(JSON.stringify({
-        jsonrpc: "2.0",
-        method: "sessions_lost",
-        params: { session_ids: lost.map((l) => l.sessionId), reason },
-      }));
+      notify("sessions_lost", { session_ids: lost.map((l) => l.sessionId), reason });
     }
   }
   if (settled.overgrown) askToBeRecycled("table_grown");
@@ -188,24 +156,20 @@ function settled(id: unknown, settled: SettledMessage): void {
     // until the replacement is ready, never cut short.
     const rssBytes = Deno.memoryUsage().rss;
     if (rssBytes > maxRssBytes) askToBeRecycled("rss_grown", rssBytes);
-    out.write(JSON.stringify({
-      jsonrpc: "2.0",
-      method: "idle",
-      params: {
-        id,
-        reset: settled.reset,
-        reset_ms: settled.resetMs,
-        restore_ms: settled.restoreMs,
-        park_ms: settled.parkMs,
-        resume_ms: settled.resumeMs,
-        resumed_bytes: settled.resumedBytes,
-        parked_bytes: settled.parkedBytes,
-        recovered: settled.recovered,
-        heap_bytes: python.heapBytes,
-        rss_bytes: rssBytes,
-        fs_bytes: settled.fsBytes,
-      },
-    }));
+    notify("idle", {
+      id,
+      reset: settled.reset,
+      reset_ms: settled.resetMs,
+      restore_ms: settled.restoreMs,
+      park_ms: settled.parkMs,
+      resume_ms: settled.resumeMs,
+      resumed_bytes: settled.resumedBytes,
+      parked_bytes: settled.parkedBytes,
+      recovered: settled.recovered,
+      heap_bytes: python.heapBytes,
+      rss_bytes: rssBytes,
+      fs_bytes: settled.fsBytes,
+    });
   });
 }
 
@@ -237,18 +201,16 @@ function limitError(report: RunReport, timeoutMs: number): PythonError | null {
         type: "MemoryError",
         // Stopped by the worker: its whole memory passed the ceiling (see PythonHost).
         message: report.stoppedBy
-          ? `out of memory: the worker's memory passed its ceiling of ${
-            args["max-rss-mb"]
-          } MB; stopped by ${report.stoppedBy}`
-          : `out of memory: the Wasm heap is capped at ${args["max-heap-mb"]} MB`,
+          ? `out of memory: the worker's memory passed its ceiling of ${flags.maxRssMb} MB; ` +
+            `stopped by ${report.stoppedBy}`
+          : `out of memory: the Wasm heap is capped at ${flags.maxHeapMb} MB`,
         traceback,
       };
     case "fs_limit":
       return {
         type: "OSError",
-        message: `no space left on device: a request's files are capped at ${
-          args["max-fs-mb"]
-        } MB (the write past it failed with ENOSPC)`,
+        message: `no space left on device: a request's files are capped at ${flags.maxFsMb} MB` +
+          " (the write past it failed with ENOSPC)",
         traceback,
       };
     default:
@@ -259,8 +221,8 @@ function limitError(report: RunReport, timeoutMs: number): PythonError | null {
 const server = new RpcServer({
   execute: async (params, { id }) => {
     const request = parseExecuteParams(params);
-    if (args.failpoints) await triggerFailpoint(request.code, out);
-    const timeoutMs = request.timeout_ms ?? Number(args["default-timeout-ms"]);
+    if (flags.failpoints) await triggerFailpoint(request.code, out);
+    const timeoutMs = request.timeout_ms ?? flags.defaultTimeoutMs;
     const started = performance.now();
     const report = await python.run({
       owner: { tenant: request.tenant, sessionId: request.session_id },
@@ -276,12 +238,7 @@ const server = new RpcServer({
       packages: request.packages ?? [],
       timeoutMs,
       onOutput: request.stream
-        ? (stream, text) =>
-          out.write(JSON.stringify({
-            jsonrpc: "2.0",
-            method: "output",
-            params: { id, stream, text },
-          }))
+        ? (stream, text) => notify("output", { id, stream, text })
         : undefined,
     });
     requests++;
@@ -314,27 +271,27 @@ const server = new RpcServer({
     };
     return result;
   },
-  drop_session: async (params) => ({
-    dropped: JSON.parse(await python.call("drop_session", sessionIdOf(params))) as boolean,
+  drop_session: async (params): Promise<WorkerResult<"drop_session">> => ({
+    dropped: JSON.parse(await python.call("drop_session", sessionIdOf(params))),
   }),
-  export_sessions: async () => ({
-    sessions: JSON.parse(await python.call("export_sessions")) as Record<string, unknown>,
+  export_sessions: async (): Promise<WorkerResult<"export_sessions">> => ({
+    sessions: JSON.parse(await python.call("export_sessions")),
   }),
-  import_sessions: async (params) => ({
+  import_sessions: async (params): Promise<WorkerResult<"import_sessions">> => ({
     failed: JSON.parse(
       await python.call(
         "import_sessions",
         JSON.stringify((params as { sessions: unknown }).sessions),
       ),
-    ) as Record<string, string>,
+    ),
   }),
-  cancel: () => ({ cancelled: python.cancel() }),
-  ping: () => ({
+  cancel: (): WorkerResult<"cancel"> => ({ cancelled: python.cancel() }),
+  ping: (): WorkerResult<"ping"> => ({
     worker_id: workerId,
     busy: python.busy,
     uptime_ms: performance.now() - startedAt,
   }),
-  stats: () => ({
+  stats: (): WorkerResult<"stats"> => ({
     worker_id: workerId,
     requests,
     interpreter_restarts: python.restarts,
@@ -344,7 +301,7 @@ const server = new RpcServer({
     rss_bytes: Deno.memoryUsage().rss,
     uptime_ms: performance.now() - startedAt,
   }),
-  shutdown: () => {
+  shutdown: (): WorkerResult<"shutdown"> => {
     setTimeout(async () => {
       await out.flushed();
       Deno.exit(0);
@@ -352,9 +309,9 @@ const server = new RpcServer({
     return { worker_id: workerId, stopping: true };
   },
 }, {
-  maxLineBytes: Number(args["max-line-bytes"]),
+  maxLineBytes: flags.maxLineBytes,
   // The supervisor reads our lines with the same limit, and replaces a worker that passes it.
-  maxAnswerBytes: Number(args["max-line-bytes"]),
+  maxAnswerBytes: flags.maxLineBytes,
   onUnexpectedError: (method, error) =>
     log.error("unexpected error in {method}: {error}", { method, error: String(error) }),
 });
@@ -363,20 +320,16 @@ const server = new RpcServer({
 // still ends the process.
 const serving = server.serve(chunksOf(Deno.stdin), out);
 python.ready.then((ready) => {
-  out.write(JSON.stringify({
-    jsonrpc: "2.0",
-    method: "ready",
-    params: {
-      worker_id: workerId,
-      pyodide_version: ready.pyodideVersion,
-      python_version: ready.pythonVersion,
-      load_ms: Math.round(ready.loadMs),
-      restored_from_snapshot: ready.restored,
-      heap_bytes: ready.heapBytes,
-      rss_bytes: Deno.memoryUsage().rss,
-      fs_bytes: ready.fsBytes,
-    },
-  }));
+  notify("ready", {
+    worker_id: workerId,
+    pyodide_version: ready.pyodideVersion,
+    python_version: ready.pythonVersion,
+    load_ms: Math.round(ready.loadMs),
+    restored_from_snapshot: ready.restored,
+    heap_bytes: ready.heapBytes,
+    rss_bytes: Deno.memoryUsage().rss,
+    fs_bytes: ready.fsBytes,
+  });
 }, (error) => {
   log.error("could not start Pyodide: {error}", { error: String(error) });
   Deno.exit(70);

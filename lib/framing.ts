@@ -1,28 +1,37 @@
 /**
  * Newline-delimited framing over byte streams: one message per `\n`-terminated line.
  *
- * Framing knows nothing about JSON-RPC; it only cuts lines and writes them. Hand-written
+ * Framing knows nothing about JSON-RPC; it only cuts lines and writes them, and looks for the
+ * `id` of a line too long to keep (id_scanner.ts), so that its answer can name it. Hand-written
  * because no maintained package enforces a maximum line length while it splits (a
  * TextLineStream buffers an unbounded line before a limit could be checked).
  *
  * @module
  */
 
+import { IdScanner } from "./id_scanner.ts";
+import type { JsonRpcId } from "./protocol.ts";
+
 const NEWLINE = 0x0a;
 const CARRIAGE_RETURN = 0x0d;
 
-/** One framed line, or the report that a line was longer than allowed and was skipped. */
+/**
+ * One framed line, or the report that a line was longer than allowed and was skipped, with
+ * its top-level `id` when one was found in it (see id_scanner.ts).
+ */
 export type Frame =
   | { kind: "line"; text: string }
-  | { kind: "oversized"; bytes: number };
+  | { kind: "oversized"; bytes: number; id?: JsonRpcId };
 
 /**
  * Splits a byte stream into lines of at most `maxLineBytes` bytes (without the terminator).
  *
  * A longer line is discarded as it arrives, never buffered whole, and reported as an
- * `oversized` frame once its end is seen; the lines after it are read as usual. `\r\n` is
- * accepted, UTF-8 is decoded per whole line (so a character split across reads is intact),
- * and blank lines are skipped. A final line without `\n` is returned at end of stream.
+ * `oversized` frame once its end is seen; the lines after it are read as usual. Only such a
+ * line's bytes pass through an IdScanner, on their way out: an ordinary line costs nothing
+ * more. `\r\n` is accepted, UTF-8 is decoded per whole line (so a character split across
+ * reads is intact), and blank lines are skipped. A final line without `\n` is returned at end
+ * of stream.
  *
  * @example
  * ```ts
@@ -41,15 +50,23 @@ export async function* readFrames(
   const decoder = new TextDecoder();
   let pending: Uint8Array[] = [];
   let pendingBytes = 0;
-  let discarding = false;
+  /** Set while the rest of a line too long is discarded: it reads what goes by. */
+  let discarding: IdScanner | undefined;
+
+  const oversized = (bytes: number, scanner: IdScanner): Frame => {
+    const id = scanner.id;
+    return id === undefined ? { kind: "oversized", bytes } : { kind: "oversized", bytes, id };
+  };
 
   const takeLine = (tail: Uint8Array): Frame | undefined => {
     const total = pendingBytes + tail.length;
     if (discarding) {
-      discarding = false;
+      discarding.feed(tail);
+      const frame = oversized(total, discarding);
+      discarding = undefined;
       pending = [];
       pendingBytes = 0;
-      return { kind: "oversized", bytes: total };
+      return frame;
     }
     let bytes = tail;
     if (pending.length > 0) {
@@ -65,7 +82,12 @@ export async function* readFrames(
     }
     let end = bytes.length;
     if (end > 0 && bytes[end - 1] === CARRIAGE_RETURN) end--;
-    if (end > maxLineBytes) return { kind: "oversized", bytes: end };
+    if (end > maxLineBytes) {
+      // Within the slack of the check below: kept whole, and scanned at once.
+      const scanner = new IdScanner();
+      scanner.feed(bytes);
+      return oversized(end, scanner);
+    }
     const text = decoder.decode(bytes.subarray(0, end));
     return text.trim() === "" ? undefined : { kind: "line", text };
   };
@@ -77,11 +99,15 @@ export async function* readFrames(
       if (newline === -1) {
         const rest = chunk.subarray(start);
         pendingBytes += rest.length;
-        // One byte of slack for a `\r` that may precede the coming `\n`.
-        if (pendingBytes > maxLineBytes + 1) {
-          discarding = true;
+        if (discarding) discarding.feed(rest);
+        else if (pendingBytes > maxLineBytes + 1) {
+          // One byte of slack for a `\r` that may precede the coming `\n`. Past it, what was
+          // kept of the line is scanned and dropped, and so will be the rest of it.
+          discarding = new IdScanner();
+          for (const kept of pending) discarding.feed(kept);
+          discarding.feed(rest);
           pending = [];
-        } else if (!discarding) {
+        } else {
           // Copy: the stream may reuse its buffer for the next read.
           pending.push(rest.slice());
         }

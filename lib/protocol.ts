@@ -89,6 +89,11 @@ export function errorResponse(id: JsonRpcId, error: RpcError): ResponseMessage {
   return { jsonrpc: "2.0", id, error: error.toJSON() };
 }
 
+/** A notification line's object: a message that gets no answer. */
+export function notificationMessage(method: string, params?: Params): NotificationMessage {
+  return { jsonrpc: "2.0", method, params };
+}
+
 /** A file written under the request's working directory before the run. */
 export interface InputFile {
   /** Relative path under the working directory: no `..`, not absolute. */

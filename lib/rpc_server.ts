@@ -165,8 +165,9 @@ export class RpcServer {
     frame: Frame,
   ): Promise<ResponseMessage | ResponseMessage[] | undefined> {
     if (frame.kind === "oversized") {
+      // Its own id when the line's top-level `id` could be read as it went by (framing.ts).
       return errorResponse(
-        null,
+        frame.id ?? null,
         new RpcError(
           ErrorCode.InvalidRequest,
           `Invalid Request: line of ${frame.bytes} bytes exceeds the limit of ${this.options.maxLineBytes} bytes`,

@@ -8,6 +8,7 @@
 
 import { parseArgs } from "node:util";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
+import { WORKER_DEFAULTS } from "../lib/worker_protocol.ts";
 
 type Kind = "int" | "seconds" | "bool" | "string" | "list" | "enum";
 
@@ -24,7 +25,10 @@ interface Setting {
   choices?: readonly string[];
 }
 
-/** Every setting, its sources and its default. Durations are given in seconds. */
+/**
+ * Every setting, its sources and its default. Durations are given in seconds. A setting the
+ * workers receive takes its default from theirs (lib/worker_protocol.ts).
+ */
 export const SETTINGS: readonly Setting[] = [
   {
     key: "poolSize",
@@ -106,7 +110,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "exec-timeout",
     env: "PYODIDE_EXEC_TIMEOUT",
     kind: "seconds",
-    default: 30,
+    default: WORKER_DEFAULTS.defaultTimeoutMs / 1000,
     min: 0.001,
     help: "default wall-clock limit of one execute, in seconds",
   },
@@ -151,7 +155,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "worker-max-memory-mb",
     env: "PYODIDE_WORKER_MAX_MEMORY_MB",
     kind: "int",
-    default: 1024,
+    default: WORKER_DEFAULTS.maxHeapMb,
     min: 64,
     max: 4096,
     help: "cap on each worker's Wasm heap in MB; past it Python gets MemoryError (memory_limit)",
@@ -161,7 +165,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "worker-recycle-heap-mb",
     env: "PYODIDE_WORKER_RECYCLE_HEAP_MB",
     kind: "int",
-    default: 512,
+    default: WORKER_DEFAULTS.recycleHeapMb,
     min: 32,
     max: 4096,
     help: "a worker whose Wasm heap grew past this many MB is recycled (Wasm memory never shrinks)",
@@ -171,7 +175,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "worker-max-rss-mb",
     env: "PYODIDE_WORKER_MAX_RSS_MB",
     kind: "int",
-    default: 2048,
+    default: WORKER_DEFAULTS.maxRssMb,
     min: 128,
     help: "a worker whose resident memory (heap, file system, buffers) passed this many MB is " +
       "replaced once its request is answered",
@@ -181,7 +185,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "max-fs-mb",
     env: "PYODIDE_MAX_FS_MB",
     kind: "int",
-    default: 512,
+    default: WORKER_DEFAULTS.maxFsMb,
     min: 1,
     help: "MB of files one request may hold in the in-memory file system; past it writes fail " +
       "with ENOSPC (fs_limit)",
@@ -191,7 +195,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "max-output-bytes",
     env: "PYODIDE_MAX_OUTPUT_BYTES",
     kind: "int",
-    default: 1 << 20,
+    default: WORKER_DEFAULTS.maxOutputBytes,
     min: 1,
     help: "cap on stdout and on stderr of one execute, in bytes",
   },
@@ -253,7 +257,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "isolation",
     env: "PYODIDE_ISOLATION",
     kind: "enum",
-    default: "request",
+    default: WORKER_DEFAULTS.isolation,
     choices: ["request", "tenant", "none"],
     help: "what is put back between requests: request (every request starts from the pristine " +
       "memory image, unless it continues its own session), tenant (put back when the tenant " +
@@ -265,7 +269,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "max-parked-mb",
     env: "PYODIDE_MAX_PARKED_MB",
     kind: "int",
-    default: 256,
+    default: WORKER_DEFAULTS.maxParkedMb,
     min: 1,
     help: "MB of parked session images each worker may hold; past it the least recently used " +
       "session is dropped (its next request gets -32004)",
@@ -275,7 +279,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "max-recoveries-per-minute",
     env: "PYODIDE_MAX_RECOVERIES_PER_MINUTE",
     kind: "int",
-    default: 600,
+    default: WORKER_DEFAULTS.maxRecoveriesPerMinute,
     min: 1,
     help: "interpreter crashes a worker recovers from in place within a minute (the memory " +
       "image put back, a few milliseconds each); past it the worker is replaced",
@@ -285,7 +289,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "max-file-bytes",
     env: "PYODIDE_MAX_FILE_BYTES",
     kind: "int",
-    default: 10 << 20,
+    default: WORKER_DEFAULTS.maxFileBytes,
     min: 0,
     help: "largest output file returned with its content, in bytes",
   },
@@ -362,7 +366,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "log-level",
     env: "PYODIDE_LOG_LEVEL",
     kind: "enum",
-    default: "info",
+    default: WORKER_DEFAULTS.logLevel,
     choices: ["debug", "info", "warning", "error"],
     help: "log level on stderr: debug, info, warning or error",
   },
@@ -371,7 +375,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: "log-format",
     env: "PYODIDE_LOG_FORMAT",
     kind: "enum",
-    default: "text",
+    default: WORKER_DEFAULTS.logFormat,
     choices: ["text", "json"],
     help: "log line format on stderr: text, or json (one JSON object per line)",
   },

@@ -12,6 +12,7 @@
 import { ConfigError, loadConfig } from "./config.ts";
 import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
+import { notificationMessage } from "../lib/protocol.ts";
 import { createClientServer } from "./client_endpoint.ts";
 import { Pool } from "./pool.ts";
 
@@ -82,7 +83,7 @@ function jsonRpcEndpoint(): Endpoint {
     config,
     pool,
     requestShutdown: (reason) => stop(reason, false),
-    notify: (method, params) => output.write(JSON.stringify({ jsonrpc: "2.0", method, params })),
+    notify: (method, params) => output.write(JSON.stringify(notificationMessage(method, params))),
   });
   return {
     serve: () => server.serve(chunksOf(Deno.stdin), output),

@@ -6,6 +6,10 @@
  */
 
 import type { Config } from "./config.ts";
+import { internalMaxLineBytes, workerArgv } from "../lib/worker_protocol.ts";
+
+// Until pool.ts imports it from the contract.
+export { internalMaxLineBytes };
 
 const PROJECT_ROOT = new URL("../", import.meta.url);
 const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
@@ -46,7 +50,7 @@ export function sandboxedRun(): string[] {
 
 export interface WorkerCommand {
   executable: string;
-  /** Arguments before the per-worker ones (`--worker-id`). */
+  /** Arguments before the per-worker ones (`--worker-id`, appended by worker_process.ts). */
   args: string[];
   /** The only directories the worker may read. */
   readable: string[];
@@ -103,44 +107,26 @@ export function buildWorkerCommand(
       ...(hosts.length > 0 ? [`--allow-net=${hosts.join(",")}`] : []),
       ...deny,
       path("worker_server.ts"),
-      ...(snapshot ? ["--snapshot", snapshot] : []),
-      ...(lockFileUrl ? ["--lock-file-url", lockFileUrl] : []),
-      // Network mode also hands Python `fetch` (worker/sandbox.ts).
-      ...(config.workerAllowNet.length > 0 ? ["--allow-network"] : []),
-      "--max-file-bytes",
-      String(config.maxFileBytes),
-      "--max-output-bytes",
-      String(config.maxOutputBytes),
-      "--max-heap-mb",
-      String(config.workerMaxMemoryMb),
-      "--recycle-heap-mb",
-      String(config.workerRecycleHeapMb),
-      "--max-rss-mb",
-      String(config.workerMaxRssMb),
-      "--max-fs-mb",
-      String(config.maxFsMb),
-      "--max-line-bytes",
-      String(internalMaxLineBytes(config)),
-      "--isolation",
-      config.isolation,
-      "--max-parked-mb",
-      String(config.maxParkedMb),
-      "--max-recoveries-per-minute",
-      String(config.maxRecoveriesPerMinute),
-      "--log-level",
-      config.logLevel,
-      "--log-format",
-      config.logFormat,
-      // Testing only: lets tests make a real worker misbehave (worker/failpoints.ts).
-      ...(Deno.env.get("PYODIDE_POOL_FAILPOINTS") === "1" ? ["--failpoints"] : []),
+      ...workerArgv({
+        snapshot,
+        lockFileUrl,
+        // Network mode also hands Python `fetch` (worker/sandbox.ts).
+        allowNetwork: config.workerAllowNet.length > 0,
+        maxFileBytes: config.maxFileBytes,
+        maxOutputBytes: config.maxOutputBytes,
+        maxHeapMb: config.workerMaxMemoryMb,
+        recycleHeapMb: config.workerRecycleHeapMb,
+        maxRssMb: config.workerMaxRssMb,
+        maxFsMb: config.maxFsMb,
+        maxLineBytes: internalMaxLineBytes(config),
+        isolation: config.isolation,
+        maxParkedMb: config.maxParkedMb,
+        maxRecoveriesPerMinute: config.maxRecoveriesPerMinute,
+        logLevel: config.logLevel,
+        logFormat: config.logFormat,
+        // Testing only: lets tests make a real worker misbehave (worker/failpoints.ts).
+        failpoints: Deno.env.get("PYODIDE_POOL_FAILPOINTS") === "1",
+      }),
     ],
   };
-}
-
-/**
- * The line limit between supervisor and workers: large enough for big session states and
- * files (a 16 MiB client line grows when results add base64), never below the client's.
- */
-export function internalMaxLineBytes(config: Config): number {
-  return Math.max(config.maxLineBytes * 4, 256 << 20);
 }

@@ -139,3 +139,30 @@ Deno.test("LineWriter writes through a raw writer until every byte is taken, and
   assert.equal(writer.unwritten, 0);
   assert.equal(new TextDecoder().decode(new Uint8Array(taken)), "hello\nworld\n");
 });
+
+Deno.test("an oversized line carries its top-level id, found as it was discarded", async () => {
+  const code = "x".repeat(40) + '\\"id\\": 1';
+  const request = `{"jsonrpc":"2.0","method":"execute","params":{"code":"${code}"},"id":"r-1"}`;
+  const bytes = encoder.encode(request);
+  // Cut in the middle of the escapes, of the params and of the id.
+  const cuts = [10, 45, 52, bytes.length - 3];
+  const chunks = cuts.map((cut, i) => bytes.slice(i === 0 ? 0 : cuts[i - 1], cut));
+  chunks.push(bytes.slice(cuts.at(-1)), encoder.encode("\nok\n"));
+  assert.deepEqual(await frames(chunks, 20), [
+    { kind: "oversized", bytes: bytes.length, id: "r-1" },
+    line("ok"),
+  ]);
+});
+
+Deno.test("an oversized line read whole is scanned too; a nested id or a batch gives none", async () => {
+  // 11 bytes for a limit of 10: kept whole (the slack for `\r`), scanned at once.
+  assert.deepEqual(await frames(['{"id":1234}\n'], 10), [
+    { kind: "oversized", bytes: 11, id: 1234 },
+  ]);
+  assert.deepEqual(await frames(['{"params":{"id":1},"x":"long enough"}\n'], 10), [
+    { kind: "oversized", bytes: 37 },
+  ]);
+  assert.deepEqual(await frames(['[{"jsonrpc":"2.0","id":1}]\n'], 10), [
+    { kind: "oversized", bytes: 26 },
+  ]);
+});

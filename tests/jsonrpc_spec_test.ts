@@ -2,13 +2,16 @@
  * Every example of the JSON-RPC 2.0 specification's "Examples" section
  * (https://www.jsonrpc.org/specification#examples), served by the same RpcServer that the
  * supervisor and the workers use, with the specification's methods. Codes, ids and results
- * must match the specification; messages may say more, and errors carry data.
+ * must match the specification; messages may say more, and errors carry data. Last, what the
+ * specification leaves to the server: a line too long, answered with its id when it can be
+ * found, through the real supervisor too.
  */
 
 import assert from "node:assert/strict";
 import { LineWriter } from "../lib/framing.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
 import type { Params } from "../lib/protocol.ts";
+import { type Response, Supervisor } from "./helpers/supervisor_process.ts";
 
 const notifications: string[] = [];
 const server = new RpcServer({
@@ -207,4 +210,40 @@ Deno.test("an answer that cannot be written is an error for its id, and the serv
   assert.equal(answers[1].error.code, -32603);
   assert.match(answers[1].error.message, /BigInt/);
   assert.equal(answers[2].result, "fine");
+});
+
+Deno.test("an oversized line is answered with its id when the id can be found", async () => {
+  const response = await server.handleFrame({ kind: "oversized", bytes: 2 << 20, id: "r-9" });
+  assertMatches(response, { id: "r-9", code: -32600 });
+  assertMatches(await server.handleFrame({ kind: "oversized", bytes: 2 << 20 }), {
+    id: null,
+    code: -32600,
+  });
+});
+
+Deno.test("through the supervisor, a line over --max-line-bytes gets its own id back", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--max-line-bytes", "1024"] });
+  try {
+    // Larger than a read (64 KiB): discarded across reads. The code holds an "id" of its own.
+    const code = JSON.stringify(`print('"id": 5, \\'{[')\n`.repeat(20_000));
+    const lines = [
+      `{"jsonrpc":"2.0","method":"execute","params":{"code":${code}},"id":"big-1"}`,
+      `{"jsonrpc":"2.0","id":77,"method":"execute","params":{"code":${code}}}`,
+      `[{"jsonrpc":"2.0","method":"execute","params":{"code":${code}},"id":"in-batch"}]`,
+    ];
+    for (const line of lines) JSON.parse(line);
+    const before = sup.received.length;
+    for (const line of lines) await sup.sendRaw(line + "\n");
+    const answers = (await sup.waitForLines(before + lines.length)).slice(before) as Response[];
+    assert.deepEqual(answers.map((a) => a.id).sort(), [77, "big-1", null].sort());
+    for (const answer of answers) {
+      assert.equal(answer.error?.code, -32600);
+      assert.equal(answer.error?.data?.max_line_bytes, 1024);
+      assert.ok((answer.error?.data?.bytes as number) > 64 << 10);
+    }
+    // Still serving.
+    assert.equal((await sup.execute({ code: "'alive'" })).result, "'alive'");
+  } finally {
+    await sup.close();
+  }
 });

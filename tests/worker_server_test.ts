@@ -1,6 +1,6 @@
 /**
  * One real worker process driven straight over its stdio, for what the supervisor never sends
- * it: requests before it is ready.
+ * it: requests before it is ready, a bad flag.
  */
 
 import assert from "node:assert/strict";
@@ -45,4 +45,19 @@ Deno.test("a cancel reaches a run that waits for the interpreter to start", asyn
   assert.equal(answers.get(1)?.error?.code, -32003, JSON.stringify(answers.get(1)));
   await writer.close();
   assert.equal((await worker.status).code, 0);
+});
+
+Deno.test("a worker given a bad flag says which on stderr and exits with 2", async () => {
+  const loaded = loadConfig([], {});
+  if (!("config" in loaded)) throw new Error("the default configuration did not load");
+  const command = buildWorkerCommand(loaded.config);
+  const { code, stdout, stderr } = await new Deno.Command(command.executable, {
+    args: [...command.args, "--max-heap-mb", "lots"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(code, 2);
+  assert.equal(stdout.length, 0);
+  assert.match(new TextDecoder().decode(stderr), /--max-heap-mb: "lots" is not an integer/);
 });
