@@ -38,10 +38,10 @@ const recycleHeapBytes = flags.recycleHeapMb * MB;
 const maxRssBytes = flags.maxRssMb * MB;
 /**
  * Returned files travel as base64 (a third larger) in the answer's one line, which the
- * supervisor refuses past `--max-line-bytes` (by killing the worker): together they may take
- * half of it.
+ * supervisor passes on to its client only within the client's line limit: together they may
+ * take half of it.
  */
-const maxReturnedFileBytes = Math.floor(flags.maxLineBytes * 3 / 8);
+const maxReturnedFileBytes = Math.floor(flags.maxAnswerBytes * 3 / 8);
 const startedAt = performance.now();
 /** When the interpreter was last recovered in place from a crash, within the last minute. */
 let recoveries: number[] = [];

@@ -35,11 +35,12 @@ export type Frame =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { readFrames } from "./framing.ts";
  * const bytes = new TextEncoder().encode('{"a":1}\r\n{"b":2}\n');
  * const frames = [];
  * for await (const f of readFrames(ReadableStream.from([bytes]), 1024)) frames.push(f);
- * console.assert(frames.length === 2);
+ * assert.deepEqual(frames, [{ kind: "line", text: '{"a":1}' }, { kind: "line", text: '{"b":2}' }]);
  * ```
  */
 export async function* readFrames(
@@ -179,12 +180,13 @@ export async function* chunksOf(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { LineWriter } from "./framing.ts";
  * const chunks: Uint8Array[] = [];
  * const writer = new LineWriter(new WritableStream({ write: (c) => void chunks.push(c) }));
  * writer.write('{"a":1}');
  * await writer.flushed();
- * console.assert(chunks.length === 1);
+ * assert.equal(new TextDecoder().decode(chunks[0]), '{"a":1}\n');
  * ```
  */
 export class LineWriter {

@@ -64,12 +64,13 @@ type Token = { kind: "value"; value: unknown } | { kind: "overlong" } | { kind: 
 /**
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { IdScanner } from "./id_scanner.ts";
  * const scanner = new IdScanner();
  * const text = new TextEncoder().encode('{"method":"execute","params":{"id":1},"id":"a\\"b"}');
  * scanner.feed(text.subarray(0, 40));
  * scanner.feed(text.subarray(40));
- * console.assert(scanner.id === 'a"b');
+ * assert.equal(scanner.id, 'a"b');
  * ```
  */
 export class IdScanner {

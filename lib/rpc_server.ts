@@ -59,6 +59,7 @@ export interface RpcServerOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { LineWriter } from "./framing.ts";
  * import { RpcServer } from "./rpc_server.ts";
  * const out: string[] = [];
@@ -66,8 +67,9 @@ export interface RpcServerOptions {
  * const server = new RpcServer({ ping: () => "pong" }, { maxLineBytes: 1024 });
  * const input = ReadableStream.from([new TextEncoder().encode('{"jsonrpc":"2.0","id":1,"method":"ping"}\n')]);
  * await server.serve(input, writer);
+ * await server.settled();
  * await writer.flushed();
- * console.assert(out.join("").includes('"pong"'));
+ * assert.equal(out.join(""), '{"jsonrpc":"2.0","id":1,"result":"pong"}\n');
  * ```
  */
 const NON_ASCII = /[\u0080-\uffff]/;

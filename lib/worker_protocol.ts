@@ -165,9 +165,14 @@ export type WorkerNotificationMethod = keyof WorkerNotifications;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { workerNotification } from "./worker_protocol.ts";
  * const message = workerNotification("sessions_lost", { session_ids: ["s1"], reason: "parked" });
- * console.assert(JSON.stringify(message).startsWith('{"jsonrpc":"2.0","method":"sessions_lost"'));
+ * assert.deepEqual(message, {
+ *   jsonrpc: "2.0",
+ *   method: "sessions_lost",
+ *   params: { session_ids: ["s1"], reason: "parked" },
+ * });
  * ```
  */
 export function workerNotification<M extends WorkerNotificationMethod>(
@@ -216,6 +221,11 @@ export type WorkerFlags = {
   maxFsMb: number;
   /** Longest line read, and written: see `internalMaxLineBytes`. */
   maxLineBytes: number;
+  /**
+   * The client's line limit, which an `execute` answer must fit when the supervisor passes it
+   * on (lib/rpc_server.ts): the run's returned files get 3/8 of it.
+   */
+  maxAnswerBytes: number;
   isolation: WorkerIsolation;
   /** Bytes of parked session images the worker may hold. */
   maxParkedMb: number;
@@ -335,6 +345,7 @@ const FLAGS: FlagSpecs<WorkerFlags> = {
   maxRssMb: integer("max-rss-mb", 2048, 1),
   maxFsMb: integer("max-fs-mb", 512, 1),
   maxLineBytes: integer("max-line-bytes", 16 << 20, 1),
+  maxAnswerBytes: integer("max-answer-bytes", 16 << 20, 1),
   isolation: choice("isolation", ["request", "tenant", "none"], "request"),
   maxParkedMb: integer("max-parked-mb", 256, 1),
   maxRecoveriesPerMinute: integer("max-recoveries-per-minute", 600, 1),
@@ -369,10 +380,12 @@ function argvOf<T>(specs: FlagSpecs<T>, values: Partial<T>): string[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseWorkerFlags, workerArgv } from "./worker_protocol.ts";
  * const argv = workerArgv({ maxHeapMb: 256, allowNetwork: true });
- * console.assert(argv.join(" ") === "--allow-network --max-heap-mb 256");
- * console.assert(parseWorkerFlags(argv).maxHeapMb === 256);
+ * assert.deepEqual(argv, ["--allow-network", "--max-heap-mb", "256"]);
+ * assert.equal(parseWorkerFlags(argv).maxHeapMb, 256);
+ * assert.throws(() => parseWorkerFlags(["--max-heap-mb", "lots"]), /not an integer/);
  * ```
  */
 export function workerArgv(flags: Partial<WorkerFlags>): string[] {

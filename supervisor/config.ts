@@ -204,9 +204,10 @@ export const SETTINGS: readonly Setting[] = [
     flag: "max-line-bytes",
     env: "PYODIDE_MAX_LINE_BYTES",
     kind: "int",
-    default: 16 << 20,
+    default: WORKER_DEFAULTS.maxAnswerBytes,
     min: 1024,
-    help: "longest accepted JSON-RPC line, in bytes",
+    help: "longest JSON-RPC line, in bytes, either way: the pool sends no answer longer than " +
+      "it accepts (one that would be is -32005); returned files get 3/8 of it",
   },
   {
     key: "maxUnreadMb",

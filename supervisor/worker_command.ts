@@ -119,6 +119,7 @@ export function buildWorkerCommand(
         maxRssMb: config.workerMaxRssMb,
         maxFsMb: config.maxFsMb,
         maxLineBytes: internalMaxLineBytes(config),
+        maxAnswerBytes: config.maxLineBytes,
         isolation: config.isolation,
         maxParkedMb: config.maxParkedMb,
         maxRecoveriesPerMinute: config.maxRecoveriesPerMinute,

@@ -89,6 +89,9 @@ for (const isolation of ["request", "none"]) {
         String(RSS_MB),
         "--metrics-port",
         "0",
+        // Returned files get 3/8 of the line: 96 MiB.
+        "--max-line-bytes",
+        String(256 * MiB),
       ],
       // The metrics port is logged at info.
       env: { PYODIDE_LOG_LEVEL: "info" },
@@ -246,7 +249,16 @@ Deno.test("a worker whose memory passed --worker-max-rss-mb after its run is rep
   // The run holds about 310 MB (the boot, 100 MiB of files); its answer, which returns 90 MiB
   // of them in base64, takes the worker past 768 MB.
   const sup = await Supervisor.start({
-    args: ["--pool-size", "1", "--worker-max-rss-mb", "768", "--metrics-port", "0"],
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-max-rss-mb",
+      "768",
+      "--metrics-port",
+      "0",
+      "--max-line-bytes",
+      String(256 * MiB),
+    ],
     env: { PYODIDE_LOG_LEVEL: "info" },
     maxLineBytes: 256 * MiB,
   });
