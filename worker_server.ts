@@ -10,8 +10,9 @@
 
 import { parseArgs } from "node:util";
 import type { LogFormat, LogLevelName } from "./lib/logging.ts";
-import type { ExecuteResult, PythonError } from "./lib/protocol.ts";
-import { PythonHost, type RunReport } from "./worker/python_host.ts";
+import type { ExecuteResult } from "./lib/protocol.ts";
+import { limitError, type Limits } from "./worker/outcome.ts";
+import { PythonHost } from "./worker/python_host.ts";
 import type { SettledMessage } from "./worker/messages.ts";
 import type { Isolation } from "./worker/tenancy.ts";
 
@@ -215,46 +216,13 @@ function sessionIdOf(params: unknown): string {
   return sessionId;
 }
 
-/** The error a client sees for a run that did not end on its own. */
-function limitError(report: RunReport, timeoutMs: number): PythonError | null {
-  const traceback = report.error?.traceback ?? "";
-  switch (report.status) {
-    case "timeout":
-      return {
-        type: "TimeoutError",
-        message: `execution exceeded timeout_ms=${timeoutMs}; stopped by ${report.stoppedBy}` +
-          (report.stoppedBy === "interpreter_restart" ? ` (${report.error?.message})` : ""),
-        traceback,
-      };
-    case "output_limit":
-      return {
-        type: "OutputLimitError",
-        message: `output exceeded the cap of ${maxOutputBytes} bytes per stream`,
-        traceback,
-      };
-    case "memory_limit":
-      return {
-        type: "MemoryError",
-        // Stopped by the worker: its whole memory passed the ceiling (see PythonHost).
-        message: report.stoppedBy
-          ? `out of memory: the worker's memory passed its ceiling of ${
-            args["max-rss-mb"]
-          } MB; stopped by ${report.stoppedBy}`
-          : `out of memory: the Wasm heap is capped at ${args["max-heap-mb"]} MB`,
-        traceback,
-      };
-    case "fs_limit":
-      return {
-        type: "OSError",
-        message: `no space left on device: a request's files are capped at ${
-          args["max-fs-mb"]
-        } MB (the write past it failed with ENOSPC)`,
-        traceback,
-      };
-    default:
-      return report.error;
-  }
-}
+/** The limits that the errors for a limit name (worker/outcome.ts). */
+const limits: Limits = {
+  maxOutputBytes,
+  maxHeapMb: Number(args["max-heap-mb"]),
+  maxRssMb: Number(args["max-rss-mb"]),
+  maxFsMb: Number(args["max-fs-mb"]),
+};
 
 const server = new RpcServer({
   execute: async (params, { id }) => {
@@ -265,13 +233,13 @@ const server = new RpcServer({
     const report = await python.run({
       owner: { tenant: request.tenant, sessionId: request.session_id },
       onSettled: (message) => settled(id, message),
-      request: JSON.stringify({
+      request: {
         code: request.code,
         stdin: request.stdin,
         session_id: request.session_id,
         session_bytes: request.session_bytes,
         return_session: request.return_session,
-      }),
+      },
       files: request.files ?? [],
       packages: request.packages ?? [],
       timeoutMs,
@@ -308,7 +276,7 @@ const server = new RpcServer({
     const result: ExecuteResult = {
       ...outcome,
       status: report.status,
-      error: limitError(report, timeoutMs),
+      error: limitError(report, timeoutMs, limits),
       duration_ms: performance.now() - started,
       worker_id: workerId,
     };
