@@ -263,6 +263,7 @@ export class RequestRunner {
   /** Runs the request; a Python exception that escapes the runtime itself is still a result. */
   async #runCode(message: RunMessage, given: GivenFiles, reseed: boolean): Promise<CodeEnd> {
     const { runFiles, runtime, crashes } = this.#parts;
+    const { PyAwaitable, PyProxy, PythonError } = this.#parts.pyodide.ffi;
     try {
       runFiles.put(message.files, given);
     } catch (error) {
@@ -272,6 +273,11 @@ export class RequestRunner {
     try {
       const json = runtime.run(message.request, reseed);
       if (typeof json === "string") return this.#readReport(json);
+      // Neither a report nor a task: what a `json.dumps` the code replaced returned.
+      if (!(json instanceof PyAwaitable)) {
+        if (json instanceof PyProxy) json.destroy();
+        return unreportedEnd();
+      }
       const task = json;
       // A crash in an event-loop callback leaves the task pending for good.
       const done = await Promise.race([task, crashes.happened]);
@@ -281,7 +287,7 @@ export class RequestRunner {
     } catch (error) {
       if (crashes.current) return crashEnd(crashes.current);
       // Anything else (a JavaScript error of the runtime's own) breaks the worker.
-      if (!(error instanceof this.#parts.pyodide.ffi.PythonError)) throw error;
+      if (!(error instanceof PythonError)) throw error;
       return errorEnd(error.type, "", error.message);
     }
   }

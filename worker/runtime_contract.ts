@@ -116,10 +116,11 @@ export interface Runtime {
   seal: RuntimeFunction<() => void>;
   /**
    * Runs one request: its report as JSON (read it with `parseRuntimeReport`), or, for code
-   * that uses top-level await, a task that resolves to it. `reseed`: the run starts from a
-   * memory image just put back.
+   * that uses top-level await, a task that resolves to it. Unknown all the same: the code
+   * may have replaced what the runtime reports with. `reseed`: the run starts from a memory
+   * image just put back.
    */
-  run(request: RuntimeRequest, reseed: boolean): string | RuntimeFunction<Promise<string>>;
+  run(request: RuntimeRequest, reseed: boolean): unknown;
   /** Cancels the task of a run that awaits. */
   cancelCurrent: RuntimeFunction<() => void>;
   /** The Python-level reset of what the last request changed, files aside. */
@@ -152,8 +153,7 @@ export function bindRuntime(module: PyProxy): Runtime {
   return {
     install,
     seal,
-    run: (request, reseed) =>
-      run(JSON.stringify(request), reseed) as string | RuntimeFunction<Promise<string>>,
+    run: (request, reseed) => run(JSON.stringify(request), reseed),
     cancelCurrent,
     reset,
     acceptInstalled,
