@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { ExecuteResult, JsonRpcId, PythonError } from "./lib/protocol.ts";
+import type { ExecuteResult, JsonRpcId } from "./lib/protocol.ts";
 import {
   parseWorkerFlags,
   type RecycleReason,
@@ -19,7 +19,8 @@ import {
   type WorkerNotifications,
   type WorkerResult,
 } from "./lib/worker_protocol.ts";
-import { PythonHost, type RunReport } from "./worker/python_host.ts";
+import { limitError, type Limits } from "./worker/outcome.ts";
+import { PythonHost } from "./worker/python_host.ts";
 import type { SettledMessage } from "./worker/messages.ts";
 
 let flags: WorkerFlags;
@@ -179,44 +180,13 @@ function sessionIdOf(params: unknown): string {
   return sessionId;
 }
 
-/** The error a client sees for a run that did not end on its own. */
-function limitError(report: RunReport, timeoutMs: number): PythonError | null {
-  const traceback = report.error?.traceback ?? "";
-  switch (report.status) {
-    case "timeout":
-      return {
-        type: "TimeoutError",
-        message: `execution exceeded timeout_ms=${timeoutMs}; stopped by ${report.stoppedBy}` +
-          (report.stoppedBy === "interpreter_restart" ? ` (${report.error?.message})` : ""),
-        traceback,
-      };
-    case "output_limit":
-      return {
-        type: "OutputLimitError",
-        message: `output exceeded the cap of ${maxOutputBytes} bytes per stream`,
-        traceback,
-      };
-    case "memory_limit":
-      return {
-        type: "MemoryError",
-        // Stopped by the worker: its whole memory passed the ceiling (see PythonHost).
-        message: report.stoppedBy
-          ? `out of memory: the worker's memory passed its ceiling of ${flags.maxRssMb} MB; ` +
-            `stopped by ${report.stoppedBy}`
-          : `out of memory: the Wasm heap is capped at ${flags.maxHeapMb} MB`,
-        traceback,
-      };
-    case "fs_limit":
-      return {
-        type: "OSError",
-        message: `no space left on device: a request's files are capped at ${flags.maxFsMb} MB` +
-          " (the write past it failed with ENOSPC)",
-        traceback,
-      };
-    default:
-      return report.error;
-  }
-}
+/** The limits that the errors for a limit name (worker/outcome.ts). */
+const limits: Limits = {
+  maxOutputBytes,
+  maxHeapMb: flags.maxHeapMb,
+  maxRssMb: flags.maxRssMb,
+  maxFsMb: flags.maxFsMb,
+};
 
 const server = new RpcServer({
   execute: async (params, { id }) => {
@@ -227,13 +197,13 @@ const server = new RpcServer({
     const report = await python.run({
       owner: { tenant: request.tenant, sessionId: request.session_id },
       onSettled: (message) => settled(id, message),
-      request: JSON.stringify({
+      request: {
         code: request.code,
         stdin: request.stdin,
         session_id: request.session_id,
         session_bytes: request.session_bytes,
         return_session: request.return_session,
-      }),
+      },
       files: request.files ?? [],
       packages: request.packages ?? [],
       timeoutMs,
@@ -265,7 +235,7 @@ const server = new RpcServer({
     const result: ExecuteResult = {
       ...outcome,
       status: report.status,
-      error: limitError(report, timeoutMs),
+      error: limitError(report, timeoutMs, limits),
       duration_ms: performance.now() - started,
       worker_id: workerId,
     };

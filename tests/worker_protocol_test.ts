@@ -23,6 +23,7 @@ Deno.test("flags written by workerArgv read back the same", () => {
     maxRssMb: 512,
     maxFsMb: 64,
     maxLineBytes: 1 << 28,
+    maxAnswerBytes: 1 << 24,
     isolation: "tenant",
     maxParkedMb: 32,
     maxRecoveriesPerMinute: 5,

@@ -5,8 +5,10 @@
  * @module
  */
 
-import type { ExecuteResult, ExecuteStatus, InputFile } from "../lib/protocol.ts";
+import type { InputFile } from "../lib/protocol.ts";
 import type { Crash } from "./crash.ts";
+import type { RunOutcome } from "./outcome.ts";
+import type { RuntimeRequest } from "./runtime_contract.ts";
 import type { Isolation, Owner, ResetKind } from "./tenancy.ts";
 
 /** Slots of the shared Int32Array that the main thread uses to stop Python. */
@@ -78,8 +80,8 @@ export interface InitMessage {
 export interface RunMessage {
   type: "run";
   seq: number;
-  /** The request for Python's `run` as JSON (code, stdin, session). */
-  request: string;
+  /** The request for the runtime's `run` (code, stdin, session). */
+  request: RuntimeRequest;
   /** Whose state the request runs in. */
   owner: Owner;
   /** Files to write into the run directory first. */
@@ -116,40 +118,6 @@ export interface ReadyMessage {
   /** Started from the memory snapshot. */
   restored: boolean;
 }
-
-/** A finished run: everything of the result but what the main thread adds. */
-export type RunOutcome =
-  & Omit<ExecuteResult, "status" | "duration_ms" | "worker_id">
-  & {
-    /**
-     * `cancelled`, `session_lost` and `session_refused` never reach a client as a status:
-     * they become errors -32003, -32004 (the error's message says why the session is gone)
-     * and -32602 (the session is another tenant's).
-     */
-    status: ExecuteStatus | "cancelled" | "session_lost" | "session_refused";
-  };
-
-/** The outcome of a run stopped (timeout, cancel, one of `InterruptReason`) with no output. */
-export function stoppedOutcome(reason: number, type: string, message: string): RunOutcome {
-  return {
-    status: reason === InterruptReason.Cancelled
-      ? "cancelled"
-      : reason === InterruptReason.MemoryLimit
-      ? "memory_limit"
-      : "timeout",
-    stdout: "",
-    stderr: "",
-    truncated: false,
-    result: null,
-    error: { type, message, traceback: "" },
-    files: [],
-    figures: [],
-  };
-}
-
-/** The outcome of a run stopped before its code started. */
-export const stoppedBeforeStart = (reason: number): RunOutcome =>
-  stoppedOutcome(reason, "KeyboardInterrupt", "stopped before the code started");
 
 export interface DoneMessage {
   type: "done";

@@ -16,14 +16,18 @@ import {
   type ReadyMessage,
   type ReturnedMessage,
   type RunMessage,
-  type RunOutcome,
   RunPhase,
   type SettledMessage,
   SIGINT,
-  stoppedBeforeStart,
-  stoppedOutcome,
   type ToThread,
 } from "./messages.ts";
+import {
+  ignoredInterrupts,
+  type RunOutcome,
+  stoppedBeforeStart,
+  type StopStep,
+} from "./outcome.ts";
+import type { RuntimeRequest } from "./runtime_contract.ts";
 import type { InputFile } from "../lib/protocol.ts";
 import type { Isolation, Owner } from "./tenancy.ts";
 import { type ChannelEnd, openChannel } from "./thread_channel.ts";
@@ -63,9 +67,6 @@ export interface PythonHostOptions {
   onInterpreterReplaced: (reason: string) => void;
 }
 
-/** How a stopped run was stopped. */
-export type StopStep = "interrupt" | "repeated_interrupt" | "interpreter_restart";
-
 export interface RunReport extends RunOutcome {
   stoppedBy?: StopStep;
 }
@@ -98,8 +99,8 @@ const AFTER_WORK_DEADLINE_MS = 2_000;
 
 /** What one run needs besides its code. */
 export interface RunRequest {
-  /** The request for Python's `run`, as JSON. */
-  request: string;
+  /** The request for the runtime's `run`. */
+  request: RuntimeRequest;
   /** Whose state the request runs in. */
   owner: Owner;
   files: InputFile[];
@@ -436,11 +437,7 @@ export class PythonHost {
   /** Ends a run that ignores interrupts: a new interpreter replaces the Web Worker. */
   #restartThread(run: ActiveRun, reason: number): void {
     this.#replaceThread();
-    run.resolve(stoppedOutcome(
-      reason,
-      reason === InterruptReason.MemoryLimit ? "MemoryError" : "TimeoutError",
-      "the code ignored repeated interrupts; its output was lost with the interpreter",
-    ));
+    run.resolve(ignoredInterrupts(reason));
   }
 
   /** A fresh interpreter in a new Web Worker, in place of the current one. */

@@ -3,6 +3,9 @@
 Loaded once when the interpreter starts. `run` is called from JavaScript for every request;
 it returns the outcome as a JSON string (one cheap crossing instead of a proxy per field), or,
 for code that uses top-level await, a coroutine that returns that string.
+
+What `run` reads and reports, and the functions the JavaScript side calls, are typed in
+worker/runtime_contract.ts (`RuntimeRequest`, `RuntimeReport`, `Runtime`): keep them in step.
 """
 
 import ast
