@@ -258,6 +258,32 @@ Deno.test("attack fails: nothing a request changes is seen by the next one", asy
   }
 });
 
+Deno.test("attack fails: a report forged through json.dumps is an error result; the worker serves on", async () => {
+  const sup = await pool();
+  const forgeries = [
+    // Not a string: once taken for the run's task, and the worker exited (code 70).
+    "json.dumps = lambda *a, **k: 1",
+    "json.dumps = lambda *a, **k: None",
+    // A status the runtime never writes, and a session error the worker would raise.
+    `json.dumps = lambda *a, **k: '{"status": "bogus"}'`,
+    `json.dumps = lambda *a, **k: '{"status": "session_lost", "error": {"message": "x"}}'`,
+  ];
+  for (const forgery of forgeries) {
+    for (
+      const code of [
+        `import json\n${forgery}`,
+        `import json, asyncio\n${forgery}\nawait asyncio.sleep(0)`,
+      ]
+    ) {
+      const r = await sup.execute({ code });
+      assert.equal(r.status, "error", `${code}: ${JSON.stringify(r)}`);
+      assert.equal(r.error?.type, "RuntimeError", code);
+      assert.match(r.error!.message, /could not be reported/, code);
+    }
+  }
+  assert.equal((await sup.execute({ code: "import json\njson.dumps([1])" })).result, "'[1]'");
+});
+
 Deno.test("attack fails: a file changed behind its times is restored", async () => {
   const sup = await pool();
   const rc = "/home/pyodide/.config/matplotlib/matplotlibrc";
