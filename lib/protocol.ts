@@ -315,3 +315,130 @@ export interface ExecuteResult {
   duration_ms: number;
   worker_id: string;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The reports: the results of `health`, `stats` and `packages`, as the client receives them.
+// ---------------------------------------------------------------------------------------------
+
+/** Where a worker is in its life. `busy` covers a request, a preload, a health check, leaving. */
+export type WorkerState = "starting" | "idle" | "busy" | "stopping" | "exited";
+
+/** One worker in the `health` report. */
+export interface WorkerHealth {
+  id: string;
+  pid: number;
+  state: WorkerState;
+  /** Takes no more work; it leaves once idle. */
+  retiring: boolean;
+  /** Requests it completed (health checks not counted). */
+  served: number;
+  /** Requests after which it is recycled (the configured limit, jittered). */
+  request_limit: number;
+  uptime_ms: number;
+  /** From spawn to ready; null until it is ready. */
+  startup_ms: number | null;
+  // As the worker last reported them (when ready, and after each request); null before.
+  heap_bytes: number | null;
+  rss_bytes: number | null;
+  fs_bytes: number | null;
+  /** The server-held sessions it holds. */
+  sessions: string[];
+}
+
+/** The `health` result: the pool and each worker, without asking the workers. */
+export interface HealthReport {
+  /** `ok`: at least the wanted workers are ready; `degraded`: fewer, but some. */
+  status: "ok" | "degraded" | "unavailable" | "shutting_down";
+  /** Workers idle or busy. */
+  ready_workers: number;
+  pool_size: number;
+  min_workers: number;
+  max_workers: number;
+  use_pool: boolean;
+  queue_depth: number;
+  workers: WorkerHealth[];
+}
+
+/** A latency histogram's summary, in milliseconds. */
+export interface LatencySummary {
+  count: number;
+  mean_ms: number;
+  p50_ms: number;
+  p90_ms: number;
+  p99_ms: number;
+  max_ms: number;
+}
+
+/** What a worker reports of itself when asked for its `stats`. */
+export interface WorkerOwnStats {
+  worker_id: string;
+  requests: number;
+  interpreter_restarts: number;
+  heap_bytes: number;
+  parked_bytes: number;
+  fs_bytes: number;
+  rss_bytes: number;
+  uptime_ms: number;
+}
+
+/**
+ * One worker in the `stats` report: its own figures when it is ready and answered in time,
+ * `error` when it did not, neither while it starts or stops.
+ */
+export interface WorkerStats extends Partial<WorkerOwnStats> {
+  id: string;
+  state: WorkerState;
+  served: number;
+  error?: string;
+}
+
+/** The `stats` result: counters, latency percentiles and per-worker memory. */
+export interface StatsReport {
+  uptime_ms: number;
+  /** Finished execute requests by outcome: a status, or an error name. */
+  requests: Record<string, number>;
+  requests_total: number;
+  /** Worker replacements by reason. */
+  restarts: Record<string, number>;
+  /** Autoscaling steps: `up`, `down`. */
+  scaling: Record<string, number>;
+  queue_depth: number;
+  busy_workers: number;
+  idle_workers: number;
+  /** Busy time over the time of every worker since the start, 0 to 1. */
+  utilization: number;
+  /** From arrival to the start of the run. */
+  wait: LatencySummary;
+  /** The run, as the supervisor sees it. */
+  run: LatencySummary;
+  isolation: "request" | "tenant" | "none";
+  /** Resets after requests, by kind. */
+  resets: Record<string, number>;
+  /** Interpreters put back in place after they crashed or exited, by how they ended. */
+  recoveries: Record<string, number>;
+  reset: LatencySummary;
+  park: LatencySummary;
+  resume: LatencySummary;
+  supervisor_rss_bytes: number;
+  workers: WorkerStats[];
+}
+
+/** One package in the `packages` result. */
+export interface PackageInfo {
+  name: string;
+  version: string;
+  imports: string[];
+  depends: string[];
+  /** False when no package source is configured. */
+  loadable: boolean;
+}
+
+/** The `packages` result: where packages come from, which are loaded pool-wide, which exist. */
+export interface PackagesReport {
+  source: "directory" | "index" | "none";
+  /** The lock file workers load from (path or URL); null without a source. */
+  lock_file: string | null;
+  /** Loaded pool-wide, in load order: every worker gets these before it runs code. */
+  loaded: string[];
+  available: PackageInfo[];
+}

@@ -1,14 +1,14 @@
 /**
  * The client side of JSON-RPC 2.0 over a newline-delimited byte stream: sends requests,
  * matches each response to its request by id, hands notifications to a listener, and fails
- * every pending request when the stream ends. It knows nothing about processes: clients/typescript/client.ts
- * and the tests' Supervisor (lib/pool_client.ts) run it over a child's pipes. No Deno API, so
- * it runs under Node too.
+ * every pending request when the stream ends. It knows nothing about processes: the public
+ * client (clients/typescript/client.ts), the tests' Supervisor (tests/helpers/) and the
+ * supervisor's WorkerProcess run it over a child's pipes. No Deno API, so it runs under Node too.
  *
  * @module
  */
 
-import { readFrames } from "./framing.ts";
+import { type Frame, readFrames } from "./framing.ts";
 import type { JsonRpcId, ResponseMessage } from "./protocol.ts";
 
 /** The stream ended or broke: no answer can come any more. */
@@ -19,18 +19,42 @@ export class ConnectionClosedError extends Error {
   }
 }
 
+/** A line from the server that breaks the protocol: after it, nothing more is read. */
+export type ProtocolViolation =
+  /** Longer than `maxLineBytes`. */
+  | { kind: "oversized"; bytes: number }
+  /** Not JSON; `problem` is the parser's message. */
+  | { kind: "not_json"; text: string; problem: string }
+  /** JSON that `accept` refused. */
+  | { kind: "refused"; text: string };
+
 export interface RpcConnectionOptions {
   /** Longest line accepted from the server, in bytes (default 256 MiB). */
   maxLineBytes?: number;
-  /** Every message read, as parsed: responses, batches and notifications alike. */
+  /**
+   * Checks every value read before anything else sees it; a value refused is a protocol
+   * violation. Without it every JSON value is taken (batches included).
+   */
+  accept?: (value: unknown) => boolean;
+  /**
+   * Every message read, as parsed, in the order of the lines, before it is dispatched:
+   * responses, batches and notifications alike.
+   */
   onMessage?: (value: unknown) => void;
   /** Every notification from the server. */
   onNotification?: (method: string, params: unknown) => void;
   /**
-   * Why the stream ended, asked once when it does (a process's exit code, say). Every
-   * pending request fails with this error.
+   * A protocol violation (nothing more is read after one): the error every pending request
+   * then fails with, once it resolves (a process's owner may end the process and wait for its
+   * exit). Without it they fail at once with a ConnectionClosedError.
    */
-  closeReason?: () => Promise<Error> | Error;
+  onViolation?: (violation: ProtocolViolation) => Promise<Error> | Error;
+  /**
+   * Why the stream ended, asked once when it does (a process's exit code, say); `readError`
+   * is what the stream broke with, if it broke rather than ended. Every pending request fails
+   * with this error.
+   */
+  closeReason?: (readError?: unknown) => Promise<Error> | Error;
 }
 
 type Pending = { resolve: (response: ResponseMessage) => void; reject: (error: Error) => void };
@@ -107,31 +131,51 @@ export class RpcConnection {
   }
 
   async #read(input: AsyncIterable<Uint8Array>): Promise<void> {
+    /** The error pending requests fail with, once the violation's owner has it ready. */
+    let failure: Promise<Error> | undefined;
+    let readError: unknown;
     try {
       for await (const frame of readFrames(input, this.options.maxLineBytes ?? 256 << 20)) {
-        let value;
-        try {
-          if (frame.kind !== "line") throw new Error(`a line of ${frame.bytes} bytes`);
-          value = JSON.parse(frame.text);
-        } catch (error) {
-          // A broken line leaves no way to tell whose answer it was: nothing pending can be
-          // trusted any more.
-          this.fail(
-            new ConnectionClosedError(
-              `unreadable output from the server: ${(error as Error).message}`,
-            ),
-          );
+        const violation = this.#take(frame);
+        if (violation === undefined) continue;
+        // A broken line leaves no way to tell whose answer it was: nothing pending can be
+        // trusted any more.
+        const error = this.options.onViolation?.(violation) ??
+          new ConnectionClosedError(`unreadable output from the server: ${describe(violation)}`);
+        if (error instanceof Error) {
+          this.fail(error);
           return;
         }
-        this.#dispatch(value);
+        failure = error;
+        break;
       }
-    } catch {
+    } catch (error) {
       // The stream broke (the process went away): the same as its end, below.
+      readError = error;
+    }
+    if (failure) {
+      this.fail(await failure);
+      return;
     }
     this.fail(
-      await this.options.closeReason?.() ??
+      await this.options.closeReason?.(readError) ??
         new ConnectionClosedError("the server closed its output"),
     );
+  }
+
+  /** Parses and dispatches one line; returns the violation if it breaks the protocol. */
+  #take(frame: Frame): ProtocolViolation | undefined {
+    if (frame.kind !== "line") return { kind: "oversized", bytes: frame.bytes };
+    let value;
+    try {
+      value = JSON.parse(frame.text);
+    } catch (error) {
+      return { kind: "not_json", text: frame.text, problem: (error as Error).message };
+    }
+    if (this.options.accept && !this.options.accept(value)) {
+      return { kind: "refused", text: frame.text };
+    }
+    this.#dispatch(value);
   }
 
   #dispatch(value: unknown): void {
@@ -148,5 +192,17 @@ export class RpcConnection {
       this.#pending.delete(id);
       pending.resolve(message as ResponseMessage);
     }
+  }
+}
+
+/** A violation as the default error message words it. */
+function describe(violation: ProtocolViolation): string {
+  switch (violation.kind) {
+    case "oversized":
+      return `a line of ${violation.bytes} bytes`;
+    case "not_json":
+      return violation.problem;
+    case "refused":
+      return `an unexpected message: ${violation.text.slice(0, 80)}`;
   }
 }

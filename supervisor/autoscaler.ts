@@ -1,14 +1,16 @@
 /**
  * The autoscaling policy, as a pure function over a picture of the pool: grow by one worker
  * when requests wait too long, retire one idle worker above the minimum after an idle period.
- * pool.ts takes the picture and applies the decision.
+ * lifecycle.ts takes the picture and applies the decision.
  *
  * @module
  */
 
+import type { WorkerState } from "../lib/protocol.ts";
+
 export interface ScaleWorkerView {
   id: string;
-  state: "starting" | "idle" | "busy" | "stopping" | "exited";
+  state: WorkerState;
   /** Leaving already (retiring, or recycling with its replacement on the way). */
   leaving: boolean;
   /** Milliseconds since it last finished a request (or became ready). */

@@ -5,10 +5,12 @@
  * @module
  */
 
+import type { WorkerState } from "../lib/protocol.ts";
+
 /** What the balancer may know about a worker. */
 export interface WorkerView {
   readonly id: string;
-  readonly state: "starting" | "idle" | "busy" | "stopping" | "exited";
+  readonly state: WorkerState;
   readonly retiring: boolean;
   /** When it last finished a request (ms, monotonic); 0 if never. */
   readonly lastUsedAt: number;

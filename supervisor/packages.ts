@@ -9,6 +9,7 @@
 
 import { type Config, ConfigError } from "./config.ts";
 import { invalidParams } from "../lib/errors.ts";
+import type { PackagesReport } from "../lib/protocol.ts";
 import { pyodideDirectory } from "./worker_command.ts";
 
 interface LockPackage {
@@ -78,7 +79,7 @@ export class PackageCatalog {
   }
 
   /** The `packages` method's answer. */
-  describe(): Record<string, unknown> {
+  describe(): PackagesReport {
     return {
       source: this.source,
       lock_file: this.lockFileUrl ?? null,

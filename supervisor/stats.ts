@@ -7,6 +7,8 @@
 // The module itself, not the package index: the index loads a WebAssembly build and a
 // compression library that would add about 25 MB to the supervisor's memory.
 import Int32HistogramModule from "hdr-histogram-js/dist/Int32Histogram.js";
+import type { LatencySummary } from "../lib/protocol.ts";
+import type { IdleParams } from "./worker_process.ts";
 
 /** The part of hdr-histogram-js's histogram that the pool uses. */
 interface Histogram {
@@ -33,7 +35,7 @@ export class LatencyHistogram {
     this.onRecord?.(ms);
   }
 
-  summary(): Record<string, number> {
+  summary(): LatencySummary {
     const h = this.#histogram;
     const ms = (us: number) => Math.round(us) / 1000;
     return {
@@ -88,4 +90,19 @@ export class PoolStats {
   readonly resume = new LatencyHistogram();
   /** Sum of busy time across workers, for utilization. */
   busyMs = 0;
+
+  /** A worker's after-work report (the `idle` notification): its costs. */
+  recordAfterWork(idle: IdleParams): void {
+    if (idle.restore_ms !== undefined) {
+      this.resets.add("image");
+      this.reset.recordMs(idle.restore_ms);
+    }
+    if (idle.reset !== "none") {
+      this.resets.add(idle.reset);
+      this.reset.recordMs(idle.reset_ms);
+    }
+    if (idle.recovered !== undefined) this.recoveries.add(idle.recovered);
+    if (idle.park_ms !== undefined) this.park.recordMs(idle.park_ms);
+    if (idle.resume_ms !== undefined) this.resume.recordMs(idle.resume_ms);
+  }
 }

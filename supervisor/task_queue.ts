@@ -31,6 +31,11 @@ export class TaskQueue<T> {
     return true;
   }
 
+  /** The front, if any, left in place. */
+  peek(): T | undefined {
+    return this.#items.values().next().value;
+  }
+
   /** Removes and returns the front, if any. */
   shift(): T | undefined {
     const first = this.#items.values().next();

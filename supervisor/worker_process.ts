@@ -7,10 +7,11 @@
  * @module
  */
 
-import { JSONRPCClient } from "json-rpc-2.0";
 import { RpcError } from "../lib/errors.ts";
-import { LineWriter, readFrames } from "../lib/framing.ts";
+import { LineWriter } from "../lib/framing.ts";
 import { logger } from "../lib/logging.ts";
+import type { WorkerState } from "../lib/protocol.ts";
+import { type ProtocolViolation, RpcConnection } from "../lib/rpc_connection.ts";
 import type { WorkerCommand } from "./worker_command.ts";
 
 /** A worker's memory, as it reports it when ready and after each request's after-work. */
@@ -31,6 +32,22 @@ export interface ReadyInfo extends WorkerMemory {
   load_ms: number;
 }
 
+/** What a worker reports once it is done with a request's after-work (`idle`). */
+export interface IdleParams extends WorkerMemory {
+  /** The `execute` call whose after-work this was. */
+  id: number;
+  reset: "image" | "python" | "none";
+  reset_ms: number;
+  /** The base image put back before the run, when the owner changed. */
+  restore_ms?: number;
+  park_ms?: number;
+  resume_ms?: number;
+  resumed_bytes?: number;
+  parked_bytes: number;
+  /** The interpreter crashed or exited, and was put back in place: how it ended. */
+  recovered?: "exited" | "crashed";
+}
+
 export interface ExitInfo {
   code: number;
   signal: string | null;
@@ -38,7 +55,8 @@ export interface ExitInfo {
   reason?: KillReason;
 }
 
-export type WorkerState = "starting" | "idle" | "busy" | "stopping" | "exited";
+/** What a busy worker is busy with. */
+export type WorkKind = "request" | "preload" | "health_check" | "leaving";
 
 /** Why the supervisor ended a worker; also the key of the `restarts` counter. */
 export type KillReason =
@@ -80,16 +98,6 @@ export interface WorkerProcessOptions {
 export class WorkerProcess {
   readonly pid: number;
   readonly spawnedAt = performance.now();
-  state: WorkerState = "starting";
-  /** Requests completed (health checks not counted). */
-  served = 0;
-  /** No new work: it leaves once idle. */
-  retiring = false;
-  /** A replacement is starting because this worker reached its request limit. */
-  recycling = false;
-  /** The worker that replaces this one; its sessions move there. */
-  successor: WorkerProcess | undefined;
-  lastUsedAt = 0;
   /**
    * Answered `execute` calls whose after-work (the reset) the worker has not reported done
    * with an `idle` notification: the worker would start the next request only after it.
@@ -103,20 +111,28 @@ export class WorkerProcess {
   /** The memory it last reported (undefined until it is ready). */
   memory: WorkerMemory | undefined;
   exitInfo: ExitInfo | undefined;
-  /** Receives the worker's notifications other than `ready` (e.g. `recycle`, `idle`). */
+  /** Its notifications other than `ready` and `output` (e.g. `recycle`, `idle`). */
   onNotification: (method: string, params: unknown) => void = () => {};
   /** `execute` calls sent, not yet answered. */
   readonly #executing = new Set<number>();
   readonly ready: Promise<ReadyInfo>;
   readonly exited: Promise<ExitInfo>;
 
+  #state: WorkerState = "starting";
+  #work: WorkKind | undefined;
+  #served = 0;
+  #lastUsedAt = 0;
+  #retiring = false;
+  #recycling = false;
+  #successor: WorkerProcess | undefined;
   #child: Deno.ChildProcess;
   #writer: LineWriter;
-  #client: JSONRPCClient;
+  #connection: RpcConnection;
   #killReason: KillReason | undefined;
   #lastId = 0;
   /** Streaming requests: output notifications by request id. */
   #outputHandlers = new Map<number, (output: { stream: string; text: string }) => void>();
+  #onReady: (info: ReadyInfo) => void;
   #log;
 
   constructor(
@@ -136,7 +152,6 @@ export class WorkerProcess {
     }).spawn();
     this.pid = this.#child.pid;
     this.#writer = new LineWriter(this.#child.stdin);
-    this.#client = new JSONRPCClient((request) => this.#writer.write(JSON.stringify(request)));
 
     let readyResolve!: (info: ReadyInfo) => void;
     let readyReject!: (error: Error) => void;
@@ -149,26 +164,138 @@ export class WorkerProcess {
       () => this.kill("init_timeout", `not ready within ${options.initTimeoutMs} ms`),
       options.initTimeoutMs,
     );
+    this.#onReady = (info) => {
+      clearTimeout(initTimer);
+      this.readyInfo = info;
+      this.memory = memoryOf(info);
+      this.startupMs = performance.now() - this.spawnedAt;
+      if (this.#state === "starting") this.#state = "idle";
+      readyResolve(info);
+    };
 
     this.exited = this.#child.status.then((status) => {
       clearTimeout(initTimer);
       const exit: ExitInfo = { code: status.code, signal: status.signal, reason: this.#killReason };
       this.exitInfo = exit;
-      this.state = "exited";
+      this.#state = "exited";
       const error = new WorkerExitedError(id, exit);
       readyReject(error);
-      this.#client.rejectAllPendingRequests(error.message);
+      this.#connection.fail(error);
       return exit;
     });
 
-    this.#readMessages((info) => {
-      clearTimeout(initTimer);
-      this.readyInfo = info;
-      this.memory = memoryOf(info);
-      this.startupMs = performance.now() - this.spawnedAt;
-      if (this.state === "starting") this.state = "idle";
-      readyResolve(info);
-    });
+    this.#connection = new RpcConnection(
+      this.#child.stdout,
+      // The connection writes whole lines; the LineWriter adds the newline itself.
+      (line) => Promise.resolve(this.#writer.write(line.slice(0, -1))),
+      {
+        maxLineBytes: options.maxLineBytes,
+        accept: isWorkerMessage,
+        onMessage: (message) => this.#markAnswered(message as WorkerMessage),
+        onNotification: (method, params) => this.#notified(method, params),
+        onViolation: (violation) => {
+          this.kill("protocol_violation", violationText(violation));
+          return this.exited.then((exit) => new WorkerExitedError(id, exit));
+        },
+        closeReason: (readError) => {
+          if (readError !== undefined) {
+            this.#log.warn("reading worker {id} failed: {error}", {
+              id,
+              error: String(readError),
+            });
+          }
+          // stdout closed. A worker on its way out exits by itself; one that lives on without
+          // a way to answer is of no use.
+          const timer = setTimeout(() => this.kill("stdout_closed"), 1000);
+          Deno.unrefTimer(timer);
+          return this.exited.then((exit) => {
+            clearTimeout(timer);
+            return new WorkerExitedError(id, exit);
+          });
+        },
+      },
+    );
+  }
+
+  /** Where it is in its life; `busy` covers every kind of work (see `work`). */
+  get state(): WorkerState {
+    return this.#state;
+  }
+
+  /** What it is busy with, while busy. */
+  get work(): WorkKind | undefined {
+    return this.#state === "busy" ? this.#work : undefined;
+  }
+
+  /** When it last finished a request (ms, monotonic); 0 if never. */
+  get lastUsedAt(): number {
+    return this.#lastUsedAt;
+  }
+
+  /** Requests completed (health checks not counted). */
+  get served(): number {
+    return this.#served;
+  }
+
+  /** No new work: it leaves once idle. */
+  get retiring(): boolean {
+    return this.#retiring;
+  }
+
+  /** A replacement is starting because this worker asked for one or reached its limit. */
+  get recycling(): boolean {
+    return this.#recycling;
+  }
+
+  /** The worker that replaces this one; its sessions move there. */
+  get successor(): WorkerProcess | undefined {
+    return this.#successor;
+  }
+
+  /** An idle worker takes up work. */
+  startWork(kind: WorkKind): void {
+    this.#state = "busy";
+    this.#work = kind;
+  }
+
+  /**
+   * Back to idle once the work is done; false if it was killed or closed meanwhile (it then
+   * gets no more work). The end of a request counts as its last use.
+   */
+  finishWork(): boolean {
+    if (this.#state !== "busy") return false;
+    if (this.#work === "request") this.#lastUsedAt = performance.now();
+    this.#state = "idle";
+    this.#work = undefined;
+    return true;
+  }
+
+  /** Counts a request it answered. */
+  countServed(): void {
+    this.#served++;
+  }
+
+  /** Takes no more work from now on. */
+  retire(): void {
+    this.#retiring = true;
+  }
+
+  /** Its replacement starts; false if one is starting already. */
+  startRecycling(): boolean {
+    if (this.#recycling) return false;
+    this.#recycling = true;
+    return true;
+  }
+
+  /** Its replacement failed to start: a later recycle may start another. */
+  recyclingFailed(): void {
+    this.#recycling = false;
+  }
+
+  /** Its replacement is ready: it takes no more work, and its sessions go there. */
+  handOver(successor: WorkerProcess): void {
+    this.#successor = successor;
+    this.#retiring = true;
   }
 
   /** Calls a worker method; rejects with WorkerExitedError, WorkerDeadlineError or RpcError. */
@@ -191,7 +318,7 @@ export class WorkerProcess {
     });
     try {
       const response = await Promise.race([
-        this.#client.requestAdvanced({ jsonrpc: "2.0", id, method, params }),
+        this.#connection.request(method, params, id),
         deadline,
       ]);
       if (response.error) {
@@ -221,7 +348,7 @@ export class WorkerProcess {
       this.#log.warn("killing worker {id}: {reason} {detail}", { id: this.id, reason, detail });
     }
     this.#killReason ??= reason;
-    this.state = "stopping";
+    this.#state = "stopping";
     try {
       this.#child.kill("SIGKILL");
     } catch {
@@ -232,7 +359,7 @@ export class WorkerProcess {
   /** Asks the worker to leave by closing its stdin; kills it if it has not left in time. */
   async close(graceMs = 2000): Promise<ExitInfo> {
     this.#killReason ??= "closed";
-    if (this.state !== "exited") this.state = "stopping";
+    if (this.#state !== "exited") this.#state = "stopping";
     await this.#writer.close();
     const timer = setTimeout(
       () => this.kill("close_timeout", `still running ${graceMs} ms after its stdin closed`),
@@ -245,48 +372,51 @@ export class WorkerProcess {
     }
   }
 
-  async #readMessages(onReady: (info: ReadyInfo) => void): Promise<void> {
-    try {
-      for await (const frame of readFrames(this.#child.stdout, this.options.maxLineBytes)) {
-        if (frame.kind === "oversized") {
-          return this.#violation(`wrote a line of ${frame.bytes} bytes, over the limit`);
-        }
-        let message;
-        try {
-          message = JSON.parse(frame.text);
-        } catch {
-          return this.#violation(`wrote a line that is not JSON: ${frame.text.slice(0, 80)}`);
-        }
-        if (message?.method === "ready") onReady(message.params as ReadyInfo);
-        else if (message?.method === "idle") {
-          const id = message.params?.id;
-          if (!this.#unsettled.delete(id)) this.#settledEarly.add(id);
-          this.memory = memoryOf(message.params);
-          this.onNotification(message.method, message.params);
-        } else if (message?.method === "output") {
-          this.#outputHandlers.get(message.params?.id)?.(message.params);
-        } else if (typeof message?.method === "string" && !("id" in message)) {
-          this.onNotification(message.method, message.params);
-        } else if (message && typeof message === "object" && "id" in message) {
-          // Marked here, in the order of the lines, not where the answer's promise resolves.
-          if (this.#executing.has(message.id) && !this.#settledEarly.delete(message.id)) {
-            this.#unsettled.add(message.id);
-          }
-          this.#client.receive(message);
-        } else return this.#violation(`wrote an unexpected message: ${frame.text.slice(0, 80)}`);
-      }
-    } catch (error) {
-      this.#log.warn("reading worker {id} failed: {error}", { id: this.id, error: String(error) });
+  /** An answer to an `execute` call awaits its `idle` notification (see `#unsettled`). */
+  #markAnswered(message: WorkerMessage): void {
+    // Marked here, in the order of the lines, not where the answer's promise resolves.
+    if (!("id" in message) || typeof message.id !== "number") return;
+    if (this.#executing.has(message.id) && !this.#settledEarly.delete(message.id)) {
+      this.#unsettled.add(message.id);
     }
-    // stdout closed. A worker on its way out exits by itself; one that lives on without a
-    // way to answer is of no use.
-    const timer = setTimeout(() => this.kill("stdout_closed"), 1000);
-    Deno.unrefTimer(timer);
-    this.exited.then(() => clearTimeout(timer));
   }
 
-  #violation(what: string): void {
-    this.kill("protocol_violation", what);
+  #notified(method: string, params: unknown): void {
+    if (method === "ready") return this.#onReady(params as ReadyInfo);
+    if (method === "output") {
+      const output = params as { id: number; stream: string; text: string };
+      this.#outputHandlers.get(output?.id)?.(output);
+      return;
+    }
+    if (method === "idle") {
+      const idle = params as IdleParams;
+      if (!this.#unsettled.delete(idle?.id)) this.#settledEarly.add(idle?.id);
+      this.memory = memoryOf(idle);
+    }
+    this.onNotification(method, params);
+  }
+}
+
+/** A line a worker may write: a notification (a string `method`, no `id`) or an answer. */
+type WorkerMessage =
+  | { method: string; params?: unknown }
+  | { id: unknown; result?: unknown; error?: unknown };
+
+/** Whether a value read from a worker is a message it may write; anything else ends it. */
+function isWorkerMessage(value: unknown): value is WorkerMessage {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  return "id" in value || ("method" in value && typeof value.method === "string");
+}
+
+/** A protocol violation, as the kill's log words it. */
+function violationText(violation: ProtocolViolation): string {
+  switch (violation.kind) {
+    case "oversized":
+      return `wrote a line of ${violation.bytes} bytes, over the limit`;
+    case "not_json":
+      return `wrote a line that is not JSON: ${violation.text.slice(0, 80)}`;
+    case "refused":
+      return `wrote an unexpected message: ${violation.text.slice(0, 80)}`;
   }
 }
 

@@ -49,3 +49,12 @@ Deno.test("a worker that answers with an error passes it on as an RpcError", asy
   worker.kill("closed");
   await worker.exited;
 });
+
+Deno.test("a worker that writes a message that is not JSON-RPC is killed as a violation", async () => {
+  const worker = scripted(`echo '${READY}'; read line; echo '[1, 2]'; sleep 30`);
+  await worker.ready;
+  await assert.rejects(worker.call("execute", { code: "1" }, 10_000), WorkerExitedError);
+  const exit = await worker.exited;
+  assert.equal(exit.reason, "protocol_violation");
+  assert.equal(exit.signal, "SIGKILL");
+});
