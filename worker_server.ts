@@ -2,8 +2,9 @@
  * A pyodide-pool worker: one long-running process that loads Pyodide once and serves
  * newline-delimited JSON-RPC 2.0 on stdin/stdout: the methods, notifications and flags of
  * lib/worker_protocol.ts. It announces itself with a `ready` notification and exits when stdin
- * closes, so it never outlives the supervisor that spawned it. Python runs in a Web Worker
- * (worker/); this main thread keeps answering while it runs and enforces the limits.
+ * closes, so it never outlives the supervisor that spawned it. Python runs in the Python thread
+ * (a Web Worker, worker/python_thread.ts); this main thread keeps answering while it runs and
+ * enforces the limits.
  *
  * @module
  */

@@ -323,6 +323,13 @@ export interface ExecuteResult {
 /** Where a worker is in its life. `busy` covers a request, a preload, a health check, leaving. */
 export type WorkerState = "starting" | "idle" | "busy" | "stopping" | "exited";
 
+/**
+ * What is put back between requests (`--isolation`): the memory image after every request, or
+ * only between tenants, or the Python-level reset alone.
+ */
+export type Isolation = typeof ISOLATIONS[number];
+export const ISOLATIONS = ["request", "tenant", "none"] as const;
+
 /** One worker in the `health` report. */
 export interface WorkerHealth {
   id: string;
@@ -411,7 +418,7 @@ export interface StatsReport {
   wait: LatencySummary;
   /** The run, as the supervisor sees it. */
   run: LatencySummary;
-  isolation: "request" | "tenant" | "none";
+  isolation: Isolation;
   /** Resets after requests, by kind. */
   resets: Record<string, number>;
   /** Interpreters put back in place after they crashed or exited, by how they ended. */

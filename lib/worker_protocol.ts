@@ -15,27 +15,15 @@ import type { LogFormat, LogLevelName } from "./logging.ts";
 import {
   type ExecuteParams,
   type ExecuteResult,
+  type Isolation,
+  ISOLATIONS,
   type JsonRpcId,
   type NotificationMessage,
   notificationMessage,
+  type WorkerOwnStats,
 } from "./protocol.ts";
 
 // Methods: the supervisor calls, the worker answers.
-
-/** What the worker's `stats` method answers. */
-export type WorkerStats = {
-  worker_id: string;
-  /** `execute` requests served. */
-  requests: number;
-  interpreter_restarts: number;
-  heap_bytes: number;
-  /** Bytes parked sessions held after the last run. */
-  parked_bytes: number;
-  /** Bytes of files beyond the pristine interpreter's, after the last run. */
-  fs_bytes: number;
-  rss_bytes: number;
-  uptime_ms: number;
-};
 
 /**
  * One session as `export_sessions` hands it over, for `import_sessions` on the worker that
@@ -53,7 +41,7 @@ export type WorkerMethods = {
     params: Record<string, never>;
     result: { worker_id: string; busy: boolean; uptime_ms: number };
   };
-  stats: { params: Record<string, never>; result: WorkerStats };
+  stats: { params: Record<string, never>; result: WorkerOwnStats };
   /** Exits once the answer is written. */
   shutdown: { params: Record<string, never>; result: { worker_id: string; stopping: true } };
   drop_session: { params: { session_id: string }; result: { dropped: boolean } };
@@ -115,7 +103,7 @@ export type IdleParams = WorkerMemory & {
 /**
  * Why a worker asks to be replaced (the supervisor starts the replacement first):
  * - `heap_grown`: Wasm memory never shrinks, so a heap grown past the limit stays;
- * - `interpreter_restart`: a terminated Web Worker stuck in Wasm may keep running (and
+ * - `interpreter_restart`: a terminated Python thread stuck in Wasm may keep running (and
  *   burning a core) however it was terminated, so only the process ending stops it for sure;
  * - `tainted`: a request changed something the isolation reset cannot undo (a large file of
  *   the virtual file system, such as the stdlib zip): no other request may run here;
@@ -160,6 +148,11 @@ export type WorkerNotifications = {
 
 export type WorkerNotificationMethod = keyof WorkerNotifications;
 
+/** A worker's notification as the supervisor reads it: the method tells the params' type. */
+export type WorkerNotice = {
+  [M in WorkerNotificationMethod]: { method: M; params: WorkerNotifications[M] };
+}[WorkerNotificationMethod];
+
 /**
  * A worker's notification, as written on its stdout.
  *
@@ -195,8 +188,6 @@ export function internalMaxLineBytes({ maxLineBytes }: { maxLineBytes: number })
 
 // Flags: the worker's command line.
 
-export type WorkerIsolation = "request" | "tenant" | "none";
-
 /** Everything a worker is told on its command line. */
 export type WorkerFlags = {
   /** The name it logs and answers with. */
@@ -226,7 +217,7 @@ export type WorkerFlags = {
    * on (lib/rpc_server.ts): the run's returned files get 3/8 of it.
    */
   maxAnswerBytes: number;
-  isolation: WorkerIsolation;
+  isolation: Isolation;
   /** Bytes of parked session images the worker may hold. */
   maxParkedMb: number;
   /** Crashes recovered in place within a minute before the worker asks for a replacement. */
@@ -346,7 +337,7 @@ const FLAGS: FlagSpecs<WorkerFlags> = {
   maxFsMb: integer("max-fs-mb", 512, 1),
   maxLineBytes: integer("max-line-bytes", 16 << 20, 1),
   maxAnswerBytes: integer("max-answer-bytes", 16 << 20, 1),
-  isolation: choice("isolation", ["request", "tenant", "none"], "request"),
+  isolation: choice("isolation", ISOLATIONS, "request"),
   maxParkedMb: integer("max-parked-mb", 256, 1),
   maxRecoveriesPerMinute: integer("max-recoveries-per-minute", 600, 1),
   logLevel: choice("log-level", ["debug", "info", "warning", "error"], "info"),

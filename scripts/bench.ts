@@ -35,20 +35,11 @@ function histogram() {
   return new Int32Histogram(1, 600_000_000, 3);
 }
 
-type Health = {
-  ready_workers: number;
-  workers: { pid: number; startup_ms: number | null }[];
-};
-type Stats = {
-  supervisor_rss_bytes: number;
-  workers: { rss_bytes: number; heap_bytes: number }[];
-};
-
 async function startPool(args: string[]) {
   const started = performance.now();
   const pool = await Supervisor.start({ args });
   const readyMs = performance.now() - started;
-  const health = await pool.call("health") as Health;
+  const health = await pool.health();
   return {
     pool,
     readyMs,
@@ -172,13 +163,13 @@ const warm = await startPool([
   "--worker-request-limit",
   "100000",
 ]);
-const idleStats = await warm.pool.call("stats") as Stats;
+const idleStats = await warm.pool.stats();
 progress("sequential latency");
 const latency = await sequentialLatency(warm.pool, Number(options.requests));
 progress("pipelined throughput");
 const pipelined = await throughput(warm.pool, Number(options["throughput-requests"]), 32);
 // Memory before the large payloads, which grow the workers' heaps.
-const stats = await warm.pool.call("stats") as Stats;
+const stats = await warm.pool.stats();
 const supervisorPrivateMb = privateMb(warm.pool.process.pid);
 const workerPrivateMb = warm.workerPids.map(privateMb);
 progress("large payloads");
@@ -227,7 +218,7 @@ const crashes = await crashCosts({ rounds: 4, progress });
 const memoryLoads = await memoryPeaks(progress);
 
 const mb = (bytes: number) => bytes / (1 << 20);
-const workerRss = stats.workers.map((w) => mb(w.rss_bytes));
+const workerRss = stats.workers.map((w) => mb(w.rss_bytes ?? NaN));
 const speedup = fresh.mean_ms / latency.p50_ms;
 const snapshotStartMs = lone[Math.floor(lone.length / 2)];
 
@@ -321,7 +312,7 @@ const report = {
     worker_rss_mb: workerRss,
     supervisor_private_mb: supervisorPrivateMb,
     worker_private_mb: workerPrivateMb,
-    worker_heap_mb: stats.workers.map((w) => mb(w.heap_bytes)),
+    worker_heap_mb: stats.workers.map((w) => mb(w.heap_bytes ?? NaN)),
   },
   targets,
   isolation: { modes, sessions, targets: isolationTargets },

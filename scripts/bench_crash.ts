@@ -51,7 +51,7 @@ async function recoveryMs(
       if (isolation === "none") await settle(sup);
       usual.push(await timed(TRIVIAL));
     }
-    const stats = await sup.call("stats") as { reset: { p50_ms: number } };
+    const stats = await sup.stats();
     return { visible: median(after) - median(usual), inWorker: stats.reset.p50_ms };
   } finally {
     await sup.close();
@@ -61,7 +61,7 @@ async function recoveryMs(
 /** Waits until the pool has its one worker ready and no replacement under way. */
 async function settle(sup: Supervisor): Promise<void> {
   for (;;) {
-    const health = await sup.call("health") as { ready_workers: number; workers: unknown[] };
+    const health = await sup.health();
     if (health.ready_workers === 1 && health.workers.length === 1) return;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }

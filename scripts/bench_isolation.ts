@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { LatencySummary, StatsReport } from "../lib/protocol.ts";
 import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
 
@@ -13,20 +14,6 @@ export const MODES = ["none", "request", "tenant"] as const;
 export type Mode = typeof MODES[number];
 
 const TRIVIAL = { code: "x = 1 + 1" };
-
-interface Summary {
-  count: number;
-  mean_ms: number;
-  p50_ms: number;
-}
-
-interface PoolStats {
-  resets: Record<string, number>;
-  reset: Summary;
-  park: Summary;
-  resume: Summary;
-  workers: { parked_bytes?: number; rss_bytes?: number }[];
-}
 
 export interface ModeReport {
   mode: Mode;
@@ -100,9 +87,9 @@ async function pipelined(pool: Supervisor, mode: Mode, count: number, window: nu
 }
 
 /** Waits until every request's after-work is reported in the pool's stats. */
-async function settledStats(pool: Supervisor, resets: number): Promise<PoolStats> {
+async function settledStats(pool: Supervisor, resets: number): Promise<StatsReport> {
   for (let tries = 0;; tries++) {
-    const stats = await pool.call("stats") as PoolStats;
+    const stats = await pool.stats();
     const done = Object.values(stats.resets).reduce((a, b) => a + b, 0);
     if (done >= resets || tries > 50) return stats;
     await new Promise((r) => setTimeout(r, 20));
@@ -163,7 +150,7 @@ export async function compareModes(
 
 /** Resident memory of a process, from its own stats. */
 async function workerRss(pool: Supervisor): Promise<number> {
-  const stats = await pool.call("stats") as PoolStats;
+  const stats = await pool.stats();
   return stats.workers[0].rss_bytes ?? NaN;
 }
 
@@ -171,11 +158,11 @@ async function workerRss(pool: Supervisor): Promise<number> {
 async function eventMs(
   pool: Supervisor,
   kind: "park" | "resume",
-  before: Summary,
+  before: LatencySummary,
   added: number,
 ): Promise<number> {
   for (let tries = 0;; tries++) {
-    const stats = await pool.call("stats") as PoolStats;
+    const stats = await pool.stats();
     const now = stats[kind];
     if (now.count >= before.count + added || tries > 50) {
       const sum = now.mean_ms * now.count - before.mean_ms * before.count;
@@ -204,21 +191,21 @@ export async function sessionsBySize(
       const fill = `data = bytes(range(256)) * ${(size << 20) / 256}`;
       await pool.execute({ code: fill, session_id: session });
       const rssBefore = await workerRss(pool);
-      let stats = await pool.call("stats") as PoolStats;
+      let stats = await pool.stats();
       let parkBefore = stats.park;
       const parkedBefore = stats.workers[0].parked_bytes ?? 0;
       await pool.execute(TRIVIAL);
       const firstPark = await eventMs(pool, "park", parkBefore, 1);
-      stats = await pool.call("stats") as PoolStats;
+      stats = await pool.stats();
       const image = (stats.workers[0].parked_bytes ?? 0) - parkedBefore;
       const rssGrowth = await workerRss(pool) - rssBefore;
       const parks = [firstPark];
       const resumes: number[] = [];
       for (let i = 0; i < cycles; i++) {
-        const resumeBefore = (await pool.call("stats") as PoolStats).resume;
+        const resumeBefore = (await pool.stats()).resume;
         await pool.execute({ code: "len(data)", session_id: session });
         resumes.push(await eventMs(pool, "resume", resumeBefore, 1));
-        parkBefore = (await pool.call("stats") as PoolStats).park;
+        parkBefore = (await pool.stats()).park;
         await pool.execute(TRIVIAL);
         parks.push(await eventMs(pool, "park", parkBefore, 1));
       }

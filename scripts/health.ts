@@ -9,6 +9,7 @@
  */
 
 import { parseArgs } from "node:util";
+import type { HealthReport } from "../lib/protocol.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -24,13 +25,6 @@ if (!values.port || !/^\d+$/.test(values.port)) {
   Deno.exit(2);
 }
 
-interface Health {
-  status: string;
-  ready_workers: number;
-  queue_depth: number;
-  workers: unknown[];
-}
-
 const url = `http://127.0.0.1:${values.port}/health`;
 let response: Response;
 try {
@@ -39,7 +33,7 @@ try {
   console.error(`health: no answer from ${url}: ${(error as Error).message}`);
   Deno.exit(2);
 }
-const health = await response.json() as Health;
+const health = await response.json() as HealthReport;
 console.log(
   `${health.status}: ${health.ready_workers} of ${health.workers.length} workers ready, ` +
     `${health.queue_depth} queued`,

@@ -8,6 +8,7 @@
 
 import { parseArgs } from "node:util";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
+import { type Isolation, ISOLATIONS } from "../lib/protocol.ts";
 import { WORKER_DEFAULTS } from "../lib/worker_protocol.ts";
 
 type Kind = "int" | "seconds" | "bool" | "string" | "list" | "enum";
@@ -259,7 +260,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "PYODIDE_ISOLATION",
     kind: "enum",
     default: WORKER_DEFAULTS.isolation,
-    choices: ["request", "tenant", "none"],
+    choices: ISOLATIONS,
     help: "what is put back between requests: request (every request starts from the pristine " +
       "memory image, unless it continues its own session), tenant (put back when the tenant " +
       "changes), none (only a Python-level reset: requests can see and change each other's " +
@@ -422,7 +423,7 @@ export interface Config {
   mcp: boolean;
   logLevel: "debug" | "info" | "warning" | "error";
   logFormat: "text" | "json";
-  isolation: "request" | "tenant" | "none";
+  isolation: Isolation;
   maxParkedMb: number;
   maxRecoveriesPerMinute: number;
 }

@@ -11,13 +11,13 @@
 import type { Config } from "./config.ts";
 import { messageOf } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
-import type { ExecuteResult } from "../lib/protocol.ts";
 import { decideScale } from "./autoscaler.ts";
 import type { PackageCatalog } from "./packages.ts";
 import type { SessionRegistry } from "./sessions.ts";
 import type { PoolStats } from "./stats.ts";
-import { internalMaxLineBytes, type WorkerCommand } from "./worker_command.ts";
-import { type ExitInfo, type IdleParams, WorkerProcess } from "./worker_process.ts";
+import { internalMaxLineBytes } from "../lib/worker_protocol.ts";
+import type { WorkerCommand } from "./worker_command.ts";
+import { type ExitInfo, WorkerProcess } from "./worker_process.ts";
 
 const HEALTH_CODE = "print('HEALTH_OK')";
 const MAX_RESTART_DELAY_MS = 30_000;
@@ -160,22 +160,17 @@ export class WorkerLifecycle {
     });
     this.#workers.set(id, worker);
     this.#log.debug("spawned worker {id} (pid {pid})", { id, pid: worker.pid });
-    worker.onNotification = (method, params) => {
-      if (method === "idle") return this.context.stats.recordAfterWork(params as IdleParams);
-      if (method === "sessions_lost") {
-        const { session_ids, reason } = params as { session_ids: string[]; reason: string };
-        sessions.lose(session_ids, id, reason);
-        return;
-      }
+    worker.onNotification = ({ method, params }) => {
+      if (method === "idle") return this.context.stats.recordAfterWork(params);
+      if (method === "sessions_lost") return sessions.lose(params.session_ids, id, params.reason);
       if (method !== "recycle") return;
-      const reason = String((params as { reason?: unknown } | undefined)?.reason ?? "asked");
       this.#log.info("worker {id} asks to be replaced: {params}", {
         id,
         params: JSON.stringify(params),
       });
       // A tainted worker must not run another request, even before its replacement is up.
-      if (reason === "tainted") worker.retire();
-      this.#recycle(worker, reason);
+      if (params.reason === "tainted") worker.retire();
+      this.#recycle(worker, params.reason);
     };
     worker.ready.then(async () => {
       this.#startFailures = 0;
@@ -220,10 +215,8 @@ export class WorkerLifecycle {
       try {
         // A session moves pickled (`--isolation none`, which reports the names it dropped) or
         // as its memory image (which drops nothing).
-        const { sessions: moving } = await worker.call<{
-          sessions: Record<string, { dropped?: string[] }>;
-        }>("export_sessions", {}, 30_000);
-        const { failed } = await successor.call<{ failed: Record<string, string> }>(
+        const { sessions: moving } = await worker.call("export_sessions", {}, 30_000);
+        const { failed } = await successor.call(
           "import_sessions",
           { sessions: moving },
           30_000,
@@ -260,7 +253,7 @@ export class WorkerLifecycle {
     if (packages.length === 0 || worker.state !== "idle") return;
     worker.startWork("preload");
     try {
-      const result = await worker.call<ExecuteResult>(
+      const result = await worker.call(
         "execute",
         { code: "pass", packages, timeout_ms: config.initTimeout * 1000 },
         config.initTimeout * 1000,
@@ -363,7 +356,7 @@ export class WorkerLifecycle {
       if (worker.state !== "idle" || worker.retiring) continue;
       worker.startWork("health_check");
       const timeoutMs = this.context.config.healthCheckTimeout * 1000;
-      worker.call<ExecuteResult>("execute", { code: HEALTH_CODE, timeout_ms: timeoutMs }, timeoutMs)
+      worker.call("execute", { code: HEALTH_CODE, timeout_ms: timeoutMs }, timeoutMs)
         .then((result) => {
           if (result.status !== "ok" || result.stdout !== "HEALTH_OK\n") {
             throw new Error(`unexpected answer: ${JSON.stringify(result).slice(0, 200)}`);

@@ -20,7 +20,7 @@ import { z } from "zod";
 import type { Config } from "./config.ts";
 import { RpcError, toRpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
-import { type ExecuteResult, parseExecuteParams } from "../lib/protocol.ts";
+import { type ExecuteResult, type PackagesReport, parseExecuteParams } from "../lib/protocol.ts";
 import packageJson from "../package.json" with { type: "json" };
 import type { Pool } from "./pool.ts";
 
@@ -143,7 +143,7 @@ function registerTools(server: McpServer, config: Config, pool: Pool): void {
     description: "Lists the packages run_python can load with `packages`, and those already " +
       "loaded in every worker. The Python standard library needs no loading.",
     annotations: { readOnlyHint: true, openWorldHint: false },
-  }, () => packagesToTool(pool.packages.describe() as unknown as PackageListing));
+  }, () => packagesToTool(pool.packages.describe()));
 }
 
 /**
@@ -197,14 +197,7 @@ function rpcErrorResult(error: RpcError): CallToolResult {
   };
 }
 
-/** The part of `PackageCatalog.describe()` the tool shows. */
-interface PackageListing {
-  source: "directory" | "index" | "none";
-  loaded: string[];
-  available: { name: string; version: string }[];
-}
-
-function packagesToTool(listing: PackageListing): CallToolResult {
+function packagesToTool(listing: PackagesReport): CallToolResult {
   if (listing.source === "none") {
     return {
       content: [{

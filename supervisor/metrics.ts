@@ -35,26 +35,6 @@ const BUCKETS = [
   30,
 ];
 
-interface StatsReport {
-  requests: Record<string, number>;
-  restarts: Record<string, number>;
-  scaling: Record<string, number>;
-  resets: Record<string, number>;
-  recoveries: Record<string, number>;
-  queue_depth: number;
-  busy_workers: number;
-  idle_workers: number;
-  supervisor_rss_bytes: number;
-  workers: {
-    id: string;
-    state: string;
-    rss_bytes?: number;
-    heap_bytes?: number;
-    parked_bytes?: number;
-    fs_bytes?: number;
-  }[];
-}
-
 /** Builds the registry for `pool`; its numbers are refreshed by `refresh()` before a scrape. */
 export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promise<void> } {
   const registry = new Registry();
@@ -120,7 +100,7 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
   return {
     registry,
     async refresh() {
-      const stats = await pool.statsReport() as unknown as StatsReport;
+      const stats = await pool.statsReport();
       mirror(requests, stats.requests, "status");
       mirror(restarts, stats.restarts, "reason");
       mirror(scaling, stats.scaling, "direction");

@@ -261,7 +261,7 @@ export class Pool {
     const { params } = task;
     try {
       const packages = [...new Set([...this.packages.loaded, ...(params.packages ?? [])])];
-      const result = await worker.call<ExecuteResult>(
+      const result = await worker.call(
         "execute",
         { ...params, packages, timeout_ms: remainingMs },
         deadlineMs,

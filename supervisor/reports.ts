@@ -7,13 +7,7 @@
  */
 
 import type { Config } from "./config.ts";
-import type {
-  HealthReport,
-  StatsReport,
-  WorkerHealth,
-  WorkerOwnStats,
-  WorkerStats,
-} from "../lib/protocol.ts";
+import type { HealthReport, StatsReport, WorkerHealth, WorkerStats } from "../lib/protocol.ts";
 import type { SessionRegistry } from "./sessions.ts";
 import type { PoolStats } from "./stats.ts";
 import type { WorkerProcess } from "./worker_process.ts";
@@ -79,7 +73,7 @@ export async function statsReport(pool: PoolView): Promise<StatsReport> {
       const base = { id: w.id, state: w.state, served: w.served };
       if (w.state !== "idle" && w.state !== "busy") return base;
       try {
-        return { ...base, ...(await w.call<WorkerOwnStats>("stats", {}, 1000)) };
+        return { ...base, ...(await w.call("stats", {}, 1000)) };
       } catch (error) {
         return { ...base, error: String(error) };
       }

@@ -8,7 +8,7 @@
 // compression library that would add about 25 MB to the supervisor's memory.
 import Int32HistogramModule from "hdr-histogram-js/dist/Int32Histogram.js";
 import type { LatencySummary } from "../lib/protocol.ts";
-import type { IdleParams } from "./worker_process.ts";
+import type { IdleParams } from "../lib/worker_protocol.ts";
 
 /** The part of hdr-histogram-js's histogram that the pool uses. */
 interface Histogram {

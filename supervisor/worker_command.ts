@@ -8,9 +8,6 @@
 import type { Config } from "./config.ts";
 import { internalMaxLineBytes, workerArgv } from "../lib/worker_protocol.ts";
 
-// Until pool.ts imports it from the contract.
-export { internalMaxLineBytes };
-
 const PROJECT_ROOT = new URL("../", import.meta.url);
 const path = (relative: string) => decodeURIComponent(new URL(relative, PROJECT_ROOT).pathname);
 
@@ -81,7 +78,7 @@ export function buildWorkerCommand(
   snapshot?: string,
   lockFileUrl?: string,
 ): WorkerCommand {
-  // worker/ holds the Web Worker's modules and the Python runtime, which load at run time
+  // worker/ holds the Python thread's modules and the Python runtime, which load at run time
   // and so need read access; nothing else of the project is readable.
   const readable = [
     pyodideDirectory(),

@@ -10,43 +10,18 @@
 import { RpcError } from "../lib/errors.ts";
 import { LineWriter } from "../lib/framing.ts";
 import { logger } from "../lib/logging.ts";
-import type { WorkerState } from "../lib/protocol.ts";
+import type { JsonRpcId, WorkerState } from "../lib/protocol.ts";
 import { type ProtocolViolation, RpcConnection } from "../lib/rpc_connection.ts";
+import type {
+  OutputParams,
+  ReadyInfo,
+  WorkerMemory,
+  WorkerMethod,
+  WorkerNotice,
+  WorkerParams,
+  WorkerResult,
+} from "../lib/worker_protocol.ts";
 import type { WorkerCommand } from "./worker_command.ts";
-
-/** A worker's memory, as it reports it when ready and after each request's after-work. */
-export interface WorkerMemory {
-  /** The Wasm heap. */
-  heap_bytes: number;
-  /** The whole process's resident memory. */
-  rss_bytes: number;
-  /** Files held in the in-memory file system beyond the pristine interpreter's. */
-  fs_bytes: number;
-}
-
-/** What a worker announces in its `ready` notification. */
-export interface ReadyInfo extends WorkerMemory {
-  worker_id: string;
-  pyodide_version: string;
-  python_version: string;
-  load_ms: number;
-}
-
-/** What a worker reports once it is done with a request's after-work (`idle`). */
-export interface IdleParams extends WorkerMemory {
-  /** The `execute` call whose after-work this was. */
-  id: number;
-  reset: "image" | "python" | "none";
-  reset_ms: number;
-  /** The base image put back before the run, when the owner changed. */
-  restore_ms?: number;
-  park_ms?: number;
-  resume_ms?: number;
-  resumed_bytes?: number;
-  parked_bytes: number;
-  /** The interpreter crashed or exited, and was put back in place: how it ended. */
-  recovered?: "exited" | "crashed";
-}
 
 export interface ExitInfo {
   code: number;
@@ -102,17 +77,17 @@ export class WorkerProcess {
    * Answered `execute` calls whose after-work (the reset) the worker has not reported done
    * with an `idle` notification: the worker would start the next request only after it.
    */
-  readonly #unsettled = new Set<number>();
+  readonly #unsettled = new Set<JsonRpcId>();
   /** `idle` notifications that came before the answer they follow was handled. */
-  readonly #settledEarly = new Set<number>();
+  readonly #settledEarly = new Set<JsonRpcId>();
   /** Milliseconds from spawn to its ready notification. */
   startupMs: number | undefined;
   readyInfo: ReadyInfo | undefined;
   /** The memory it last reported (undefined until it is ready). */
   memory: WorkerMemory | undefined;
   exitInfo: ExitInfo | undefined;
-  /** Its notifications other than `ready` and `output` (e.g. `recycle`, `idle`). */
-  onNotification: (method: string, params: unknown) => void = () => {};
+  /** Its notifications other than `ready` and `output` (`recycle`, `idle`, `sessions_lost`). */
+  onNotification: (notice: WorkerNotice) => void = () => {};
   /** `execute` calls sent, not yet answered. */
   readonly #executing = new Set<number>();
   readonly ready: Promise<ReadyInfo>;
@@ -131,7 +106,7 @@ export class WorkerProcess {
   #killReason: KillReason | undefined;
   #lastId = 0;
   /** Streaming requests: output notifications by request id. */
-  #outputHandlers = new Map<number, (output: { stream: string; text: string }) => void>();
+  #outputHandlers = new Map<JsonRpcId, (output: OutputParams) => void>();
   #onReady: (info: ReadyInfo) => void;
   #log;
 
@@ -299,12 +274,12 @@ export class WorkerProcess {
   }
 
   /** Calls a worker method; rejects with WorkerExitedError, WorkerDeadlineError or RpcError. */
-  async call<T>(
-    method: string,
-    params: Record<string, unknown>,
+  async call<M extends WorkerMethod>(
+    method: M,
+    params: WorkerParams<M>,
     deadlineMs: number,
-    onOutput?: (output: { stream: string; text: string }) => void,
-  ): Promise<T> {
+    onOutput?: (output: OutputParams) => void,
+  ): Promise<WorkerResult<M>> {
     if (this.exitInfo) throw new WorkerExitedError(this.id, this.exitInfo);
     const id = ++this.#lastId;
     if (onOutput) this.#outputHandlers.set(id, onOutput);
@@ -325,7 +300,8 @@ export class WorkerProcess {
         const data = (response.error.data ?? {}) as Record<string, unknown>;
         throw new RpcError(response.error.code, response.error.message, data);
       }
-      return response.result as T;
+      // Trusted as the contract types it: Python cannot reach the worker's stdout.
+      return response.result as WorkerResult<M>;
     } catch (error) {
       if (this.exitInfo) throw new WorkerExitedError(this.id, this.exitInfo);
       throw error;
@@ -382,18 +358,18 @@ export class WorkerProcess {
   }
 
   #notified(method: string, params: unknown): void {
-    if (method === "ready") return this.#onReady(params as ReadyInfo);
-    if (method === "output") {
-      const output = params as { id: number; stream: string; text: string };
-      this.#outputHandlers.get(output?.id)?.(output);
-      return;
+    // Checked as a message by `isWorkerMessage`; its params are as the contract types them.
+    const notice = { method, params } as WorkerNotice;
+    switch (notice.method) {
+      case "ready":
+        return this.#onReady(notice.params);
+      case "output":
+        return this.#outputHandlers.get(notice.params.id)?.(notice.params);
+      case "idle":
+        if (!this.#unsettled.delete(notice.params.id)) this.#settledEarly.add(notice.params.id);
+        this.memory = memoryOf(notice.params);
     }
-    if (method === "idle") {
-      const idle = params as IdleParams;
-      if (!this.#unsettled.delete(idle?.id)) this.#settledEarly.add(idle?.id);
-      this.memory = memoryOf(idle);
-    }
-    this.onNotification(method, params);
+    this.onNotification(notice);
   }
 }
 

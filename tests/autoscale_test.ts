@@ -70,7 +70,7 @@ Deno.test("a real pool grows under load and shrinks back to its minimum", async 
   try {
     const sizes: number[] = [];
     const health = async () => {
-      const h = await sup.call("health") as { ready_workers: number; min_workers: number };
+      const h = await sup.health();
       sizes.push(h.ready_workers);
       return h;
     };
@@ -84,11 +84,11 @@ Deno.test("a real pool grows under load and shrinks back to its minimum", async 
     assert.deepEqual(results.map((r) => r.status), ["ok", "ok", "ok", "ok"]);
     assert.equal(new Set(results.map((r) => r.worker_id)).size, 2, "both workers served");
     await waitUntil("back to one worker", async () => {
-      const h = await sup.call("health") as { workers: unknown[] };
+      const h = await sup.health();
       return h.workers.length === 1;
     }, 15_000);
     assert.ok(Math.min(...sizes) >= 1, `never below the minimum: ${sizes}`);
-    const stats = await sup.call("stats") as { scaling: Record<string, number> };
+    const stats = await sup.stats();
     assert.deepEqual(stats.scaling, { up: 1, down: 1 });
     assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
   } finally {

@@ -10,11 +10,6 @@ import type { ExecuteResult } from "../lib/protocol.ts";
 import { buildPackageDirectory } from "./helpers/packages.ts";
 import { waitUntil } from "./helpers/processes.ts";
 
-interface Stats {
-  recoveries: Record<string, number>;
-  restarts: Record<string, number>;
-}
-
 /** Each line of the issue that used to end the worker's process, and how it ends now. */
 const FATAL: [code: string, status: "crashed" | "exited", detail: RegExp | number][] = [
   ["import ctypes\nctypes.string_at(0xfffffff0, 64)", "crashed", /Wasm trap: memory access out/],
@@ -105,10 +100,10 @@ Deno.test("a crash while a timeout cancels an awaiting run is recovered", async 
 Deno.test("the pool counts each recovery, by how the interpreter ended, and no restart", async () => {
   const sup = await pool();
   await waitUntil("the last recovery is reported", async () => {
-    const stats = await sup.call("stats") as Stats;
+    const stats = await sup.stats();
     return (stats.recoveries.crashed ?? 0) + (stats.recoveries.exited ?? 0) >= FATAL.length;
   }, 5_000);
-  const stats = await sup.call("stats") as Stats;
+  const stats = await sup.stats();
   const expected = (kind: string) => FATAL.filter(([, status]) => status === kind).length;
   assert.equal(stats.recoveries.exited, expected("exited"));
   assert.ok(stats.recoveries.crashed >= expected("crashed"));
@@ -185,7 +180,7 @@ Deno.test("a worker that recovers too often in a minute is replaced", async () =
       assert.equal((await sup.execute({ code: "import os\nos.abort()" })).status, "crashed");
     }
     await replaced(sup, pid);
-    assert.equal((await sup.call("stats") as Stats).restarts.recoveries, 1);
+    assert.equal((await sup.stats()).restarts.recoveries, 1);
     assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
   } finally {
     await sup.close();
@@ -200,7 +195,7 @@ Deno.test("without the image, a crash is answered and the interpreter replaced",
     assert.equal((await sup.execute({ code: "1 + 1" })).result, "2");
     // The old interpreter's memory is not given back at once: the process is replaced too.
     await waitUntil("the replacement", async () => {
-      const stats = await sup.call("stats") as Stats;
+      const stats = await sup.stats();
       return stats.restarts.tainted === 1;
     }, 30_000);
   } finally {
@@ -231,7 +226,7 @@ Deno.test("a crash set off by the reset after the answer (a destructor) is recov
     assert.equal(next.result, "False");
     assert.deepEqual(await sup.workerPids(), [pid]);
     await waitUntil("the recovery is counted", async () => {
-      return ((await sup.call("stats")) as Stats).recoveries.crashed === 1;
+      return (await sup.stats()).recoveries.crashed === 1;
     }, 5_000);
   } finally {
     await sup.close();

@@ -8,15 +8,9 @@ import { runChaos } from "./helpers/chaos.ts";
 import { Supervisor, supervisorCommand } from "./helpers/supervisor_process.ts";
 import { isAlive, waitFor, waitForExit } from "./helpers/processes.ts";
 
-interface Health {
-  status: string;
-  ready_workers: number;
-  workers: { id: string; pid: number; state: string }[];
-}
-
 async function busyWorker(sup: Supervisor) {
   return await waitFor("a busy worker", async () => {
-    const health = await sup.call("health") as Health;
+    const health = await sup.health();
     return health.workers.find((w) => w.state === "busy");
   });
 }
@@ -56,13 +50,13 @@ Deno.test("a worker killed mid-request fails only that request; the pool heals",
   assert.match(failed.error!.message, /not re-run/);
   assert.equal(((await bystander).result as { result: string }).result, "'fine'");
   const healed = await waitFor("the replacement", async () => {
-    const health = await sup.call("health") as Health;
+    const health = await sup.health();
     return health.ready_workers === 2 && !health.workers.some((w) => w.id === victim.id)
       ? health
       : undefined;
   });
   assert.equal(healed.workers.length, 2);
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  const stats = await sup.stats();
   assert.equal(stats.restarts.crashed, 1);
   const after = await Promise.all([1, 2, 3].map((i) => sup.execute({ code: `${i} + 1` })));
   assert.deepEqual(after.map((r) => r.result), ["2", "3", "4"]);
@@ -74,14 +68,14 @@ Deno.test("workers are recycled after their request limit, replacement first", a
   for (let i = 0; i < 3; i++) assert.equal((await sup.execute({ code: `${i}` })).worker_id, "w1");
   // The replacement started with the third request; w1 serves until it is ready, then leaves.
   const health = await waitFor("the replacement", async () => {
-    const h = await sup.call("health") as Health;
+    const h = await sup.health();
     return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1
       ? h
       : undefined;
   });
   assert.equal(health.workers[0].state, "idle");
   assert.equal((await sup.execute({ code: "'fresh'" })).worker_id, "w2");
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  const stats = await sup.stats();
   assert.ok(stats.restarts.recycled >= 1);
   await closeAndCheck(sup);
 });
@@ -90,14 +84,14 @@ Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],
   });
-  const [stopped] = (await sup.call("health") as Health).workers;
+  const [stopped] = (await sup.health()).workers;
   Deno.kill(stopped.pid, "SIGSTOP");
   await waitFor("a replacement", async () => {
-    const health = await sup.call("health") as Health;
+    const health = await sup.health();
     return health.ready_workers === 1 && health.workers[0].id !== stopped.id ? true : undefined;
   });
   assert.ok(!isAlive(stopped.pid), "the stopped worker was killed");
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  const stats = await sup.stats();
   assert.equal(stats.restarts.health_check_failed, 1);
   assert.equal((await sup.execute({ code: "'healthy'" })).result, "'healthy'");
   await closeAndCheck(sup);
@@ -205,7 +199,7 @@ Deno.test("a misbehaving worker fails only its request: garbage, oversized, exit
     assert.equal((await bystander).result, "'ok'", failpoint);
     await waitFor(
       "two ready workers",
-      async () => (await sup.call("health") as Health).ready_workers === 2 ? true : undefined,
+      async () => (await sup.health()).ready_workers === 2 ? true : undefined,
     );
   }
   // An interpreter that fails right after its answer loses nothing: the answer comes first,
@@ -218,14 +212,14 @@ Deno.test("a misbehaving worker fails only its request: garbage, oversized, exit
   assert.equal(answered.stdout.length, 1_000_001);
   await waitFor(
     "two ready workers",
-    async () => (await sup.call("health") as Health).ready_workers === 2 ? true : undefined,
+    async () => (await sup.health()).ready_workers === 2 ? true : undefined,
   );
   const hung = await sup.execute({ code: "#failpoint:hang", timeout_ms: 300 });
   assert.equal(hung.status, "timeout");
   assert.match(hung.error!.message, /killed and replaced/);
   // The restart is counted when the killed worker's exit is seen.
   const restarts = await waitFor("five restarts", async () => {
-    const stats = await sup.call("stats") as { restarts: Record<string, number> };
+    const stats = await sup.stats();
     return Object.values(stats.restarts).reduce((a, b) => a + b, 0) >= 5
       ? stats.restarts
       : undefined;
@@ -245,7 +239,7 @@ Deno.test("chaos: 2,000 requests while a random worker is SIGKILLed every 50, wi
   assert.equal(summary.unexpected, 0, JSON.stringify(summary));
   assert.equal(summary.ok + summary.workerDied, 2000);
   assert.ok(summary.kills > 0);
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  const stats = await sup.stats();
   assert.ok(stats.restarts.recycled > 0, JSON.stringify(stats.restarts));
   await closeAndCheck(sup);
 });
@@ -257,8 +251,8 @@ Deno.test("workers that keep failing to start are restarted with growing delays"
     waitForWorkers: 0,
   });
   await new Promise((r) => setTimeout(r, 6000));
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
-  const health = await sup.call("health") as Health;
+  const stats = await sup.stats();
+  const health = await sup.health();
   // Delays of 0.5, 1, 2 and 4 s after 1 s attempts: at most four failures in 6 s, never a
   // hot loop.
   assert.ok(stats.restarts.start_failed >= 2, JSON.stringify(stats.restarts));

@@ -10,11 +10,6 @@ import { buildPackageDirectory } from "./helpers/packages.ts";
 import { waitForExit, waitUntil } from "./helpers/processes.ts";
 import { Supervisor } from "./helpers/supervisor_process.ts";
 
-interface Health {
-  ready_workers: number;
-  workers: { id: string; pid: number; state: string; sessions: string[] }[];
-}
-
 const packagesDir = await buildPackageDirectory();
 let shared: Promise<Supervisor> | undefined;
 const pool = () =>
@@ -48,7 +43,7 @@ Deno.test("a session keeps its namespace on one worker, even when others are idl
   assert.equal(workers.size, 1);
   const outside = await sup.execute({ code: "'counter' in globals()" });
   assert.equal(outside.result, "False");
-  const health = await sup.call("health") as Health;
+  const health = await sup.health();
   const holder = health.workers.find((w) => w.id === first.worker_id)!;
   assert.ok(holder.sessions.includes("s-affinity"));
 });
@@ -321,11 +316,11 @@ Deno.test("async code that runs callbacks inside one (run_sync) is still stopped
 Deno.test("a session whose worker died gets -32004; its replacement still has the packages", async () => {
   const sup = await pool();
   const r = await sup.execute({ code: "kept = 1", session_id: "s-doomed" });
-  const victim = (await sup.call("health") as Health).workers.find((w) => w.id === r.worker_id)!;
+  const victim = (await sup.health()).workers.find((w) => w.id === r.worker_id)!;
   Deno.kill(victim.pid, "SIGKILL");
   await waitForExit([victim.pid]);
   await waitUntil("the replacement", async () => {
-    const h = await sup.call("health") as Health;
+    const h = await sup.health();
     return h.ready_workers === 2 && !h.workers.some((w) => w.id === victim.id);
   });
   const lost = await sup.request("execute", { code: "kept", session_id: "s-doomed" });

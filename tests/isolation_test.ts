@@ -15,14 +15,6 @@ async function ok(sup: Supervisor, params: Record<string, unknown>): Promise<Exe
   return r;
 }
 
-interface Stats {
-  resets: Record<string, number>;
-  reset: { count: number };
-  park: { count: number };
-  resume: { count: number };
-  restarts: Record<string, number>;
-}
-
 Deno.test("every request draws its own random numbers, though each starts from one image", async () => {
   const sup = await Supervisor.start({ args: ["--pool-size", "1"] });
   try {
@@ -70,7 +62,7 @@ Deno.test("a session comes back whole after other tenants ran: objects, generato
     assert.equal(back.result, "(15, 2, 4, Fraction(1, 2), 200000)");
     // Counted as the worker settles the request, after its answer.
     await waitUntil("the park and the resume are counted", async () => {
-      const stats = await sup.call("stats") as Stats;
+      const stats = await sup.stats();
       return stats.park.count >= 1 && stats.resume.count >= 1;
     }, 5_000);
   } finally {
@@ -125,7 +117,7 @@ Deno.test("past --max-parked-mb parked sessions are compressed, then the least r
     assert.equal(old.error?.code, -32004, JSON.stringify(old));
     assert.match(old.error!.message, /max-parked-mb/);
     assert.match(String(old.error?.data?.reason), /least recently used/);
-    const health = await sup.call("health") as { workers: { sessions: string[] }[] };
+    const health = await sup.health();
     assert.ok(!health.workers[0].sessions.includes("old"));
     // Said once: the id then names a new session.
     const again = await ok(sup, { code: "'small' in globals()", session_id: "old" });
@@ -165,7 +157,7 @@ Deno.test("stats count the resets by kind: the image between tenants, Python's w
     await ok(sup, { code: "1" });
     // The after-work of the last request is reported once it is done.
     await new Promise((r) => setTimeout(r, 200));
-    const stats = await sup.call("stats") as Stats;
+    const stats = await sup.stats();
     // After each tenant request, Python's reset; the image before "b" (the tenant changed),
     // before the request of no tenant, and after it (no one comes back to its state).
     assert.deepEqual(stats.resets, { python: 4, image: 3 });
@@ -264,7 +256,7 @@ Deno.test("a long mixed load across tenants and sessions keeps one worker up and
       assert.equal(check.result, "(3.141592653589793, 1000, 28, False)");
     }
     assert.deepEqual(await sup.workerPids(), [pid]);
-    const stats = await sup.call("stats") as Stats;
+    const stats = await sup.stats();
     assert.deepEqual(stats.restarts, {});
   } finally {
     await sup.close();

@@ -8,11 +8,6 @@ import assert from "node:assert/strict";
 import { Supervisor } from "./helpers/supervisor_process.ts";
 import { waitForExit, waitUntil } from "./helpers/processes.ts";
 
-interface Health {
-  ready_workers: number;
-  workers: { id: string; pid: number; state: string }[];
-}
-
 let shared: Promise<Supervisor> | undefined;
 const pool = () =>
   shared ??= Supervisor.start({
@@ -30,7 +25,7 @@ const pool = () =>
 
 const twoReady = async (sup: Supervisor) =>
   await waitUntil("two ready workers", async () => {
-    const h = await sup.call("health") as Health;
+    const h = await sup.health();
     return h.ready_workers === 2 && h.workers.length === 2;
   });
 
@@ -47,7 +42,7 @@ async function cancelEachAsSent(sup: Supervisor, code: string, times: number): P
 }
 
 async function pidOf(sup: Supervisor, workerId: string): Promise<number | undefined> {
-  const health = await sup.call("health") as Health;
+  const health = await sup.health();
   return health.workers.find((w) => w.id === workerId)?.pid;
 }
 
@@ -74,18 +69,16 @@ Deno.test("code that swallows every interrupt gets a fresh interpreter, then the
   assert.match(r.error!.message, /stopped by interpreter_restart/);
   const pid = await pidOf(sup, r.worker_id);
   assert.ok(pid, "the worker process is still in the pool");
-  const stats = await sup.call("stats") as {
-    workers: { id: string; interpreter_restarts: number }[];
-  };
+  const stats = await sup.stats();
   assert.equal(stats.workers.find((w) => w.id === r.worker_id)?.interpreter_restarts, 1);
   // The terminated Web Worker may still spin inside Wasm, so the process asks to be replaced:
   // its replacement starts first, then it leaves.
   await waitUntil("the replacement", async () => {
-    const h = await sup.call("health") as Health;
+    const h = await sup.health();
     return h.ready_workers === 2 && !h.workers.some((w) => w.id === r.worker_id);
   });
   await waitForExit([pid!]);
-  const after = await sup.call("stats") as { restarts: Record<string, number> };
+  const after = await sup.stats();
   assert.equal(after.restarts.interpreter_restart, 1);
 });
 
@@ -94,9 +87,9 @@ Deno.test("workers answer stats while Python runs", async () => {
   const running = sup.execute({ code: "import time\ntime.sleep(1)", timeout_ms: 5000 });
   await waitUntil(
     "a busy worker",
-    async () => (await sup.call("health") as Health).workers.some((w) => w.state === "busy"),
+    async () => (await sup.health()).workers.some((w) => w.state === "busy"),
   );
-  const stats = await sup.call("stats") as { workers: { state: string; rss_bytes?: number }[] };
+  const stats = await sup.stats();
   const busy = stats.workers.find((w) => w.state === "busy");
   assert.ok(busy?.rss_bytes, `the busy worker answered: ${JSON.stringify(stats.workers)}`);
   assert.equal((await running).status, "ok");
@@ -125,10 +118,10 @@ Deno.test("a MemoryError past the heap cap is memory_limit; the grown worker is 
   const big = await sup.execute({ code: "bytearray(1_000_000_000)" });
   assert.equal(big.status, "memory_limit");
   await waitUntil("the grown worker's replacement", async () => {
-    const h = await sup.call("health") as Health;
+    const h = await sup.health();
     return h.ready_workers === 2 && !h.workers.some((w) => w.id === r.worker_id);
   });
-  const stats = await sup.call("stats") as { restarts: Record<string, number> };
+  const stats = await sup.stats();
   assert.ok(stats.restarts.heap_grown >= 1);
   assert.equal((await sup.execute({ code: "'fine'" })).result, "'fine'");
 });
@@ -176,7 +169,7 @@ Deno.test("$/cancelRequest cancels a queued and a running request with -32003", 
   const queued = sup.request("execute", { code: "print('never')" }, "queued-1");
   await waitUntil(
     "both busy",
-    async () => (await sup.call("health") as Health).workers.every((w) => w.state === "busy"),
+    async () => (await sup.health()).workers.every((w) => w.state === "busy"),
   );
   await sup.cancel("queued-1");
   assert.equal((await queued).error?.code, -32003);
@@ -204,8 +197,7 @@ Deno.test("a request cancelled as it is sent is stopped by the first interrupt",
 Deno.test("an async loop cancelled as it is sent is stopped by the interrupt and crashes no worker", async () => {
   const sup = await pool();
   await twoReady(sup);
-  const crashes = async () =>
-    ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts.crashed ?? 0;
+  const crashes = async () => (await sup.stats()).restarts.crashed ?? 0;
   const crashedBefore = await crashes();
   // An interrupt taken in Pyodide's event-loop code around the callbacks, rather than in the
   // request's, used to escape into a JavaScript timer and end the worker (2 runs in 300); one

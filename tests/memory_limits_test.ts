@@ -18,22 +18,13 @@ const FS_MB = 256;
  */
 const RSS_MB = 1536;
 
-interface WorkerHealth {
-  id: string;
-  pid: number;
-  state: string;
-  rss_bytes: number | null;
-  fs_bytes: number | null;
-}
-
 /** The most resident memory process `pid` ever had (its VmHWM) is under `bytes`. */
 async function assertPeakUnder(pid: number, bytes: number): Promise<void> {
   const peak = await peakRssBytes(pid);
   assert.ok(peak < bytes, `peak rss ${peak}, over ${bytes}`);
 }
 
-const workersOf = async (sup: Supervisor) =>
-  (await sup.call("health") as { workers: WorkerHealth[] }).workers;
+const workersOf = async (sup: Supervisor) => (await sup.health()).workers;
 
 /** Writes files of 64 MiB to /tmp until a write fails; prints how, and how many it wrote. */
 const FLOOD = `
@@ -126,7 +117,7 @@ for (const isolation of ["request", "none"]) {
         "append ENOSPC\nwrite past the end ENOSPC\ntruncate up ENOSPC\nafter a removal written\n",
       );
     }
-    const stats = await sup.call("stats") as { workers: { fs_bytes: number }[] };
+    const stats = await sup.stats();
     assert.equal(stats.workers[0].fs_bytes, 0);
   });
 
@@ -274,7 +265,7 @@ Deno.test("a worker whose memory passed --worker-max-rss-mb after its run is rep
       return workers.length === 1 && workers[0].id !== old.id && workers[0].state === "idle";
     });
     await waitForExit([old.pid]);
-    const stats = await sup.call("stats") as { restarts: Record<string, number> };
+    const stats = await sup.stats();
     assert.deepEqual(stats.restarts, { rss_grown: 1 });
     const port = await waitFor("the metrics URL", () => Promise.resolve(metricsPortIn(sup.stderr)));
     const metrics = await scrapeMetrics(port);

@@ -68,7 +68,7 @@ Deno.test("metrics: a scrape reports what the pool did; health answers for scrip
     }, 5000);
     assert.ok(count(await scrape(), "pyodide_pool_reset_seconds_count") >= 4);
     // `stats` is the same source.
-    const stats = await sup.call("stats") as { requests: Record<string, number> };
+    const stats = await sup.stats();
     assert.equal(stats.requests.ok, count(after, 'pyodide_pool_requests_total{status="ok"}'));
 
     const health = await fetch(`http://127.0.0.1:${port}/health`);
@@ -104,7 +104,7 @@ Deno.test("metrics: deno task health exits 1 while the pool shuts down", async (
     // cancelled below, so the test does not wait for it.
     const running = sup.request("execute", { code: "import time\ntime.sleep(30)" }, "long");
     await waitUntil("the run to start", async () => {
-      const health = await sup.call("health") as { workers: { state: string }[] };
+      const health = await sup.health();
       return health.workers[0]?.state === "busy";
     }, 10_000);
     sup.process.kill("SIGTERM");

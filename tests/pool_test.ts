@@ -99,7 +99,7 @@ Deno.test("a timeout interrupts while True and the same worker stays warm", asyn
   assert.equal(r.stdout, "started\n");
   assert.equal(r.error?.type, "TimeoutError");
   assert.match(r.error!.message, /stopped by interrupt/);
-  const health = await sup.call("health") as { workers: { id: string; state: string }[] };
+  const health = await sup.health();
   assert.ok(health.workers.some((w) => w.id === r.worker_id), "the worker was not replaced");
   const after = await sup.execute({ code: "1 + 1" });
   assert.equal(after.status, "ok");
@@ -132,9 +132,7 @@ Deno.test("more requests than workers queue and all complete", async () => {
 });
 
 Deno.test("health reports the pool and each worker", async () => {
-  const health = await (await pool()).call("health") as Record<string, unknown> & {
-    workers: Record<string, unknown>[];
-  };
+  const health = await (await pool()).health();
   assert.equal(health.status, "ok");
   assert.equal(health.ready_workers, POOL_SIZE);
   assert.equal(health.workers.length, POOL_SIZE);
@@ -144,18 +142,14 @@ Deno.test("health reports the pool and each worker", async () => {
 Deno.test("stats reports counters, latency and per-worker memory", async () => {
   const sup = await pool();
   await sup.execute({ code: "1" });
-  const stats = await sup.call("stats") as Record<string, unknown> & {
-    requests: Record<string, number>;
-    run: { count: number; p50_ms: number };
-    workers: { rss_bytes: number; heap_bytes: number }[];
-  };
+  const stats = await sup.stats();
   assert.ok(stats.requests.ok >= 1);
   assert.ok(stats.run.count >= 1);
   assert.ok(stats.run.p50_ms > 0);
   assert.equal(stats.workers.length, POOL_SIZE);
   for (const w of stats.workers) {
-    assert.ok(w.rss_bytes > 10_000_000, `rss ${w.rss_bytes}`);
-    assert.ok(w.heap_bytes > 1_000_000, `heap ${w.heap_bytes}`);
+    assert.ok(w.rss_bytes! > 10_000_000, `rss ${w.rss_bytes}`);
+    assert.ok(w.heap_bytes! > 1_000_000, `heap ${w.heap_bytes}`);
   }
 });
 

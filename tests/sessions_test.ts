@@ -9,11 +9,6 @@ import { Supervisor } from "./helpers/supervisor_process.ts";
 import type { ExecuteResult } from "../lib/protocol.ts";
 import { waitForExit, waitUntil } from "./helpers/processes.ts";
 
-interface Health {
-  ready_workers: number;
-  workers: { id: string; pid: number; sessions: string[] }[];
-}
-
 /** Starts a one-worker pool that recycles after 3 requests, and moves a session off it. */
 async function moveSession(isolation: string): Promise<{ sup: Supervisor; moved: ExecuteResult }> {
   const sup = await Supervisor.start({
@@ -41,7 +36,7 @@ async function moveSession(isolation: string): Promise<{ sup: Supervisor; moved:
   // The third request reaches the limit: w2 starts, and w1 hands its sessions over.
   await sup.execute({ code: "total += 1", session_id: "moving" });
   await waitUntil("w2 alone", async () => {
-    const h = await sup.call("health") as Health;
+    const h = await sup.health();
     return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1;
   });
   const moved = await sup.execute({ code: "(total, round(math.pi, 3))", session_id: "moving" });
@@ -76,7 +71,7 @@ Deno.test("sessions move to the replacement of a recycled worker, expire, and ar
   const expired = await sup.request("execute", { code: "total", session_id: "moving" });
   assert.equal(expired.error?.code, -32004);
   assert.match(expired.error!.message, /expired/);
-  const health = await sup.call("health") as Health;
+  const health = await sup.health();
   assert.deepEqual(health.workers[0].sessions, []);
 
   const pids = await sup.workerPids();

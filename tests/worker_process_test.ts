@@ -42,10 +42,13 @@ Deno.test("a worker that answers with an error passes it on as an RpcError", asy
     `echo '${READY}'; read line; echo '{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad","data":{"field":"code"}}}'; sleep 5`,
   );
   await worker.ready;
-  await assert.rejects(worker.call("execute", {}, 5000), (e: Error & { code?: number }) => {
-    assert.equal(e.code, -32602);
-    return true;
-  });
+  await assert.rejects(
+    worker.call("execute", { code: "" }, 5000),
+    (e: Error & { code?: number }) => {
+      assert.equal(e.code, -32602);
+      return true;
+    },
+  );
   worker.kill("closed");
   await worker.exited;
 });

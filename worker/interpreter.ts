@@ -1,6 +1,6 @@
 /**
  * Boots a Pyodide interpreter with the pool's runtime loaded: from scratch (about 3 s), or
- * from a memory snapshot of an interpreter booted that way (about 0.2 s). The Web Worker
+ * from a memory snapshot of an interpreter booted that way (about 0.2 s). The Python thread
  * and the snapshot builder boot through here, so a snapshot holds exactly what a plain
  * start would have.
  *

@@ -1,5 +1,5 @@
 /**
- * Messages between a worker process's main thread (`worker_server.ts`) and the Web Worker
+ * Messages between a worker process's main thread (`worker_server.ts`) and the Python thread
  * that runs Pyodide (`python_thread.ts`), and the layout of the shared control buffer.
  *
  * @module
@@ -9,7 +9,8 @@ import type { InputFile } from "../lib/protocol.ts";
 import type { Crash } from "./crash.ts";
 import type { RunOutcome } from "./outcome.ts";
 import type { RuntimeRequest } from "./runtime_contract.ts";
-import type { Isolation, Owner, ResetKind } from "./tenancy.ts";
+import type { Isolation } from "../lib/protocol.ts";
+import type { Owner, ResetKind } from "./tenancy.ts";
 
 /** Slots of the shared Int32Array that the main thread uses to stop Python. */
 export const ControlSlot = {
@@ -19,7 +20,7 @@ export const ControlSlot = {
   Reason: 1,
   /** Where the thread is in a run, one of `RunPhase`; changed with compare-and-swap. */
   Phase: 2,
-  /** Set to 1 when the main thread has terminated this Web Worker (see `PythonHost`). */
+  /** Set to 1 when the main thread has terminated this Python thread (see `PythonHost`). */
   Terminated: 3,
 } as const;
 

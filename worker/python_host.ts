@@ -1,8 +1,8 @@
 /**
- * The main-thread side of the Pyodide Web Worker: starts it, hands it one run at a time, and
- * stops a run on timeout or cancellation. Stopping escalates: interrupt Python
- * (KeyboardInterrupt); interrupt again while the code swallows it; then terminate the Web
- * Worker and start a fresh interpreter, all without ending the process.
+ * The main-thread side of the Python thread (the Web Worker that owns Pyodide): starts it, hands
+ * it one run at a time, and stops a run on timeout or cancellation. Stopping escalates:
+ * interrupt Python (KeyboardInterrupt); interrupt again while the code swallows it; then
+ * terminate the Python thread and start a fresh interpreter, all without ending the process.
  *
  * @module
  */
@@ -29,7 +29,8 @@ import {
 } from "./outcome.ts";
 import type { RuntimeRequest } from "./runtime_contract.ts";
 import type { InputFile } from "../lib/protocol.ts";
-import type { Isolation, Owner } from "./tenancy.ts";
+import type { Isolation } from "../lib/protocol.ts";
+import type { Owner } from "./tenancy.ts";
 import { type ChannelEnd, openChannel } from "./thread_channel.ts";
 
 export interface PythonHostOptions {
@@ -434,13 +435,13 @@ export class PythonHost {
     if (run) this.#ready.then(() => this.#active === run && this.#post(run.message), () => {});
   }
 
-  /** Ends a run that ignores interrupts: a new interpreter replaces the Web Worker. */
+  /** Ends a run that ignores interrupts: a new interpreter replaces the Python thread. */
   #restartThread(run: ActiveRun, reason: number): void {
     this.#replaceThread();
     run.resolve(ignoredInterrupts(reason));
   }
 
-  /** A fresh interpreter in a new Web Worker, in place of the current one. */
+  /** A fresh interpreter in a new Python thread, in place of the current one. */
   #replaceThread(): void {
     this.#settling.clear();
     // The new interpreter has no after-work pending.

@@ -1,6 +1,6 @@
 /**
- * The Web Worker that owns Pyodide. It loads the interpreter once, then runs one request at a
- * time (`RequestRunner`). Running off the main thread lets `worker_server.ts` interrupt Python
+ * The Python thread: the Web Worker that owns Pyodide. It loads the interpreter once, then runs
+ * one request at a time (`RequestRunner`). Running off the main thread lets `worker_server.ts` interrupt Python
  * through the shared control buffer and keep answering while Python runs.
  *
  * @module

@@ -1,7 +1,7 @@
 /**
  * What Python can see of JavaScript. Pyodide gives Python the `js` module (by default
  * `globalThis`, and from there `Deno`) and `pyodide_js` (the Pyodide API and the Emscripten
- * module). Here the Web Worker takes those away before any user code runs. The Deno
+ * module). Here the Python thread takes those away before any user code runs. The Deno
  * permissions of the worker process remain the wall; this is the layer in front of it.
  *
  * @module

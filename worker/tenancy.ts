@@ -19,7 +19,7 @@ import { BaseImage, SessionImage } from "./image/interpreter_image.ts";
 import type { ImagedInterpreter } from "./image/interpreter_image.ts";
 import { MemoryPatch } from "./image/memory_image.ts";
 
-export type Isolation = "request" | "tenant" | "none";
+import type { Isolation } from "../lib/protocol.ts";
 
 /** Who a request runs for. */
 export interface Owner {

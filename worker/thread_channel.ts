@@ -225,7 +225,7 @@ export function openChannel<Send, Receive>(
 }
 
 /**
- * The Web Worker's end. It is connected by the main thread's first message; what is sent
+ * The Python thread's end. It is connected by the main thread's first message; what is sent
  * before that waits.
  */
 export function acceptChannel<Send, Receive>(

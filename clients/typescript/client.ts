@@ -21,7 +21,13 @@ import { finished, type Writable } from "node:stream";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { ErrorCode, type ErrorData, RpcError } from "../../lib/errors.ts";
-import type { ExecuteParams, ExecuteResult } from "../../lib/protocol.ts";
+import type {
+  ExecuteParams,
+  ExecuteResult,
+  HealthReport,
+  PackagesReport,
+  StatsReport,
+} from "../../lib/protocol.ts";
 import { ConnectionClosedError, RpcConnection } from "../../lib/rpc_connection.ts";
 
 export { ConnectionClosedError, ErrorCode, RpcError };
@@ -30,9 +36,16 @@ export type {
   ExecuteResult,
   ExecuteStatus,
   Figure,
+  HealthReport,
   InputFile,
+  LatencySummary,
   OutputFile,
+  PackageInfo,
+  PackagesReport,
   PythonError,
+  StatsReport,
+  WorkerHealth,
+  WorkerStats,
 } from "../../lib/protocol.ts";
 
 /** -32000: the queue is full; retry later. */
@@ -92,39 +105,6 @@ export interface ExecuteOptions extends Omit<ExecuteParams, "code" | "stream"> {
   onOutput?: (stream: "stdout" | "stderr", text: string) => void;
   /** Cancels the request: a queued one never runs, a running one is interrupted. */
   signal?: AbortSignal;
-}
-
-export interface WorkerHealth {
-  id: string;
-  pid: number;
-  state: string;
-  served: number;
-  sessions: string[];
-  [field: string]: unknown;
-}
-
-/** The `health` result. */
-export interface Health {
-  status: "ok" | "degraded" | "unavailable" | "shutting_down";
-  ready_workers: number;
-  pool_size: number;
-  queue_depth: number;
-  workers: WorkerHealth[];
-  [field: string]: unknown;
-}
-
-/** The `packages` result. */
-export interface PackageList {
-  source: "directory" | "index" | "none";
-  lock_file: string | null;
-  loaded: string[];
-  available: {
-    name: string;
-    version: string;
-    imports: string[];
-    depends: string[];
-    loadable: boolean;
-  }[];
 }
 
 export interface SpawnOptions {
@@ -299,18 +279,18 @@ export class PoolClient {
   }
 
   /** Pool and per-worker state. */
-  health(): Promise<Health> {
-    return this.call<Health>("health");
+  health(): Promise<HealthReport> {
+    return this.call<HealthReport>("health");
   }
 
   /** Counters, queue depth, latency percentiles and memory per worker. */
-  stats(): Promise<Record<string, unknown>> {
-    return this.call<Record<string, unknown>>("stats");
+  stats(): Promise<StatsReport> {
+    return this.call<StatsReport>("stats");
   }
 
   /** The packages that can be loaded, and those loaded pool-wide. */
-  packages(): Promise<PackageList> {
-    return this.call<PackageList>("packages");
+  packages(): Promise<PackagesReport> {
+    return this.call<PackagesReport>("packages");
   }
 
   /** Asks the pool to stop (needs --allow-shutdown); it answers what it has, then exits. */

@@ -29,8 +29,6 @@ export interface ChaosSummary {
   seconds: number;
 }
 
-type Health = { workers: { id: string; pid: number; state: string }[] };
-
 /**
  * @example
  * ```ts ignore
@@ -48,7 +46,7 @@ export async function runChaos(
   let ok = 0, workerDied = 0, unexpected = 0, answered = 0, next = 0, kills = 0;
 
   const killRandomBusyWorker = async () => {
-    const health = await sup.call("health") as Health;
+    const health = await sup.health();
     const busy = health.workers.filter((w) => w.state === "busy");
     const victim = busy[Math.floor(Math.random() * busy.length)];
     if (!victim) return;

@@ -8,7 +8,7 @@
  */
 
 import { supervisorCommand, waitForWorkers } from "../../clients/typescript/client.ts";
-import type { ExecuteResult } from "../../lib/protocol.ts";
+import type { ExecuteResult, HealthReport, StatsReport } from "../../lib/protocol.ts";
 import { RpcConnection } from "../../lib/rpc_connection.ts";
 
 export { supervisorCommand };
@@ -106,6 +106,16 @@ export class Supervisor {
     const response = await this.request(method, params);
     if (response.error) throw new Error(`${method} failed: ${JSON.stringify(response.error)}`);
     return response.result;
+  }
+
+  /** The pool's `health` report. */
+  health(): Promise<HealthReport> {
+    return this.call("health") as Promise<HealthReport>;
+  }
+
+  /** The pool's `stats` report. */
+  stats(): Promise<StatsReport> {
+    return this.call("stats") as Promise<StatsReport>;
   }
 
   execute(params: Record<string, unknown>): Promise<ExecuteResult> {

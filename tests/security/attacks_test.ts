@@ -332,8 +332,7 @@ const UNDOABLE_BY_PYTHON: [string, string, string, string][] = [
 for (const [name, attack, check, expected] of UNDOABLE_BY_PYTHON) {
   Deno.test(`attack fails: ${name} is put back by the image; the worker stays`, async () => {
     const sup = await pool();
-    const restarts = async () =>
-      ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts;
+    const restarts = async () => (await sup.stats()).restarts;
     const before = await restarts();
     // Both workers, twice each.
     const planted = await Promise.all([1, 2, 3, 4].map(() => sup.execute({ code: attack })));
@@ -348,13 +347,12 @@ for (const [name, attack, check, expected] of UNDOABLE_BY_PYTHON) {
 /** Runs `code` on the pool without the image and checks that its worker was tainted, and then replaced. */
 async function assertTaintsItsWorker(code: string): Promise<void> {
   const sup = await poolWithoutImage();
-  const tainted = async () =>
-    ((await sup.call("stats")) as { restarts: Record<string, number> }).restarts.tainted ?? 0;
+  const tainted = async () => (await sup.stats()).restarts.tainted ?? 0;
   const before = await tainted();
   const r = await sup.execute({ code });
   assert.equal(r.status, "ok");
   await waitUntil("the tainted worker's replacement", async () => {
-    const health = await sup.call("health") as { ready_workers: number; workers: { id: string }[] };
+    const health = await sup.health();
     return health.ready_workers === 2 && !health.workers.some((w) => w.id === r.worker_id);
   }, 30_000);
   assert.equal(await tainted(), before + 1);
@@ -382,7 +380,7 @@ Deno.test("without the image, a request that breaks the reset costs no other req
   for (const r of await Promise.all(broken)) assert.equal(r.status, "ok", JSON.stringify(r.error));
   assert.deepEqual((await Promise.all(behind)).map((r) => r.result), ["21", "42"]);
   await waitUntil("two ready workers", async () => {
-    const health = await sup.call("health") as { ready_workers: number; workers: unknown[] };
+    const health = await sup.health();
     return health.ready_workers === 2 && health.workers.length === 2;
   }, 30_000);
 });
@@ -429,7 +427,7 @@ Deno.test({
   name: "the pool is healthy after every attack; no file was written on the host",
   fn: async () => {
     for (const sup of [await pool(), await poolWithoutImage()]) {
-      const health = await sup.call("health") as { status: string };
+      const health = await sup.health();
       assert.equal(health.status, "ok");
       assert.equal((await sup.execute({ code: "6 * 7" })).result, "42");
       const pids = await sup.workerPids();

@@ -9,13 +9,13 @@
 
 import assert from "node:assert/strict";
 import { Supervisor } from "../helpers/supervisor_process.ts";
-import type { ExecuteResult } from "../../lib/protocol.ts";
+import type { ExecuteResult, Isolation } from "../../lib/protocol.ts";
 
 const PROJECT = new URL("../../", import.meta.url).pathname;
 
 const pools = new Map<string, Promise<Supervisor>>();
 /** One worker per mode, shared by this file's tests. */
-const pool = (isolation: "request" | "tenant" | "none") => {
+const pool = (isolation: Isolation) => {
   if (!pools.has(isolation)) {
     pools.set(
       isolation,

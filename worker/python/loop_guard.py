@@ -3,7 +3,7 @@
 Pyodide's event loop runs callbacks from JavaScript timers, which fire between requests too:
 a callback that a request left scheduled (`loop.call_later(1, spy)`) would run after the reset,
 before or during a later request. And asyncio lets KeyboardInterrupt and SystemExit out of a
-callback: Pyodide's loop re-raises them into the timer, where they would end the Web Worker.
+callback: Pyodide's loop re-raises them into the timer, where they would end the Python thread.
 
 So every callback scheduled on the loop is recorded, and `end_request` (part of the reset)
 cancels those still pending. An interrupt or `sys.exit()` that reaches a callback cancels the
