@@ -2,9 +2,10 @@
  * The pyodide-pool CLI: reads the configuration, starts the worker pool, and serves the
  * client's JSON-RPC on stdin/stdout until stdin closes or a signal asks it to stop.
  *
- * Reading order for the path of a request: client_endpoint.ts (entry) → pool.ts (queue,
- * routing, health) → balancer.ts (which worker) → worker_process.ts (the pipe to a worker)
- * → worker_server.ts (the worker) → back the same way.
+ * The path of a request, file by file, is in docs/architecture.md: client_endpoint.ts (entry)
+ * → pool.ts (admission, dispatch) → task.ts, task_queue.ts → balancer.ts (which worker) →
+ * worker_process.ts (the pipe to a worker) → worker_server.ts (the worker) → back the same way;
+ * lifecycle.ts keeps the workers.
  *
  * @module
  */
