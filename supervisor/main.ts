@@ -32,6 +32,14 @@ if ("help" in loaded) {
 const { config } = loaded;
 await configureLogging(config.logLevel, config.logFormat);
 const log = logger("supervisor");
+// An answer carries both streams: below twice their cap, a run that fills them cannot be sent.
+if (config.maxLineBytes < 2 * config.maxOutputBytes) {
+  log.warn(
+    "--max-line-bytes ({line}) is below twice --max-output-bytes ({output}): answers with " +
+      "that much output will be refused (-32005)",
+    { line: config.maxLineBytes, output: config.maxOutputBytes },
+  );
+}
 log.info("starting {size} workers{scaling} (config: {config})", {
   size: config.usePool ? config.minWorkers : 0,
   scaling: config.usePool && config.maxWorkers > config.minWorkers

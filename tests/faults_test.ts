@@ -183,7 +183,7 @@ Deno.test("an invalid configuration stops the start with the setting's name", as
 
 Deno.test("a misbehaving worker fails only its request: garbage, oversized, exit, fatal, hang", async () => {
   const sup = await Supervisor.start({
-    args: ["--pool-size", "2", "--max-line-bytes", "65536", "--timeout-grace", "0.5"],
+    args: ["--pool-size", "2", "--timeout-grace", "0.5"],
     env: { PYODIDE_POOL_FAILPOINTS: "1" },
   });
   const cases: [string, (r: Awaited<ReturnType<Supervisor["request"]>>) => void][] = [
