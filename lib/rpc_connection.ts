@@ -62,10 +62,11 @@ type Pending = { resolve: (response: ResponseMessage) => void; reject: (error: E
 /**
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { RpcConnection } from "./rpc_connection.ts";
  * const reply = new TextEncoder().encode('{"jsonrpc":"2.0","id":1,"result":"pong"}\n');
  * const connection = new RpcConnection(ReadableStream.from([reply]), async () => {});
- * console.assert((await connection.request("ping")).result === "pong");
+ * assert.deepEqual(await connection.request("ping"), { jsonrpc: "2.0", id: 1, result: "pong" });
  * ```
  */
 export class RpcConnection {

@@ -45,12 +45,13 @@ export type ScaleDecision =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decideScale } from "./autoscaler.ts";
  * const decision = decideScale({
  *   workers: [{ id: "w1", state: "busy", leaving: false, idleMs: 0, sessions: 0 }],
  *   oldestWaitMs: 250, minWorkers: 1, maxWorkers: 2, scaleUpWaitMs: 200, scaleDownIdleMs: 60_000,
  * });
- * console.assert(decision.action === "grow");
+ * assert.equal(decision.action, "grow");
  * ```
  */
 export function decideScale(view: ScaleView): ScaleDecision {

@@ -25,18 +25,19 @@ export interface WorkerView {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pickWorker } from "./balancer.ts";
  * const id = pickWorker([
  *   { id: "w1", state: "busy", retiring: false, lastUsedAt: 0 },
  *   { id: "w2", state: "idle", retiring: false, lastUsedAt: 5 },
  *   { id: "w3", state: "idle", retiring: false, lastUsedAt: 2 },
  * ]);
- * console.assert(id === "w3");
+ * assert.equal(id, "w3");
  * const settled = pickWorker([
  *   { id: "w1", state: "idle", retiring: false, lastUsedAt: 1, settling: true },
  *   { id: "w2", state: "idle", retiring: false, lastUsedAt: 5 },
  * ]);
- * console.assert(settled === "w2");
+ * assert.equal(settled, "w2");
  * ```
  */
 export function pickWorker(

@@ -50,11 +50,14 @@ export interface FailedRun {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { answerForFailure } from "./failures.ts";
  * const answer = answerForFailure(new Error("boom"), {
  *   workerId: "w1", timeoutMs: 1000, timeoutGraceS: 5, ranMs: 3, closing: false,
  * });
- * console.assert("error" in answer && answer.outcome === "internal_error");
+ * assert.ok("error" in answer);
+ * assert.equal(answer.error.code, -32603);
+ * assert.equal(answer.outcome, "internal_error");
  * ```
  */
 export function answerForFailure(error: unknown, run: FailedRun): Answer {

@@ -32,13 +32,15 @@ export type OutputListener = (output: { stream: string; text: string }) => void;
 /**
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { Task } from "./task.ts";
  * import { Counter } from "./stats.ts";
  * const requests = new Counter();
  * const task = new Task({ code: "1" }, 1, undefined, 1000, requests);
  * task.settle({ result: { status: "ok" } as never });
  * task.settle({ result: { status: "timeout" } as never }); // ignored
- * console.assert(requests.total === 1 && (await task.answer).status === "ok");
+ * assert.equal(requests.total, 1);
+ * assert.equal((await task.answer).status, "ok");
  * ```
  */
 export class Task {

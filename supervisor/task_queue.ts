@@ -8,10 +8,13 @@
 /**
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { TaskQueue } from "./task_queue.ts";
  * const q = new TaskQueue<string>(2);
- * q.push("a"); q.push("b");
- * console.assert(!q.push("c") && q.shift() === "a" && q.size === 1);
+ * assert.ok(q.push("a") && q.push("b"));
+ * assert.equal(q.push("c"), false);
+ * assert.equal(q.shift(), "a");
+ * assert.equal(q.size, 1);
  * ```
  */
 export class TaskQueue<T> {

@@ -67,10 +67,12 @@ export function pyodideDirectory(): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildWorkerCommand } from "./worker_command.ts";
  * import { loadConfig } from "./config.ts";
  * const loaded = loadConfig([], {});
- * if ("config" in loaded) console.assert(buildWorkerCommand(loaded.config).args.includes("--deny-net"));
+ * assert.ok("config" in loaded);
+ * assert.ok(buildWorkerCommand(loaded.config).args.includes("--deny-net"));
  * ```
  */
 export function buildWorkerCommand(
