@@ -183,6 +183,9 @@ export class WorkerLifecycle {
       this.context.dispatch();
     }, () => {
       replaces?.recyclingFailed();
+      // A retiring worker (tainted) must not wait for a successor that will not come: it
+      // leaves, and the failed start's exit brings a new worker (with the restart backoff).
+      if (replaces?.retiring) this.#leaveWhenIdle(replaces);
     });
     worker.exited.then((exit) => this.#onExit(worker, exit));
     return worker;
@@ -204,6 +207,14 @@ export class WorkerLifecycle {
 
   #leaveWhenIdle(worker: WorkerProcess): void {
     if (worker.state === "idle") this.#leave(worker);
+  }
+
+  /**
+   * The end of the lifecycle's own work on a worker (a preload, a health check): one retired
+   * meanwhile (its successor became ready) leaves now, as after a request.
+   */
+  #workDone(worker: WorkerProcess): void {
+    if (worker.finishWork() && worker.retiring) this.#leave(worker);
   }
 
   /** An idle retiring worker leaves; its sessions move to its successor first, if it has one. */
@@ -271,7 +282,7 @@ export class WorkerLifecycle {
         error: String(error),
       });
     } finally {
-      worker.finishWork();
+      this.#workDone(worker);
     }
   }
 
@@ -370,7 +381,7 @@ export class WorkerLifecycle {
           worker.kill("health_check_failed", String(error));
         })
         .finally(() => {
-          worker.finishWork();
+          this.#workDone(worker);
           this.context.dispatch();
         });
     }

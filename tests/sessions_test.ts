@@ -78,3 +78,23 @@ Deno.test("sessions move to the replacement of a recycled worker, expire, and ar
   assert.equal((await sup.close()).code, 0);
   await waitForExit(pids);
 });
+
+Deno.test("a worker replaced while its health check runs still leaves, and its session moves", async () => {
+  // Health checks back to back: the successor is nearly always ready while one runs.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "1", "--health-check-interval", "0.002"],
+  });
+  try {
+    const first = await sup.execute({ code: "kept = 7", session_id: "checked" });
+    assert.equal(first.worker_id, "w1");
+    await waitUntil("w1 gone", async () => {
+      const h = await sup.health();
+      return h.workers.every((w) => w.id !== "w1") && h.ready_workers === 1;
+    });
+    const moved = await sup.execute({ code: "kept", session_id: "checked" });
+    assert.equal(moved.result, "7");
+    assert.notEqual(moved.worker_id, "w1");
+  } finally {
+    await sup.close();
+  }
+});
