@@ -283,6 +283,8 @@ const server = new RpcServer({
   maxLineBytes: flags.maxLineBytes,
   // The supervisor reads our lines with the same limit, and replaces a worker that passes it.
   maxAnswerBytes: flags.maxLineBytes,
+  answerLimitHint: "that is the line between a worker and the supervisor (four times " +
+    "--max-line-bytes, at least 256 MiB)",
   onUnexpectedError: (method, error) =>
     log.error("unexpected error in {method}: {error}", { method, error: String(error) }),
 });

@@ -6,8 +6,8 @@
  * checks the grammar of the top-level object only: its keys, colons and commas, the numbers
  * and literals of its members, and the id. Other strings are skipped, and a nested value (an
  * object or an array) is not checked: its brackets are counted and its strings skipped. So a
- * line malformed only there may still give its id (its answer is an error either way). An id counts when it is a number, a string of up
- * to `MAX_ID_BYTES` bytes, or null, as `JSON.parse` would read it; a later duplicate `"id"`
+ * line malformed only there may still give its id (its answer is an error either way). An id
+ * counts when it is a number, a string of up to `MAX_ID_BYTES` bytes, or null, as `JSON.parse` would read it; a later duplicate `"id"`
  * wins, as it does for `JSON.parse`. A line that is not an object (a batch, a scalar), or
  * anything malformed before the id, gives no id. No Deno API: it runs under Node too.
  *

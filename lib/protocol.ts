@@ -330,11 +330,16 @@ export type WorkerState = "starting" | "idle" | "busy" | "stopping" | "exited";
 export type Isolation = typeof ISOLATIONS[number];
 export const ISOLATIONS = ["request", "tenant", "none"] as const;
 
+/** What a busy worker is busy with: a request, or the pool's own work on it. */
+export type WorkerActivity = "request" | "preload" | "health_check" | "leaving";
+
 /** One worker in the `health` report. */
 export interface WorkerHealth {
   id: string;
   pid: number;
   state: WorkerState;
+  /** While `busy`: what with; null otherwise. */
+  work: WorkerActivity | null;
   /** Takes no more work; it leaves once idle. */
   retiring: boolean;
   /** Requests it completed (health checks not counted). */

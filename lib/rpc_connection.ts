@@ -9,7 +9,12 @@
  */
 
 import { type Frame, readFrames } from "./framing.ts";
-import type { JsonRpcId, ResponseMessage } from "./protocol.ts";
+import {
+  type JsonRpcId,
+  notificationMessage,
+  type Params,
+  type ResponseMessage,
+} from "./protocol.ts";
 
 /** The stream ended or broke: no answer can come any more. */
 export class ConnectionClosedError extends Error {
@@ -119,9 +124,7 @@ export class RpcConnection {
   /** Sends a notification (no answer comes). */
   async notify(method: string, params?: unknown): Promise<void> {
     if (this.#failure) throw this.#failure;
-    const message: Record<string, unknown> = { jsonrpc: "2.0", method };
-    if (params !== undefined) message.params = params;
-    await this.write(JSON.stringify(message) + "\n");
+    await this.write(JSON.stringify(notificationMessage(method, params as Params)) + "\n");
   }
 
   /** Fails every pending request with `error`, and every later one at once. */

@@ -83,6 +83,63 @@ function largestFields(result: unknown): { field: string; chars: number }[] {
     .slice(0, 3);
 }
 
+/** The UTF-8 bytes of a JSON line, measured without a copy when it is ASCII (base64, mostly). */
+function utf8Bytes(line: string): number {
+  return NON_ASCII.test(line) ? new TextEncoder().encode(line).byteLength : line.length;
+}
+
+/**
+ * A bound on the characters of `value` in JSON, found without writing it: each string
+ * character at most 6 (`\u001f`), each number at most 24, plus the punctuation.
+ */
+function jsonCharsBound(value: unknown): number {
+  if (typeof value === "string") return 2 + 6 * value.length;
+  if (typeof value !== "object" || value === null) return 24;
+  let chars = 2;
+  if (Array.isArray(value)) {
+    for (const item of value) chars += 1 + jsonCharsBound(item);
+  } else {
+    for (const [key, item] of Object.entries(value)) {
+      chars += 4 + 6 * key.length + jsonCharsBound(item);
+    }
+  }
+  return chars;
+}
+
+/**
+ * The error for a result whose answer line would pass `limit` bytes (-32005), or undefined
+ * if it fits. Written only when a bound says it may not fit: most results are far below.
+ */
+export function answerTooLarge(
+  result: unknown,
+  limit: number,
+  hint?: string,
+): RpcError | undefined {
+  // The envelope around a result, `{"jsonrpc":"2.0","id":...,"result":}`, with a short id: a
+  // long one may still pass, and the server's own check refuses that answer as it writes it.
+  const envelope = 64;
+  // A character is 1 to 3 bytes of UTF-8 (a surrogate pair, 4 bytes, is 2 characters).
+  if ((jsonCharsBound(result) + envelope) * 3 <= limit) return undefined;
+  const bytes = utf8Bytes(JSON.stringify(result)) + envelope;
+  if (bytes <= limit) return undefined;
+  return tooLargeError(bytes, limit, hint, result);
+}
+
+function tooLargeError(bytes: number, limit: number, hint: string | undefined, result: unknown) {
+  const status = (result as { status?: unknown } | null)?.status;
+  return new RpcError(
+    ErrorCode.AnswerTooLarge,
+    `the answer is ${bytes} bytes, over the ${limit}-byte line limit${hint ? `: ${hint}` : ""}`,
+    {
+      bytes,
+      max_answer_bytes: limit,
+      largest_fields: largestFields(result),
+      // How the run ended, for an `execute` answer: the code ran.
+      ...(typeof status === "string" ? { status } : {}),
+    },
+  );
+}
+
 export class RpcServer {
   #server: JSONRPCServer<RequestContext>;
   #inFlight = new Set<Promise<void>>();
@@ -121,21 +178,43 @@ export class RpcServer {
   /**
    * The line that carries `response`; an answer that cannot be written (past
    * `maxAnswerBytes`, or past what a JavaScript string holds) becomes an error that says so,
-   * for the request's id: the reader would otherwise refuse the line, or the server fail.
+   * for the request's id: the reader would otherwise refuse the line, or the server fail. In a
+   * batch, the largest answers become errors until the whole line fits.
    */
   #lineOf(response: ResponseMessage | ResponseMessage[]): string {
-    if (Array.isArray(response)) {
-      return `[${response.map((one) => this.#lineOf(one)).join(",")}]`;
-    }
     const limit = this.options.maxAnswerBytes ?? Infinity;
-    let bytes: number;
+    if (!Array.isArray(response)) return this.#lineOfOne(response, limit);
+    const lines = response.map((one) => this.#lineOfOne(one, limit));
+    const sizes = lines.map(utf8Bytes);
+    let total = sizes.reduce((sum, size) => sum + size + 1, 1);
+    while (total > limit) {
+      const largest = sizes.indexOf(Math.max(...sizes));
+      const error = tooLargeError(sizes[largest], limit, this.#batchHint, response[largest].result);
+      lines[largest] = JSON.stringify(errorResponse(response[largest].id, error));
+      const size = utf8Bytes(lines[largest]);
+      total += size - sizes[largest];
+      // An error line is the smallest an answer gets: past that, nothing more to shrink.
+      if (size >= sizes[largest]) break;
+      sizes[largest] = size;
+    }
+    return `[${lines.join(",")}]`;
+  }
+
+  get #batchHint(): string {
+    const hint = this.options.answerLimitHint;
+    return `the whole batch must fit in one line${hint ? `; ${hint}` : ""}`;
+  }
+
+  #lineOfOne(response: ResponseMessage, limit: number): string {
     try {
       const line = JSON.stringify(response);
-      // A character is 1 to 3 bytes of UTF-8 (a surrogate pair, 4 bytes, is 2 characters);
-      // large answers (files in base64) are mostly ASCII, measured without a copy.
       if (line.length * 3 <= limit) return line;
-      bytes = NON_ASCII.test(line) ? new TextEncoder().encode(line).byteLength : line.length;
+      const bytes = utf8Bytes(line);
       if (bytes <= limit) return line;
+      return JSON.stringify(errorResponse(
+        response.id,
+        tooLargeError(bytes, limit, this.options.answerLimitHint, response.result),
+      ));
     } catch (error) {
       return JSON.stringify(errorResponse(
         response.id,
@@ -146,15 +225,6 @@ export class RpcServer {
         ),
       ));
     }
-    const hint = this.options.answerLimitHint;
-    return JSON.stringify(errorResponse(
-      response.id,
-      new RpcError(
-        ErrorCode.AnswerTooLarge,
-        `the answer is ${bytes} bytes, over the ${limit}-byte line limit${hint ? `: ${hint}` : ""}`,
-        { bytes, max_answer_bytes: limit, largest_fields: largestFields(response.result) },
-      ),
-    ));
   }
 
   /** Resolves when every request received so far has been answered. */

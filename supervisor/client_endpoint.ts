@@ -11,6 +11,7 @@ import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import { parseExecuteParams } from "../lib/protocol.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
+import { ANSWER_LIMIT_HINT } from "./failures.ts";
 import type { Pool } from "./pool.ts";
 
 export interface ClientEndpointOptions {
@@ -62,8 +63,7 @@ export function createClientServer(
     // One limit both ways: an answer the pool would refuse to take back (a session's state,
     // sent again with the next request) is not sent.
     maxAnswerBytes: config.maxLineBytes,
-    answerLimitHint: "the pool sends no line longer than it accepts (--max-line-bytes); " +
-      "return less (files, session state), or start the pool with a larger --max-line-bytes",
+    answerLimitHint: ANSWER_LIMIT_HINT,
     // JSON text is mostly ASCII: a character is about a byte.
     maxUnwrittenChars: config.maxUnreadMb * 1e6,
     onReadingPaused: (unwrittenChars) => {

@@ -30,6 +30,11 @@ export function timeoutResult(
   };
 }
 
+/** What to do about an answer past --max-line-bytes (-32005), for its error's message. */
+export const ANSWER_LIMIT_HINT = "the pool sends no line longer than it accepts " +
+  "(--max-line-bytes); return less (files, session state), or start the pool with a larger " +
+  "--max-line-bytes";
+
 /** What the pool knows of a request whose worker call failed. */
 export interface FailedRun {
   workerId: string;

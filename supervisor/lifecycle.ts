@@ -1,7 +1,7 @@
 /**
  * The pool's workers from spawn to exit: starts them, keeps them checked (health checks),
  * replaces them (recycling after a request limit or on a worker's own request, restarts after
- * a crash with backoff while starts keep fail), grows and shrinks the pool (autoscaler.ts), and
+ * a crash with backoff while starts keep failing), grows and shrinks the pool (autoscaler.ts), and
  * lets a worker leave only once its sessions have moved to its successor. Worker state changes
  * only through WorkerProcess's methods; pool.ts hands out the work.
  *

@@ -10,9 +10,10 @@
 import type { Config } from "./config.ts";
 import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
+import { answerTooLarge } from "../lib/rpc_server.ts";
 import type { ExecuteParams, ExecuteResult, HealthReport, StatsReport } from "../lib/protocol.ts";
 import { pickWorker } from "./balancer.ts";
-import { answerForFailure, timeoutResult } from "./failures.ts";
+import { ANSWER_LIMIT_HINT, answerForFailure, timeoutResult } from "./failures.ts";
 import { WorkerLifecycle } from "./lifecycle.ts";
 import { PackageCatalog } from "./packages.ts";
 import { healthReport, type PoolView, statsReport } from "./reports.ts";
@@ -105,7 +106,7 @@ export class Pool {
     const timeoutMs = Math.min(params.timeout_ms ?? this.config.execTimeout * 1000, maxMs);
     const task = new Task(params, key, onOutput, timeoutMs, this.stats.requests);
     if (!this.#queue.push(task)) {
-      task.settle({
+      task.finish({
         outcome: "overloaded",
         error: new RpcError(
           ErrorCode.Overloaded,
@@ -122,7 +123,7 @@ export class Pool {
     // The deadline covers waiting too: a request that times out in the queue never runs.
     task.expireInQueue(() => {
       if (!this.#queue.delete(task)) return;
-      task.settle({
+      task.finish({
         result: timeoutResult(
           `timed out after ${timeoutMs} ms waiting in the queue; it never ran`,
           "",
@@ -147,7 +148,7 @@ export class Pool {
     for (const task of this.#queue) {
       if (task.key !== key) continue;
       this.#queue.delete(task);
-      task.settle({
+      task.finish({
         outcome: "cancelled",
         error: new RpcError(ErrorCode.Cancelled, "cancelled by the client before it ran", {
           id: key,
@@ -197,7 +198,7 @@ export class Pool {
 
   #rejectQueued(message: string): void {
     for (const task of this.#queue.drain()) {
-      task.settle({
+      task.finish({
         outcome: "shutting_down",
         error: new RpcError(ErrorCode.ShuttingDown, message, { reason: "shutdown" }),
       });
@@ -233,7 +234,7 @@ export class Pool {
       pinned = this.sessions.workerOf(sessionId, task.params.tenant);
     } catch (error) {
       this.#queue.delete(task);
-      task.settle({ outcome: "session_not_found", error: error as RpcError });
+      task.finish({ outcome: "session_not_found", error: error as RpcError });
       return undefined;
     }
     if (pinned !== undefined) return pickWorker(this.#workers.values(), (id) => id === pinned);
@@ -276,7 +277,9 @@ export class Pool {
         const dropped = this.sessions.takeMoveReport(params.session_id);
         if (dropped) result.session_moved = { dropped };
       }
-      task.settle({ result });
+      // Refused here rather than when written, so that its outcome is counted as it is.
+      const tooLarge = answerTooLarge(result, this.config.maxLineBytes, ANSWER_LIMIT_HINT);
+      task.finish(tooLarge ? { error: tooLarge, outcome: "answer_too_large" } : { result });
     } catch (error) {
       if (error instanceof WorkerDeadlineError) {
         // The worker ignored its own timeout: it is hung or stopped. Kill and replace it.
@@ -296,7 +299,7 @@ export class Pool {
         // The worker told the client itself: no tombstone needs to tell it again.
         this.sessions.reported(params.session_id);
       }
-      task.settle(answer);
+      task.finish(answer);
     } finally {
       const ranMs = performance.now() - started;
       this.stats.run.recordMs(ranMs);

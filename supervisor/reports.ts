@@ -33,6 +33,7 @@ export function healthReport(pool: PoolView): HealthReport {
     id: w.id,
     pid: w.pid,
     state: w.state,
+    work: w.work ?? null,
     retiring: w.retiring,
     served: w.served,
     request_limit: w.options.requestLimit,

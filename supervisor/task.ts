@@ -1,6 +1,6 @@
 /**
  * One `execute` request from its admission to its answer. A task is answered once: the first
- * answer settles it, records its outcome in the `requests` counter and clears its queue
+ * answer finishes it, records its outcome in the `requests` counter and clears its queue
  * deadline; any later answer is ignored.
  *
  * @module
@@ -19,7 +19,9 @@ export type RequestOutcome =
   | "session_not_found"
   | "worker_died"
   | "rejected"
-  | "internal_error";
+  | "internal_error"
+  /** The code ran, but its answer would pass --max-line-bytes (-32005). */
+  | "answer_too_large";
 
 /** A task's answer: a result (counted by its status), or an error and its outcome's name. */
 export type Answer =
@@ -37,8 +39,8 @@ export type OutputListener = (output: { stream: string; text: string }) => void;
  * import { Counter } from "./stats.ts";
  * const requests = new Counter();
  * const task = new Task({ code: "1" }, 1, undefined, 1000, requests);
- * task.settle({ result: { status: "ok" } as never });
- * task.settle({ result: { status: "timeout" } as never }); // ignored
+ * task.finish({ result: { status: "ok" } as never });
+ * task.finish({ result: { status: "timeout" } as never }); // ignored
  * assert.equal(requests.total, 1);
  * assert.equal((await task.answer).status, "ok");
  * ```
@@ -51,7 +53,7 @@ export class Task {
   #resolve!: (result: ExecuteResult) => void;
   #reject!: (error: RpcError) => void;
   #queueTimer: ReturnType<typeof setTimeout> | undefined;
-  #settled = false;
+  #finished = false;
 
   constructor(
     readonly params: ExecuteParams,
@@ -69,11 +71,11 @@ export class Task {
   }
 
   /** Answered already. */
-  get settled(): boolean {
-    return this.#settled;
+  get finished(): boolean {
+    return this.#finished;
   }
 
-  /** Calls `expire` when the deadline passes, unless the task started or settled before. */
+  /** Calls `expire` when the deadline passes, unless the task started or finished before. */
   expireInQueue(expire: () => void): void {
     this.#queueTimer = setTimeout(expire, this.timeoutMs);
   }
@@ -84,9 +86,9 @@ export class Task {
   }
 
   /** Answers the task, if it is not answered yet; false if it was. */
-  settle(answer: Answer): boolean {
-    if (this.#settled) return false;
-    this.#settled = true;
+  finish(answer: Answer): boolean {
+    if (this.#finished) return false;
+    this.#finished = true;
     clearTimeout(this.#queueTimer);
     if ("result" in answer) {
       this.requests.add(answer.result.status);

@@ -10,7 +10,7 @@
 import { RpcError } from "../lib/errors.ts";
 import { LineWriter } from "../lib/framing.ts";
 import { logger } from "../lib/logging.ts";
-import type { JsonRpcId, WorkerState } from "../lib/protocol.ts";
+import type { JsonRpcId, WorkerActivity, WorkerState } from "../lib/protocol.ts";
 import { type ProtocolViolation, RpcConnection } from "../lib/rpc_connection.ts";
 import type {
   OutputParams,
@@ -29,9 +29,6 @@ export interface ExitInfo {
   /** Why the supervisor ended it, when it did. */
   reason?: KillReason;
 }
-
-/** What a busy worker is busy with. */
-export type WorkKind = "request" | "preload" | "health_check" | "leaving";
 
 /** Why the supervisor ended a worker; also the key of the `restarts` counter. */
 export type KillReason =
@@ -94,7 +91,7 @@ export class WorkerProcess {
   readonly exited: Promise<ExitInfo>;
 
   #state: WorkerState = "starting";
-  #work: WorkKind | undefined;
+  #work: WorkerActivity | undefined;
   #served = 0;
   #lastUsedAt = 0;
   #retiring = false;
@@ -198,7 +195,7 @@ export class WorkerProcess {
   }
 
   /** What it is busy with, while busy. */
-  get work(): WorkKind | undefined {
+  get work(): WorkerActivity | undefined {
     return this.#state === "busy" ? this.#work : undefined;
   }
 
@@ -228,7 +225,7 @@ export class WorkerProcess {
   }
 
   /** An idle worker takes up work. */
-  startWork(kind: WorkKind): void {
+  startWork(kind: WorkerActivity): void {
     this.#state = "busy";
     this.#work = kind;
   }

@@ -183,6 +183,38 @@ Deno.test("deeply nested JSON is a parse error or an invalid request, never a cr
   for (const code of codes) assert.ok(code === -32700 || code === -32600, String(code));
 });
 
+Deno.test("a batch answer past the limit: its largest answers become -32005 until the line fits", async () => {
+  const server = new RpcServer({ big: () => "x".repeat(600), small: () => "fine" }, {
+    maxLineBytes: 4096,
+    maxAnswerBytes: 1024,
+  });
+  const lines: string[] = [];
+  const writer = new LineWriter(
+    new WritableStream({ write: (chunk) => void lines.push(new TextDecoder().decode(chunk)) }),
+  );
+  const batch = [["big", 1], ["small", 2], ["big", 3], ["big", 4]].map(([method, id]) => ({
+    jsonrpc: "2.0",
+    method,
+    id,
+  }));
+  await server.serve(
+    ReadableStream.from([new TextEncoder().encode(JSON.stringify(batch) + "\n")]),
+    writer,
+  );
+  await server.settled();
+  await writer.flushed();
+  const line = lines.join("").trim();
+  assert.ok(line.length <= 1024, String(line.length));
+  const answers = JSON.parse(line) as { id: number; result?: string; error?: { code: number } }[];
+  assert.deepEqual(answers.map((a) => a.id), [1, 2, 3, 4]);
+  assert.equal(answers.find((a) => a.id === 2)!.result, "fine");
+  const refused = answers.filter((a) => a.error?.code === -32005).length;
+  const kept = answers.filter((a) => a.result?.length === 600).length;
+  // 600 characters each: one fits beside the small one and the errors, not two.
+  assert.equal(refused + kept, 3);
+  assert.ok(refused >= 2, line);
+});
+
 Deno.test("an answer that cannot be written is an error for its id, and the server serves on", async () => {
   const server = new RpcServer({
     big: () => "é".repeat(600),

@@ -51,6 +51,9 @@ Deno.test("a session's state past the line limit is refused on the request that 
   assert.ok(data.bytes > LINE, String(data.bytes));
   assert.equal(data.max_answer_bytes, LINE);
   assert.equal(data.largest_fields[0].field, "session_bytes");
+  // The code ran; the answer is counted as refused, not as its run's status.
+  assert.equal((response.error!.data as { status: string }).status, "ok");
+  assert.equal((await sup.stats()).requests.answer_too_large, 1);
   // The same pool serves the next request.
   assert.equal((await sup.execute({ code: "6 * 7" })).result, "42");
 });

@@ -9,9 +9,9 @@ const ok = { status: "ok" } as ExecuteResult;
 Deno.test("a task settles once: the first answer counts, later ones are ignored", async () => {
   const requests = new Counter();
   const task = new Task({ code: "1" }, "k", undefined, 1000, requests);
-  assert.ok(task.settle({ result: ok }));
+  assert.ok(task.finish({ result: ok }));
   const cancelled = new RpcError(ErrorCode.Cancelled, "cancelled");
-  assert.equal(task.settle({ error: cancelled, outcome: "cancelled" }), false);
+  assert.equal(task.finish({ error: cancelled, outcome: "cancelled" }), false);
   assert.equal(await task.answer, ok);
   assert.deepEqual(requests.toJSON(), { ok: 1 });
 });
@@ -25,7 +25,7 @@ Deno.test("a task's queue deadline fires while it waits, never once it started o
   started.start();
   const settled = new Task({ code: "1" }, 3, undefined, 10, new Counter());
   settled.expireInQueue(() => fired.push("settled"));
-  settled.settle({ result: ok });
+  settled.finish({ result: ok });
   await new Promise((r) => setTimeout(r, 30));
   assert.deepEqual(fired, ["waiting"]);
 });

@@ -7,6 +7,7 @@
 """
 
 from .errors import (
+    AnswerTooLargeError,
     CancelledError,
     ConnectionClosedError,
     ErrorCode,
@@ -19,7 +20,6 @@ from .errors import (
     PoolError,
     RpcError,
     SessionNotFoundError,
-    AnswerTooLargeError,
     ShuttingDownError,
     WorkerDiedError,
     rpc_error_from,
@@ -28,6 +28,7 @@ from .client import OutputCallback, PoolClient, deno_command, project_root, supe
 from .results import ExecuteResult, Figure, OutputFile, PythonError
 
 __all__ = [
+    "AnswerTooLargeError",
     "CancelledError",
     "ConnectionClosedError",
     "ErrorCode",
@@ -46,7 +47,6 @@ __all__ = [
     "PythonError",
     "RpcError",
     "SessionNotFoundError",
-    "AnswerTooLargeError",
     "ShuttingDownError",
     "WorkerDiedError",
     "deno_command",
