@@ -8,7 +8,8 @@
  *
  *     deno task bench:peers                          # table on stdout, progress on stderr
  *     deno task bench:peers --only latency,mcp -n 50 --rounds 2
- *     deno task bench:peers --json
+ *     deno task bench:peers --json > report.json
+ *     deno task bench:peers --render report.json      # that report's table again
  *
  * Sections (`--only`, comma-separated; all by default):
  * - `latency`: sequential `x = 1`, N per round, after 20 warm-ups; mayflower on its own stdio
@@ -56,6 +57,8 @@ const { values: options } = parseArgs({
     "cold-runs": { type: "string", default: "3" },
     only: { type: "string", default: SECTIONS.join(",") },
     json: { type: "boolean", default: false },
+    /** Print the table of a report saved with --json, measuring nothing. */
+    render: { type: "string" },
   },
 });
 
@@ -786,22 +789,47 @@ async function startSection(memory: boolean) {
 // ---------------------------------------------------------------------------------------------
 // The run and the table.
 
-const started = new Date();
-const loadAtStart = loadavg();
-progress(`load average ${loadAtStart}; sections: ${[...only].join(", ")}`);
-const report: Record<string, unknown> = {
-  date: started.toISOString(),
-  machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
-  load_average_start: loadAtStart,
-  settings: { n: N, rounds: ROUNDS, warmup: WARMUP, burst: BURST, cold_runs: COLD_RUNS },
-  peers: peersDir ?? null,
-  notes,
-};
-const latency = runs("latency") ? await latencySection() : undefined;
-const mcp = runs("mcp") ? await mcpSection() : undefined;
-const throughput = runs("throughput") ? await throughputSection() : undefined;
-const starts = runs("cold") || runs("memory") ? await startSection(runs("memory")) : undefined;
-Object.assign(report, { latency, mcp, throughput, starts, load_average_end: loadavg() });
+interface Report {
+  date: string;
+  machine: { cores: number; deno: string };
+  load_average_start: string;
+  load_average_end?: string;
+  settings: { n: number; rounds: number; warmup: number; burst: number; cold_runs: number };
+  sections?: string[];
+  peers: string | null;
+  notes: string[];
+  latency?: Awaited<ReturnType<typeof latencySection>>;
+  mcp?: Awaited<ReturnType<typeof mcpSection>>;
+  throughput?: Awaited<ReturnType<typeof throughputSection>>;
+  starts?: Awaited<ReturnType<typeof startSection>>;
+  table?: unknown;
+}
+
+async function measure(): Promise<Report> {
+  const report: Report = {
+    date: new Date().toISOString(),
+    machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
+    load_average_start: loadavg(),
+    settings: { n: N, rounds: ROUNDS, warmup: WARMUP, burst: BURST, cold_runs: COLD_RUNS },
+    sections: SECTIONS.filter(runs),
+    peers: peersDir ?? null,
+    notes,
+  };
+  progress(`load average ${report.load_average_start}; sections: ${report.sections!.join(", ")}`);
+  if (runs("latency")) report.latency = await latencySection();
+  if (runs("mcp")) report.mcp = await mcpSection();
+  if (runs("throughput")) report.throughput = await throughputSection();
+  if (runs("cold") || runs("memory")) report.starts = await startSection(runs("memory"));
+  report.load_average_end = loadavg();
+  return report;
+}
+
+const report: Report = options.render
+  ? JSON.parse(Deno.readTextFileSync(options.render))
+  : await measure();
+const { latency, mcp, throughput, starts } = report;
+const settings = report.settings;
+const shows = (section: Section) => (report.sections ?? SECTIONS).includes(section);
 
 interface Row {
   figure: string;
@@ -857,7 +885,7 @@ if (throughput) {
     const on = throughput.systems[`pool-${iso}-recycling-on`];
     const off = throughput.systems[`pool-${iso}-recycling-off`];
     rows.push({
-      figure: `${BURST} at once, 2 workers, default settings, ${isoName[iso]} (req/s)`,
+      figure: `${settings.burst} at once, 2 workers, default settings, ${isoName[iso]} (req/s)`,
       pool: f(on.requests_per_second, 0),
       peer: peer ? `mayflower ${f(peer.requests_per_second, 0)}` : "skipped",
       ratio: peer ? on.requests_per_second / peer.requests_per_second : NaN,
@@ -881,7 +909,7 @@ if (throughput) {
 }
 if (starts) {
   const peer = starts.systems["mayflower"];
-  if (runs("cold")) {
+  if (shows("cold")) {
     for (const name of ["readme", "deno-task", "direct"]) {
       const pool = starts.systems[name];
       rows.push({
@@ -894,7 +922,7 @@ if (starts) {
       });
     }
   }
-  if (runs("memory")) {
+  if (shows("memory")) {
     const readme = starts.systems["readme"];
     rows.push({
       figure: "idle worker RSS, README start, largest of its workers (MB)",
@@ -959,18 +987,21 @@ if (options.json) {
   console.log(JSON.stringify(report, null, 2));
 } else {
   console.log(
-    `pyodide-pool vs peers, ${report.date}, ${navigator.hardwareConcurrency} cores, deno ${Deno.version.deno}`,
+    `pyodide-pool vs peers, ${report.date}, ${report.machine.cores} cores, deno ${report.machine.deno}`,
   );
-  console.log(`load average (1, 5, 15 min): start ${loadAtStart}, end ${report.load_average_end}`);
   console.log(
-    `N=${N} sequential calls per round, ${ROUNDS} rounds (systems in random order each round), ` +
-      `${WARMUP} warm-ups; burst ${BURST} per round; ${COLD_RUNS} starts each, median`,
+    `load average (1, 5, 15 min): start ${report.load_average_start}, end ${report.load_average_end}`,
   );
-  console.log(`peers: ${peersDir ?? "none"}`);
-  for (const note of notes) console.log(`note: ${note}`);
+  console.log(
+    `N=${settings.n} sequential calls per round, ${settings.rounds} rounds (systems in random ` +
+      `order each round), ${settings.warmup} warm-ups; burst ${settings.burst} per round; ` +
+      `${settings.cold_runs} starts each, median`,
+  );
+  console.log(`peers: ${report.peers ?? "none"}`);
+  for (const note of report.notes) console.log(`note: ${note}`);
   if (throughput) {
     console.log(
-      `note: throughput pools run with --max-queue ${BURST} (the default 100 would refuse most ` +
+      `note: throughput pools run with --max-queue ${settings.burst} (the default 100 would refuse most ` +
         `of a burst); every answer is checked`,
     );
   }
@@ -1002,7 +1033,7 @@ if (options.json) {
     }
   }
   if (throughput) {
-    details.push(`\nthroughput, ${BURST} at once (req/s): overall; by round`);
+    details.push(`\nthroughput, ${settings.burst} at once (req/s): overall; by round`);
     for (const s of Object.values(throughput.systems)) {
       const replaced = s.workers_replaced
         ? `; workers replaced: ${replacedText(s.workers_replaced)}`
@@ -1018,7 +1049,7 @@ if (options.json) {
     details.push(`\nstarts (ms to first result, each run in order of rounds)`);
     for (const s of Object.values(starts.systems)) {
       details.push(`  ${s.label}: ${s.first_result_runs_ms.map((v) => f(v, 0)).join(", ")}`);
-      if (!runs("memory")) continue;
+      if (!shows("memory")) continue;
       const last = s.runs?.at(-1);
       if (!last) continue;
       const list = (ps: ProcessMemory[] | undefined) =>
