@@ -186,6 +186,16 @@ const reset = await warm.pool.execute({
 if (reset.status !== "ok") throw new Error(`reset timing failed: ${JSON.stringify(reset.error)}`);
 const resetUs = Number(reset.result);
 await warm.pool.close();
+// The same burst with the default settings: workers recycle after their request limit.
+progress("pipelined throughput, default settings (recycling on)");
+const withDefaults = await startPool(["--pool-size", "2", "--log-level", "warning"]);
+const pipelinedDefaults = await throughput(
+  withDefaults.pool,
+  Number(options["throughput-requests"]),
+  32,
+);
+const recycled = (await withDefaults.pool.stats()).restarts.recycled ?? 0;
+await withDefaults.pool.close();
 progress("cold start without the snapshot");
 const plain = await startPool([
   "--pool-size",
@@ -297,6 +307,11 @@ const report = {
   machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
   warm_latency: latency,
   throughput: pipelined,
+  throughput_default_settings: {
+    ...pipelinedDefaults,
+    recycles: recycled,
+    lost_to_recycling: 1 - pipelinedDefaults.requests_per_second / pipelined.requests_per_second,
+  },
   cold_start: {
     pool_ready_ms: warm.readyMs,
     worker_startup_ms: warm.workerStartupMs,
@@ -332,7 +347,16 @@ if (options.json) {
       }`,
     ],
     ["  of which inside the worker, p50 (ms)", f(latency.in_worker_p50_ms, 3)],
-    ["throughput, 2 workers, 32 in flight (req/s)", f(pipelined.requests_per_second, 0)],
+    [
+      "throughput, 2 workers, 32 in flight, recycling off (req/s)",
+      f(pipelined.requests_per_second, 0),
+    ],
+    [
+      "  the same, default settings (recycling on): req/s, recycles, lost",
+      `${f(pipelinedDefaults.requests_per_second, 0)}, ${recycled}, ${
+        f(100 * (1 - pipelinedDefaults.requests_per_second / pipelined.requests_per_second), 0)
+      }%`,
+    ],
     ["pool ready, 2 workers in parallel (ms)", f(warm.readyMs, 0)],
     [
       "worker spawn to ready, snapshot, 2 at once (ms)",

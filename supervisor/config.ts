@@ -84,9 +84,12 @@ export const SETTINGS: readonly Setting[] = [
     flag: "worker-request-limit",
     env: "PYODIDE_WORKER_REQUEST_LIMIT",
     kind: "int",
-    default: 1000,
+    // A backstop: a worker whose heap, memory or function table grew, or that a request
+    // tainted, asks to be replaced itself; a replacement's boot costs about a second of a core.
+    default: 10_000,
     min: 1,
-    help: "requests a worker serves before it is recycled (jittered by up to 10%)",
+    help: "requests a worker serves before it is recycled (jittered by up to 10%; while " +
+      "requests wait, up to twice that)",
   },
   {
     key: "healthCheckInterval",
