@@ -39,6 +39,8 @@ export interface LifecycleContext {
 export class WorkerLifecycle {
   #workers = new Map<string, WorkerProcess>();
   #workerNumber = 0;
+  /** Workers past their request limit whose recycle waits for an empty queue. */
+  #pastLimit = new Set<WorkerProcess>();
   #startFailures = 0;
   #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #healthTimer: ReturnType<typeof setInterval> | undefined;
@@ -158,7 +160,18 @@ export class WorkerLifecycle {
     } else if (worker.served >= requestLimit) {
       const waiting = this.context.oldestQueuedAt() !== undefined;
       if (!waiting || worker.served >= 2 * requestLimit) this.#recycle(worker, "recycled");
+      else this.#pastLimit.add(worker);
     }
+  }
+
+  /** Nothing waits in the queue: the workers whose recycle waited for that are recycled now. */
+  queueEmpty(): void {
+    if (this.#pastLimit.size === 0) return;
+    for (const worker of this.#pastLimit) {
+      const alive = worker.state === "idle" || worker.state === "busy";
+      if (alive && !worker.retiring) this.#recycle(worker, "recycled");
+    }
+    this.#pastLimit.clear();
   }
 
   #spawn(replaces?: WorkerProcess): WorkerProcess {

@@ -100,6 +100,27 @@ Deno.test("while requests wait, a worker at its limit serves on, up to twice it,
   await closeAndCheck(sup);
 });
 
+Deno.test("a worker whose recycle waited for the queue is recycled once the queue is empty", async () => {
+  // One session a worker, so that what waits can only go to the other worker.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "2", "--worker-request-limit", "2", "--max-sessions-per-worker", "1"],
+  });
+  await sup.execute({ code: "1", session_id: "a" });
+  await sup.execute({ code: "1", session_id: "b" });
+  const sleep = (s: number) => `import time\ntime.sleep(${s})`;
+  const b2 = sup.execute({ code: sleep(0.6), session_id: "b" });
+  const a2 = sup.execute({ code: sleep(0.2), session_id: "a" });
+  const b3 = sup.execute({ code: "1", session_id: "b" });
+  // a's worker reaches its limit while b3 waits (for b's worker): its recycle waits, and it gets
+  // no other request. When b3 leaves the queue, both workers are past their limit.
+  for (const r of [a2, b2, b3]) assert.equal((await r).status, "ok");
+  await waitFor(
+    "both recycled",
+    async () => (await sup.stats()).restarts.recycled === 2 || undefined,
+  );
+  await closeAndCheck(sup);
+});
+
 Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],
