@@ -359,7 +359,7 @@ if (options.json) {
         f(100 * (1 - pipelinedDefaults.requests_per_second / pipelined.requests_per_second), 0)
       }%`,
     ],
-    ["pool ready, 2 workers in parallel (ms)", f(warm.readyMs, 0)],
+    ["pool ready, 2 workers, the first booting alone (ms)", f(warm.readyMs, 0)],
     [
       "worker spawn to ready, snapshot, 2 at once (ms)",
       warm.workerStartupMs.map((m) => f(m, 0)).join(", "),

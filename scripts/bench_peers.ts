@@ -94,7 +94,7 @@ const README_START = (() => {
   if (!line) throw new Error("README.md: no sh block under its Quick start");
   const [command, ...args] = line.trim().split(/\s+/);
   // A path is the project's (scripts/start), whatever this script's working directory.
-  return [command.includes("/") ? `${ROOT}/${command}` : command, ...args];
+  return [command.includes("/") ? join(ROOT, command) : command, ...args];
 })();
 /** The same through npx and `deno task`, as the README's quick start said before scripts/start. */
 const NPX_TASK_START = ["npx", "--yes", "deno@2.9.6", "task", "start"];

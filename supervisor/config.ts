@@ -84,12 +84,9 @@ export const SETTINGS: readonly Setting[] = [
     flag: "worker-request-limit",
     env: "PYODIDE_WORKER_REQUEST_LIMIT",
     kind: "int",
-    // A backstop: a worker whose heap, memory or function table grew, or that a request
-    // tainted, asks to be replaced itself; a replacement's boot costs about a second of a core.
-    default: 10_000,
+    default: 1000,
     min: 1,
-    help: "requests a worker serves before it is recycled (jittered by up to 10%; while " +
-      "requests wait, up to twice that)",
+    help: "requests a worker serves before it is recycled (jittered by up to 10%)",
   },
   {
     key: "healthCheckInterval",
@@ -498,7 +495,7 @@ export function helpText(): string {
   const lines = [
     "pyodide-pool: a pool of warm Pyodide interpreters behind JSON-RPC 2.0 on stdin/stdout.",
     "",
-    "Usage: deno task start [options]",
+    "Usage: scripts/start [options]   (or: deno task start [options])",
     "",
     "Options (flags override environment variables, which override the config file):",
     `  ${column("--config FILE")}JSONC config file with the keys below (env ${CONFIG_FILE_ENV})`,

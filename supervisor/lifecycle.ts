@@ -21,6 +21,11 @@ import { type ExitInfo, WorkerProcess } from "./worker_process.ts";
 
 const HEALTH_CODE = "print('HEALTH_OK')";
 const MAX_RESTART_DELAY_MS = 30_000;
+/**
+ * The longest the first worker boots alone (it takes 0.3-1 s): one that hangs must not hold back
+ * the others until --init-timeout.
+ */
+const FIRST_BOOT_HEAD_START_MS = 2000;
 /** How often the autoscaling policy looks at the pool, when it is on. */
 const SCALE_CHECK_MS = 100;
 
@@ -39,8 +44,6 @@ export interface LifecycleContext {
 export class WorkerLifecycle {
   #workers = new Map<string, WorkerProcess>();
   #workerNumber = 0;
-  /** Workers past their request limit whose recycle waits for an empty queue. */
-  #pastLimit = new Set<WorkerProcess>();
   #startFailures = 0;
   #restartTimers = new Set<ReturnType<typeof setTimeout>>();
   #healthTimer: ReturnType<typeof setInterval> | undefined;
@@ -85,11 +88,18 @@ export class WorkerLifecycle {
    */
   async start(started: number): Promise<void> {
     const { config } = this.context;
-    // The first worker boots alone, the others once it is ready (or failed): booting at once,
-    // they share the cores, and the first answer waits for the slowest boot's share of them.
+    // The first worker boots alone, the others once it is ready or failed, or after
+    // FIRST_BOOT_HEAD_START_MS if it is slow: booting at once, they share the cores, and the first
+    // answer waits for the slowest boot's share of them.
     const first = this.#spawn();
-    await first.ready.catch(() => {});
-    if (this.#closing) return;
+    let headStart: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      first.ready.catch(() => {}),
+      new Promise((resolve) => headStart = setTimeout(resolve, FIRST_BOOT_HEAD_START_MS)),
+    ]);
+    clearTimeout(headStart);
+    // A shutdown that began meanwhile wants no more workers.
+    if (this.#closing || this.#checksStopped) return;
     const workers = [
       first,
       ...Array.from({ length: Math.max(0, config.minWorkers - 1) }, () => this.#spawn()),
@@ -148,30 +158,14 @@ export class WorkerLifecycle {
 
   /**
    * A worker back to idle after a request: a retiring one leaves, one at its request limit is
-   * recycled. While requests wait, that waits, up to twice the limit: the replacement's boot
-   * takes a core from the workers serving them (recycling cost a burst 32% of its throughput),
-   * and the limit is only a backstop, since a worker whose heap, memory or function table grew
-   * asks to be replaced itself.
+   * recycled.
    */
   afterRequest(worker: WorkerProcess): void {
-    const { requestLimit } = worker.options;
     if (worker.retiring) {
       this.#retire(worker);
-    } else if (worker.served >= requestLimit) {
-      const waiting = this.context.oldestQueuedAt() !== undefined;
-      if (!waiting || worker.served >= 2 * requestLimit) this.#recycle(worker, "recycled");
-      else this.#pastLimit.add(worker);
+    } else if (worker.served >= worker.options.requestLimit) {
+      this.#recycle(worker, "recycled");
     }
-  }
-
-  /** Nothing waits in the queue: the workers whose recycle waited for that are recycled now. */
-  queueEmpty(): void {
-    if (this.#pastLimit.size === 0) return;
-    for (const worker of this.#pastLimit) {
-      const alive = worker.state === "idle" || worker.state === "busy";
-      if (alive && !worker.retiring) this.#recycle(worker, "recycled");
-    }
-    this.#pastLimit.clear();
   }
 
   #spawn(replaces?: WorkerProcess): WorkerProcess {

@@ -207,7 +207,7 @@ export class Pool {
 
   /** Hands queued work to free workers. */
   #pump(): void {
-    if (this.#queue.size === 0) return this.#workers.queueEmpty();
+    if (this.#queue.size === 0) return;
     let dispatched = false;
     for (const task of this.#queue) {
       const id = this.#workerFor(task);

@@ -10,7 +10,7 @@ function config(argv: string[], env: Record<string, string> = {}): Config {
 Deno.test("defaults match the design card", () => {
   const c = config([]);
   assert.equal(c.poolSize, 3);
-  assert.equal(c.workerRequestLimit, 10_000);
+  assert.equal(c.workerRequestLimit, 1000);
   assert.equal(c.healthCheckInterval, 30);
   assert.equal(c.execTimeout, 30);
   assert.equal(c.initTimeout, 90);
