@@ -253,27 +253,30 @@ export class WorkerFlagError extends Error {
   }
 }
 
-const valued = (name: string) => (value: unknown) => [`--${name}`, String(value)];
-
-/** An integer of at least `min`. */
-function integer(name: string, defaultValue: number, min: number): FlagSpec<number> {
+/** A flag written `--name value`; `read` checks the value (WorkerFlagError for a bad one). */
+function valued<V>(name: string, defaultValue: V, read: (raw: string) => V): FlagSpec<V> {
   return {
     name,
     default: defaultValue,
     type: "string",
-    write: valued(name),
-    read: (raw) => {
-      const value = typeof raw === "string" && raw.trim() !== "" ? Number(raw) : NaN;
-      if (!Number.isInteger(value) || value < min) {
-        throw new WorkerFlagError(`--${name}: ${JSON.stringify(raw)} is not an integer >= ${min}`);
-      }
-      return value;
-    },
+    write: (value) => [`--${name}`, String(value)],
+    read: (raw) => read(String(raw)),
   };
 }
 
+/** An integer of at least `min`. */
+function integer(name: string, defaultValue: number, min: number): FlagSpec<number> {
+  return valued(name, defaultValue, (raw) => {
+    const value = raw.trim() !== "" ? Number(raw) : NaN;
+    if (!Number.isInteger(value) || value < min) {
+      throw new WorkerFlagError(`--${name}: ${JSON.stringify(raw)} is not an integer >= ${min}`);
+    }
+    return value;
+  });
+}
+
 function text(name: string, defaultValue: string): FlagSpec<string> {
-  return { name, default: defaultValue, type: "string", write: valued(name), read: String };
+  return valued(name, defaultValue, String);
 }
 
 function optionalText(name: string): FlagSpec<string | undefined> {
@@ -302,21 +305,15 @@ function choice<V extends string>(
   choices: readonly V[],
   defaultValue: V,
 ): FlagSpec<V> {
-  return {
-    name,
-    default: defaultValue,
-    type: "string",
-    write: valued(name),
-    read: (raw) => {
-      const value = choices.find((c) => c === raw);
-      if (value === undefined) {
-        throw new WorkerFlagError(
-          `--${name}: ${JSON.stringify(raw)} is not one of ${choices.join(", ")}`,
-        );
-      }
-      return value;
-    },
-  };
+  return valued(name, defaultValue, (raw) => {
+    const value = choices.find((c) => c === raw);
+    if (value === undefined) {
+      throw new WorkerFlagError(
+        `--${name}: ${JSON.stringify(raw)} is not one of ${choices.join(", ")}`,
+      );
+    }
+    return value;
+  });
 }
 
 type FlagSpecs<T> = { readonly [K in keyof T]: FlagSpec<T[K]> };
