@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { Supervisor } from "../tests/helpers/supervisor_process.ts";
 import { Int32Histogram } from "../supervisor/stats.ts";
 import { encodeBase64 } from "../tests/helpers/base64.ts";
+import { procStatus, statusBytes } from "../tests/helpers/processes.ts";
 import { crashCosts } from "./bench_crash.ts";
 import { compareModes, sessionsBySize } from "./bench_isolation.ts";
 import { memoryPeaks } from "./bench_memory.ts";
@@ -91,12 +92,7 @@ async function throughput(pool: Supervisor, count: number, window: number) {
  * executable and libraries, which every process on the machine shares.
  */
 function privateMb(pid: number): number {
-  // Deno reads another process's /proc entries only with --allow-all; `cat` needs no more
-  // than the --allow-run this script has anyway.
-  const { stdout } = new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).outputSync();
-  const status = new TextDecoder().decode(stdout);
-  const kb = Number(/^RssAnon:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
-  return kb / 1024;
+  return statusBytes(procStatus(pid), "RssAnon") / (1 << 20);
 }
 
 /** Median seconds of `runs` calls of `once`. */

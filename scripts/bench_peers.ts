@@ -42,6 +42,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { supervisorCommand } from "../clients/typescript/client.ts";
 import type { HealthReport, StatsReport } from "../lib/protocol.ts";
+import { procStatus, statusBytes } from "../tests/helpers/processes.ts";
 
 const SECTIONS = ["latency", "mcp", "throughput", "cold", "memory"] as const;
 type Section = typeof SECTIONS[number];
@@ -458,18 +459,14 @@ interface ProcessMemory {
   command: string;
 }
 
-/**
- * VmRSS and name of a process, from /proc/<pid>/status. Deno reads another process's /proc
- * entries only with --allow-all; `cat` needs only --allow-run.
- */
+/** VmRSS, name and command line of a process, from /proc (through `cat`, as procStatus says). */
 function processMemory(pid: number): ProcessMemory {
-  const { stdout } = new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).outputSync();
-  const status = new TextDecoder().decode(stdout);
+  const status = procStatus(pid);
   const cmdline = new Deno.Command("cat", { args: [`/proc/${pid}/cmdline`] }).outputSync();
   return {
     pid,
     name: /^Name:\s+(.*)$/m.exec(status)?.[1] ?? "?",
-    rss_mb: Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN) / 1024,
+    rss_mb: statusBytes(status, "VmRSS") / (1 << 20),
     command: new TextDecoder().decode(cmdline.stdout).replaceAll("\0", " ").trim().slice(0, 160),
   };
 }

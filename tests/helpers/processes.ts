@@ -47,12 +47,24 @@ export async function waitUntil(
 }
 
 /**
- * The most resident memory the process `pid` has had (its `VmHWM`), in bytes. Read through
- * `cat`: Deno lets a program read another process's /proc files only with --allow-all.
+ * The text of `/proc/<pid>/status`, read through `cat`: Deno lets a program read another
+ * process's /proc files only with --allow-all.
  */
+export function procStatus(pid: number): string {
+  const { stdout } = new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).outputSync();
+  return new TextDecoder().decode(stdout);
+}
+
+/** A memory field of a `/proc/<pid>/status` text (VmRSS, VmHWM, RssAnon), in bytes; NaN if none. */
+export function statusBytes(status: string, field: string): number {
+  const kib = new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(status);
+  return kib ? Number(kib[1]) * 1024 : NaN;
+}
+
+/** The most resident memory the process `pid` has had (its `VmHWM`), in bytes. */
+// deno-lint-ignore require-await -- a promise, as before: a sampler chains `.catch` on it
 export async function peakRssBytes(pid: number): Promise<number> {
-  const { stdout } = await new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).output();
-  const kib = new TextDecoder().decode(stdout).match(/^VmHWM:\s+(\d+) kB$/m);
-  if (!kib) throw new Error(`no VmHWM for process ${pid}`);
-  return Number(kib[1]) * 1024;
+  const bytes = statusBytes(procStatus(pid), "VmHWM");
+  if (Number.isNaN(bytes)) throw new Error(`no VmHWM for process ${pid}`);
+  return bytes;
 }
