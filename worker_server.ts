@@ -245,6 +245,9 @@ const server = new RpcServer({
   drop_session: async (params): Promise<WorkerResult<"drop_session">> => ({
     dropped: JSON.parse(await python.call("drop_session", sessionIdOf(params))),
   }),
+  renew: async (): Promise<WorkerResult<"renew">> => ({
+    restore_ms: Number(await python.call("renew")),
+  }),
   export_sessions: async (): Promise<WorkerResult<"export_sessions">> => ({
     sessions: JSON.parse(await python.call("export_sessions")),
   }),

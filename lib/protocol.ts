@@ -331,7 +331,7 @@ export type Isolation = typeof ISOLATIONS[number];
 export const ISOLATIONS = ["request", "tenant", "none"] as const;
 
 /** What a busy worker is busy with: a request, or the pool's own work on it. */
-export type WorkerActivity = "request" | "preload" | "health_check" | "leaving";
+export type WorkerActivity = "request" | "preload" | "health_check" | "renewing" | "leaving";
 
 /** One worker in the `health` report. */
 export interface WorkerHealth {
@@ -344,8 +344,13 @@ export interface WorkerHealth {
   retiring: boolean;
   /** Requests it completed (health checks not counted). */
   served: number;
-  /** Requests after which it is recycled (the configured limit, jittered). */
+  /**
+   * Requests after which its interpreter is renewed, or the worker recycled (the configured
+   * limit, jittered).
+   */
   request_limit: number;
+  /** Times its interpreter was put back to its memory image at the request limit. */
+  renewals: number;
   uptime_ms: number;
   /** From spawn to ready; null until it is ready. */
   startup_ms: number | null;
@@ -424,7 +429,7 @@ export interface StatsReport {
   /** The run, as the supervisor sees it. */
   run: LatencySummary;
   isolation: Isolation;
-  /** Resets after requests, by kind. */
+  /** Resets by kind: `image` and `python` after requests, `renewal` at a request limit. */
   resets: Record<string, number>;
   /** Interpreters put back in place after they crashed or exited, by how they ended. */
   recoveries: Record<string, number>;

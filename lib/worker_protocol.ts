@@ -45,6 +45,11 @@ export type WorkerMethods = {
   /** Exits once the answer is written. */
   shutdown: { params: Record<string, never>; result: { worker_id: string; stopping: true } };
   drop_session: { params: { session_id: string }; result: { dropped: boolean } };
+  /**
+   * Puts the interpreter back to its memory image at the request limit, keeping the sessions
+   * (`restore_ms`: what it took). A worker of `--isolation none` has no image: an RpcError.
+   */
+  renew: { params: Record<string, never>; result: { restore_ms: number } };
   export_sessions: {
     params: Record<string, never>;
     result: { sessions: Record<string, ExportedSession> };

@@ -86,7 +86,8 @@ export const SETTINGS: readonly Setting[] = [
     kind: "int",
     default: 1000,
     min: 1,
-    help: "requests a worker serves before it is recycled (jittered by up to 10%)",
+    help: "requests after which a worker's interpreter is renewed from its memory image, or " +
+      "with --isolation none and at every tenth limit the worker recycled (jittered by up to 10%)",
   },
   {
     key: "healthCheckInterval",

@@ -17,7 +17,7 @@ import type { SessionRegistry } from "./sessions.ts";
 import type { PoolStats } from "./stats.ts";
 import { internalMaxLineBytes } from "../lib/worker_protocol.ts";
 import type { WorkerCommand } from "./worker_command.ts";
-import { type ExitInfo, WorkerProcess } from "./worker_process.ts";
+import { type ExitInfo, WorkerDeadlineError, WorkerProcess } from "./worker_process.ts";
 
 const HEALTH_CODE = "print('HEALTH_OK')";
 const MAX_RESTART_DELAY_MS = 30_000;
@@ -26,6 +26,13 @@ const MAX_RESTART_DELAY_MS = 30_000;
  * the others until --init-timeout.
  */
 const FIRST_BOOT_HEAD_START_MS = 2000;
+/**
+ * Request limits a worker's process serves, renewing its interpreter at each, before it is
+ * replaced at the next. The memory image renews the interpreter (its Wasm memory, tables and
+ * files), not what the process holds outside it (the JavaScript heaps of its two threads); a
+ * worker whose memory or tables grew asks for its replacement itself, whatever the count.
+ */
+const RENEWALS_PER_PROCESS = 9;
 /** How often the autoscaling policy looks at the pool, when it is on. */
 const SCALE_CHECK_MS = 100;
 
@@ -158,14 +165,52 @@ export class WorkerLifecycle {
 
   /**
    * A worker back to idle after a request: a retiring one leaves, one at its request limit is
-   * recycled.
+   * renewed or recycled.
    */
   afterRequest(worker: WorkerProcess): void {
     if (worker.retiring) {
       this.#retire(worker);
-    } else if (worker.served >= worker.options.requestLimit) {
-      this.#recycle(worker, "recycled");
+    } else if (worker.servedSinceRenewal >= worker.options.requestLimit) {
+      this.#renewOrRecycle(worker);
     }
+  }
+
+  /**
+   * A worker at its request limit. With a memory image its interpreter is put back to it in
+   * place (milliseconds, against a replacement's boot of about a second of one core, taken from
+   * the workers serving); without one (`--isolation none`), and after RENEWALS_PER_PROCESS
+   * renewals, the worker is recycled.
+   */
+  #renewOrRecycle(worker: WorkerProcess): void {
+    const { config, stats } = this.context;
+    if (
+      !config.usePool || config.isolation === "none" || worker.renewals >= RENEWALS_PER_PROCESS
+    ) {
+      return this.#recycle(worker, "recycled");
+    }
+    // A replacement is on its way already (the worker asked for it).
+    if (worker.recycling) return;
+    worker.startWork("renewing");
+    const timeoutMs = config.healthCheckTimeout * 1000;
+    worker.call("renew", {}, timeoutMs)
+      .then(({ restore_ms }) => {
+        worker.countRenewal();
+        stats.resets.add("renewal");
+        stats.reset.recordMs(restore_ms);
+      })
+      .catch((error) => {
+        if (worker.exitInfo) return; // Its exit brings a replacement.
+        this.#log.warn("worker {id} could not renew its interpreter: {error}", {
+          id: worker.id,
+          error: String(error),
+        });
+        if (error instanceof WorkerDeadlineError) worker.kill("unresponsive", error.message);
+        else this.#recycle(worker, "recycled");
+      })
+      .finally(() => {
+        this.#workDone(worker);
+        this.context.dispatch();
+      });
   }
 
   #spawn(replaces?: WorkerProcess): WorkerProcess {

@@ -52,7 +52,8 @@ export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promis
   const scaling = counter("scaling_steps_total", "Autoscaling steps, up or down.", "direction");
   const resets = counter(
     "resets_total",
-    "Interpreter resets by kind: image (the memory image put back) or python (Python-level).",
+    "Interpreter resets by kind: image (the memory image put back) or python (Python-level) " +
+      "between requests, renewal (the image put back at a worker's request limit).",
     "kind",
   );
   const recoveries = counter(

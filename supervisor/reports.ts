@@ -37,6 +37,7 @@ export function healthReport(pool: PoolView): HealthReport {
     retiring: w.retiring,
     served: w.served,
     request_limit: w.options.requestLimit,
+    renewals: w.renewals,
     uptime_ms: Math.round(performance.now() - w.spawnedAt),
     startup_ms: w.startupMs === undefined ? null : Math.round(w.startupMs),
     // As the worker last reported them (when ready, and after each request).

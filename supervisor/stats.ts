@@ -78,7 +78,10 @@ export class PoolStats {
   readonly wait = new LatencyHistogram();
   /** Time the worker took, as the supervisor sees it. */
   readonly run = new LatencyHistogram();
-  /** Resets after requests, by kind: `image` (the memory image put back) or `python`. */
+  /**
+   * Resets by kind: after requests, `image` (the memory image put back) or `python`; at a
+   * worker's request limit, `renewal`.
+   */
   readonly resets = new Counter();
   /** Interpreters put back in place after they crashed or exited, by how they ended. */
   readonly recoveries = new Counter();

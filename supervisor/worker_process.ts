@@ -63,7 +63,7 @@ export class WorkerDeadlineError extends Error {
 export interface WorkerProcessOptions {
   initTimeoutMs: number;
   maxLineBytes: number;
-  /** Requests after which this worker is recycled. */
+  /** Requests after which this worker's interpreter is renewed, or the worker recycled. */
   requestLimit: number;
 }
 
@@ -93,6 +93,9 @@ export class WorkerProcess {
   #state: WorkerState = "starting";
   #work: WorkerActivity | undefined;
   #served = 0;
+  /** `#served` when the interpreter was last renewed. */
+  #servedAtRenewal = 0;
+  #renewals = 0;
   #lastUsedAt = 0;
   #retiring = false;
   #recycling = false;
@@ -207,6 +210,22 @@ export class WorkerProcess {
   /** Requests completed (health checks not counted). */
   get served(): number {
     return this.#served;
+  }
+
+  /** Requests completed since its interpreter started or was last renewed. */
+  get servedSinceRenewal(): number {
+    return this.#served - this.#servedAtRenewal;
+  }
+
+  /** Times its interpreter was renewed in place (`renew`). */
+  get renewals(): number {
+    return this.#renewals;
+  }
+
+  /** Its interpreter was renewed: the request limit counts again from here. */
+  countRenewal(): void {
+    this.#renewals++;
+    this.#servedAtRenewal = this.#served;
   }
 
   /** No new work: it leaves once idle. */

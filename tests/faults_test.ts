@@ -63,8 +63,10 @@ Deno.test("a worker killed mid-request fails only that request; the pool heals",
   await closeAndCheck(sup);
 });
 
-Deno.test("workers are recycled after their request limit, replacement first", async () => {
-  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--worker-request-limit", "3"] });
+Deno.test("without the image, workers are recycled after their request limit, replacement first", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "3", "--isolation", "none"],
+  });
   for (let i = 0; i < 3; i++) assert.equal((await sup.execute({ code: `${i}` })).worker_id, "w1");
   // The replacement started with the third request; w1 serves until it is ready, then leaves.
   const health = await waitFor("the replacement", async () => {
@@ -77,6 +79,56 @@ Deno.test("workers are recycled after their request limit, replacement first", a
   assert.equal((await sup.execute({ code: "'fresh'" })).worker_id, "w2");
   const stats = await sup.stats();
   assert.ok(stats.restarts.recycled >= 1);
+  await closeAndCheck(sup);
+});
+
+Deno.test("with the image, the request limit renews the interpreter in place; the 10th replaces the process", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "3", "--isolation", "tenant"],
+  });
+  const [pid] = await sup.workerPids();
+  // A class changed stays for the tenant's next request (the Python-level reset keeps it).
+  const marked = "import json\nhasattr(json.JSONDecoder, 'marker')";
+  await sup.execute({ code: "import json\njson.JSONDecoder.marker = 1", tenant: "a" });
+  assert.equal((await sup.execute({ code: marked, tenant: "a" })).result, "True");
+  // The third request reaches the limit: the interpreter is put back to its image.
+  await sup.execute({ code: "1", tenant: "a" });
+  const renewed = await waitFor("the renewal", async () => {
+    const [worker] = (await sup.health()).workers;
+    return worker.renewals === 1 && worker.state === "idle" ? worker : undefined;
+  });
+  assert.equal(renewed.pid, pid, "the same process");
+  assert.equal(renewed.served, 3);
+  assert.equal((await sup.execute({ code: marked, tenant: "a" })).result, "False");
+  // A session live at the limit (request 6) is parked and kept.
+  await sup.execute({ code: "y = 5", tenant: "a", session_id: "s" });
+  await sup.execute({ code: "y += 1", tenant: "a", session_id: "s" });
+  await waitFor("the second renewal", async () => {
+    const [worker] = (await sup.health()).workers;
+    return worker.renewals === 2 && worker.state === "idle" ? true : undefined;
+  });
+  assert.equal((await sup.execute({ code: "y", tenant: "a", session_id: "s" })).result, "6");
+  assert.equal((await sup.stats()).resets.renewal, 2);
+
+  // Renewals 3 to 9 at requests 9 to 27; the limit at request 30 recycles the process, and
+  // the session moves to its successor.
+  for (let served = 7; served < 30; served++) {
+    await sup.execute({ code: "1", tenant: "a" });
+    await waitFor("idle", async () => (await sup.health()).workers.some((w) => w.state === "idle"));
+  }
+  const successor = await waitFor("the replacement", async () => {
+    const h = await sup.health();
+    return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1
+      ? h.workers[0]
+      : undefined;
+  });
+  assert.notEqual(successor.pid, pid);
+  assert.equal(successor.renewals, 0);
+  const stats = await sup.stats();
+  assert.equal(stats.resets.renewal, 9);
+  assert.equal(stats.restarts.recycled, 1);
+  const moved = await sup.execute({ code: "y", tenant: "a", session_id: "s" });
+  assert.deepEqual([moved.worker_id, moved.result], ["w2", "6"]);
   await closeAndCheck(sup);
 });
 
@@ -234,9 +286,10 @@ Deno.test("a misbehaving worker fails only its request: garbage, oversized, exit
 });
 
 Deno.test("chaos: 2,000 requests while a random worker is SIGKILLed every 50, with recycling", async () => {
-  // A low request limit makes workers recycle while others are being killed.
+  // A low request limit makes workers renew (every 5 requests) and recycle (every 50) while
+  // others are being killed.
   const sup = await Supervisor.start({
-    args: ["--pool-size", "3", "--max-queue", "5000", "--worker-request-limit", "20"],
+    args: ["--pool-size", "3", "--max-queue", "5000", "--worker-request-limit", "5"],
   });
   const { summary } = await runChaos(sup, { requests: 2000, killEvery: 50, inFlight: 16 });
   assert.equal(summary.lost, 0);
@@ -246,6 +299,7 @@ Deno.test("chaos: 2,000 requests while a random worker is SIGKILLed every 50, wi
   assert.ok(summary.kills > 0);
   const stats = await sup.stats();
   assert.ok(stats.restarts.recycled > 0, JSON.stringify(stats.restarts));
+  assert.ok(stats.resets.renewal > 0, JSON.stringify(stats.resets));
   await closeAndCheck(sup);
 });
 

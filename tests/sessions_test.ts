@@ -33,8 +33,13 @@ async function moveSession(isolation: string): Promise<{ sup: Supervisor; moved:
   });
   assert.equal(first.worker_id, "w1");
   await sup.execute({ code: "total += 1", session_id: "moving" });
-  // The third request reaches the limit: w2 starts, and w1 hands its sessions over.
+  // The third request reaches the limit. Without the image, w2 starts and w1 hands its sessions
+  // over; with it, the interpreter is renewed in place 9 times first (faults_test.ts), then the
+  // limit at the 30th request recycles w1.
   await sup.execute({ code: "total += 1", session_id: "moving" });
+  for (let served = 3; isolation !== "none" && served < 30; served++) {
+    await sup.execute({ code: "1" });
+  }
   await waitUntil("w2 alone", async () => {
     const h = await sup.health();
     return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1;
@@ -80,9 +85,19 @@ Deno.test("sessions move to the replacement of a recycled worker, expire, and ar
 });
 
 Deno.test("a worker replaced while its health check runs still leaves, and its session moves", async () => {
-  // Health checks back to back: the successor is nearly always ready while one runs.
+  // Health checks back to back: the successor is nearly always ready while one runs. Without
+  // the image, so that the limit recycles the worker rather than renew it.
   const sup = await Supervisor.start({
-    args: ["--pool-size", "1", "--worker-request-limit", "1", "--health-check-interval", "0.002"],
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-request-limit",
+      "1",
+      "--health-check-interval",
+      "0.002",
+      "--isolation",
+      "none",
+    ],
   });
   try {
     const first = await sup.execute({ code: "kept = 7", session_id: "checked" });

@@ -93,11 +93,14 @@ export interface RunMessage {
   stream: boolean;
 }
 
-/** Calls one of the runtime's string-to-string functions (sessions). */
+/**
+ * Calls one of the runtime's string-to-string functions (sessions), or renews the interpreter
+ * from its memory image (`renew`, which returns the milliseconds it took).
+ */
 export interface CallMessage {
   type: "call";
   seq: number;
-  fn: "drop_session" | "export_sessions" | "import_sessions";
+  fn: "drop_session" | "export_sessions" | "import_sessions" | "renew";
   arg?: string;
 }
 

@@ -129,10 +129,22 @@ export class RequestRunner {
     await this.#afterWork(message.seq, entered, early);
   }
 
-  /** Calls a session function between runs, and posts what it returned. */
+  /** Calls a session function, or renews the interpreter, between runs; posts what it returned. */
   async call({ seq, fn, arg }: CallMessage): Promise<void> {
     const { send, tenancy, crashes } = this.#parts;
     if (this.#broken || !this.#recoveredBetweenRuns()) return;
+    if (fn === "renew") {
+      // Without the memory image there is nothing to renew from: the supervisor replaces the
+      // process of a worker of `--isolation none` instead.
+      if (tenancy.mode === "none") {
+        send({ type: "returned", seq, value: "", error: "no memory image (--isolation none)" });
+        return;
+      }
+      const started = performance.now();
+      tenancy.renew();
+      send({ type: "returned", seq, value: String(performance.now() - started) });
+      return;
+    }
     // With the memory image, a session is its image, not a namespace to pickle.
     if (tenancy.mode !== "none") {
       const value = fn === "drop_session"

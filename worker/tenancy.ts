@@ -161,12 +161,8 @@ export class Tenancy {
     // Out of the parked set first: parking the live session must not evict it.
     const parked = sessionId === undefined ? undefined : this.#parked.get(sessionId);
     if (parked) this.#parked.delete(sessionId!);
-    if (live.sessionId !== undefined && !this.#pristine) {
-      const started = performance.now();
-      this.#parked.set(live.sessionId, { image: live.base.diff(), usedAt: performance.now() });
-      report.parkMs = performance.now() - started;
-      this.enforceLimit();
-    }
+    report.parkMs = this.#parkLive();
+    if (report.parkMs !== undefined) this.enforceLimit();
     if (parked) {
       const started = performance.now();
       parked.image.base.restore();
@@ -223,6 +219,17 @@ export class Tenancy {
   }
 
   /**
+   * Renews the interpreter at the worker's request limit: the base image put back, the
+   * interpreter a new worker process would start with. Sessions are kept (the live one parked
+   * first), as a process replacement would have moved them; a tenant's live state is dropped, as
+   * it would have been.
+   */
+  renew(): void {
+    if (this.#parkLive() !== undefined) this.enforceLimit();
+    this.#backToBase();
+  }
+
+  /**
    * The interpreter crashed, its memory in whatever state the crash left: puts the base back.
    * The session whose state was live is lost with `reason`; parked ones are intact.
    */
@@ -256,12 +263,8 @@ export class Tenancy {
    * files cannot move (those live outside the memory), and says so.
    */
   async exportSessions(maxBytes: number): Promise<Record<string, ExportedSession>> {
-    const live = this.#live;
-    if (live?.sessionId !== undefined && !this.#pristine) {
-      this.#parked.set(live.sessionId, { image: live.base.diff(), usedAt: performance.now() });
-      this.#restoreBase();
-      this.#live = { key: undefined, base: this.#base! };
-    }
+    this.#parkLive();
+    this.#backToBase();
     const exported: Record<string, ExportedSession> = {};
     let room = maxBytes;
     for (const [id, { image }] of this.#parked) {
@@ -396,6 +399,24 @@ export class Tenancy {
   /** Whether the interpreter's tables grew past what the worker should keep. */
   get overgrown(): boolean {
     return this.#base?.overgrown ?? false;
+  }
+
+  /**
+   * Parks the live session, if memory holds one's state (the caller then enforces the bound);
+   * returns the time it took.
+   */
+  #parkLive(): number | undefined {
+    const live = this.#live!;
+    if (live.sessionId === undefined || this.#pristine) return undefined;
+    const started = performance.now();
+    this.#parked.set(live.sessionId, { image: live.base.diff(), usedAt: performance.now() });
+    return performance.now() - started;
+  }
+
+  /** Memory back to the base image, held by no one. */
+  #backToBase(): void {
+    if (!this.#pristine || this.#live!.base !== this.#base) this.#restoreBase();
+    this.#live = { key: undefined, base: this.#base! };
   }
 
   #restoreBase(): void {
