@@ -260,6 +260,11 @@ export class Pool {
     const remainingMs = Math.max(1, Math.round(task.timeoutMs - (started - task.arrivedAt)));
     const deadlineMs = remainingMs + this.config.timeoutGrace * 1000;
     const { params } = task;
+    // Pinned as it starts, not once it ends: a request of the same session that comes
+    // meanwhile must wait for this worker, not start a namespace of its own on another.
+    if (params.session_id !== undefined) {
+      this.sessions.touch(params.session_id, worker.id, params.tenant);
+    }
     try {
       const packages = [...new Set([...this.packages.loaded, ...(params.packages ?? [])])];
       const result = await worker.call(
