@@ -7,6 +7,11 @@
  */
 
 import assert from "node:assert/strict";
+// The SDK's export map gives "*.js" imports no types in Deno; the hints name ones that resolve.
+// @ts-types="@modelcontextprotocol/sdk/client/index"
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+// @ts-types="@modelcontextprotocol/sdk/client/stdio"
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import type { ExecuteResult } from "../lib/protocol.ts";
 import {
   acceptedClientIds,
@@ -257,4 +262,256 @@ Deno.test("nats: --gateway without --nats stops the start with exit code 2 and s
     /invalid gateway: it needs a NATS server \(--nats URL or PYODIDE_NATS_URL\)/,
   );
   assert.equal(output.stdout.length, 0);
+});
+
+/** The lines `supervisor` wrote for request `id`: its output notifications and its answer. */
+function linesFor(supervisor: Supervisor, id: string): Record<string, unknown>[] {
+  return supervisor.received.filter((line): line is Record<string, unknown> => {
+    if (typeof line !== "object" || line === null) return false;
+    const message = line as { id?: unknown; method?: unknown; params?: { id?: unknown } };
+    return message.id === id || (message.method === "output" && message.params?.id === id);
+  });
+}
+
+Deno.test("nats: through the gateway, streamed output comes in order and before the answer, and cancel reaches the instance", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1, args: ["--max-queue", "4"] });
+  try {
+    const instanceId = await instanceIdOf(instance);
+    const streamed = await gateway.request("execute", {
+      code: "import sys, time\nfor i in range(6):\n" +
+        "    print(i, flush=True)\n    print(f'e{i}', file=sys.stderr, flush=True)\n" +
+        "    time.sleep(0.02)\n'done'",
+      stream: true,
+    }, "s1");
+    assert.equal((streamed.result as ExecuteResult).result, "'done'");
+    const lines = linesFor(gateway, "s1");
+    const answerAt = lines.findIndex((line) => line.id === "s1");
+    assert.equal(answerAt, lines.length - 1, "the answer comes last");
+    const outputs = lines.slice(0, answerAt).map((line) =>
+      line.params as { stream: string; text: string }
+    );
+    const text = (stream: string) =>
+      outputs.filter((o) => o.stream === stream).map((o) => o.text).join("");
+    assert.equal(text("stdout"), "0\n1\n2\n3\n4\n5\n");
+    assert.equal(text("stderr"), "e0\ne1\ne2\ne3\ne4\ne5\n");
+
+    // A running request: the cancel goes to the instance, which interrupts Python.
+    const running = gateway.request("execute", { code: "import time\ntime.sleep(30)" }, "c1");
+    await waitUntil("c1 running", async () => {
+      return (await gateway.health()).instances?.[0].in_flight === 1;
+    });
+    // A request queued in the gateway behind it: cancelled there, it never reaches an instance.
+    const queued = gateway.request("execute", { code: "'never'" }, "c2");
+    await waitUntil(
+      "c2 queued in the gateway",
+      async () => (await gateway.stats()).gateway?.queue_depth === 1,
+    );
+    await gateway.cancel("c2");
+    await gateway.cancel("c1");
+    const [first, second] = await Promise.all([running, queued]);
+    assert.equal(first.error?.code, -32003, JSON.stringify(first));
+    assert.equal(first.error?.data?.instance_id, instanceId);
+    assert.equal(first.error?.data?.stopped_by, "interrupt");
+    assert.equal(second.error?.code, -32003, JSON.stringify(second));
+    assert.match(second.error!.message, /before it ran/);
+    assert.deepEqual(acceptedClientIds(instance), ["s1", "c1"]);
+  } finally {
+    await gateway.close();
+    await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: sessions stay on their instance; one whose instance died gets -32004", async () => {
+  await using server = await NatsServer.start();
+  const instances = [await startInstance(server), await startInstance(server)];
+  const gateway = await startGateway(server, { workers: 2 });
+  try {
+    const ids = await Promise.all(instances.map(instanceIdOf));
+    // Two sessions, interleaved, with requests sent before the first of each is answered.
+    const runs = await Promise.all([
+      gateway.execute({ code: "import time\ntime.sleep(0.2)\nn = 1", session_id: "a" }),
+      gateway.execute({ code: "n += 1\nn", session_id: "a" }),
+      gateway.execute({ code: "m = 10", session_id: "b", tenant: "t" }),
+      gateway.execute({ code: "m += 1\nm", session_id: "b", tenant: "t" }),
+    ]);
+    assert.equal(runs[1].result, "2", JSON.stringify(runs[1].error));
+    assert.equal(runs[3].result, "11", JSON.stringify(runs[3].error));
+    const home = runs[0].instance_id!;
+    assert.equal(runs[1].instance_id, home);
+    assert.equal(runs[2].instance_id, runs[3].instance_id);
+    for (let i = 0; i < 4; i++) {
+      const again = await gateway.execute({ code: "n += 1\nn", session_id: "a" });
+      assert.equal(again.instance_id, home);
+      assert.equal(again.result, String(3 + i));
+    }
+    // Another tenant may not use a session; the gateway refuses it before any instance sees it.
+    const stranger = await gateway.request("execute", { code: "m", session_id: "b" });
+    assert.equal(stranger.error?.code, -32602, JSON.stringify(stranger));
+    const health = await gateway.health();
+    const sessionsOf = (id: string) =>
+      health.workers.filter((w) => w.instance_id === id).flatMap((w) => w.sessions);
+    assert.ok(sessionsOf(home).includes("a"), JSON.stringify(health.workers));
+
+    // The instance holding "a" dies: its next request is told, once; then "a" is a new session.
+    const victim = instances[ids.indexOf(home)];
+    victim.process.kill("SIGKILL");
+    await victim.process.status;
+    await waitUntil("the gateway to see the loss", async () => {
+      const now = await gateway.health();
+      return !now.instances?.some((i) => i.instance_id === home);
+    });
+    const lost = await gateway.request("execute", { code: "n", session_id: "a" });
+    assert.equal(lost.error?.code, -32004, JSON.stringify(lost));
+    assert.equal(lost.error?.data?.session_id, "a");
+    assert.match(lost.error!.message, new RegExp(`instance ${home}`));
+    const fresh = await gateway.execute({ code: "'n' in globals()", session_id: "a" });
+    assert.equal(fresh.result, "False");
+    assert.notEqual(fresh.instance_id, home);
+  } finally {
+    await gateway.close();
+    for (const instance of instances) await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: health and stats add the instances up, with one row per instance", async () => {
+  await using server = await NatsServer.start();
+  const instances = [
+    await startInstance(server),
+    await startInstance(server, { poolSize: 2 }),
+  ];
+  const gateway = await startGateway(server, { workers: 3 });
+  try {
+    const ids = await Promise.all(instances.map(instanceIdOf));
+    await Promise.all(Array.from({ length: 6 }, () => gateway.execute({ code: "1" })));
+    await gateway.request("execute", { code: "1 / 0" });
+    const health = await gateway.health();
+    assert.equal(health.status, "ok");
+    assert.equal(health.ready_workers, 3);
+    assert.equal(health.pool_size, 3);
+    assert.deepEqual(health.instances?.map((i) => i.instance_id).sort(), [...ids].sort());
+    const row = health.instances!.find((i) => i.instance_id === ids[1])!;
+    assert.equal(row.ready_workers, 2);
+    assert.equal(row.status, "ok");
+    assert.equal(health.workers.length, 3);
+    assert.deepEqual(
+      health.workers.filter((w) => w.instance_id === ids[1]).map((w) => w.id),
+      ["w1", "w2"],
+    );
+    const stats = await gateway.stats();
+    // The gateway counts what its client saw; each instance, what it ran.
+    assert.deepEqual(stats.requests, { ok: 6, error: 1 });
+    assert.equal(stats.requests_total, 7);
+    assert.equal(stats.instances?.length, 2);
+    let ran = 0;
+    for (const report of stats.instances!) {
+      assert.ok(ids.includes(report.instance_id!));
+      assert.ok(!("error" in report && typeof report.error === "string"), JSON.stringify(report));
+      ran += (report as { requests_total: number }).requests_total;
+    }
+    assert.equal(ran, 7);
+    assert.equal(stats.workers.length, 3);
+    assert.equal(stats.idle_workers, 3);
+    assert.equal(stats.wait.count, 7);
+    assert.equal(stats.gateway?.instances, 2);
+    assert.equal(stats.gateway?.late_replies, 0);
+    const packages = await gateway.call("packages") as { available: unknown[] };
+    assert.ok(packages.available.length > 0);
+  } finally {
+    await gateway.close();
+    for (const instance of instances) await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: an instance that stops answering: -32001 within the bound; its late answer is dropped and counted", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1 });
+  try {
+    const instanceId = await instanceIdOf(instance);
+    const pending = gateway.request("execute", { code: "import time\ntime.sleep(0.5)\n'late'" });
+    await waitUntil("the request running", async () => {
+      return (await gateway.health()).instances?.[0].in_flight === 1;
+    });
+    // Stopped, not dead: its connection stays open, so only unanswered pings tell.
+    instance.process.kill("SIGSTOP");
+    const stoppedAt = performance.now();
+    let response: Response;
+    try {
+      response = await pending;
+    } finally {
+      instance.process.kill("SIGCONT");
+    }
+    const after = performance.now() - stoppedAt;
+    assert.equal(response.error?.code, -32001, JSON.stringify(response));
+    assert.equal(response.error?.data?.instance_id, instanceId);
+    assert.match(String(response.error?.data?.detail), /stopped answering/);
+    // liveness.ts: a ping interval, then two pings unanswered within their timeout each.
+    assert.ok(after < 4000, `-32001 came ${after} ms after the stop`);
+    // Resumed, the instance sends its answer: too late, dropped, counted.
+    await waitUntil(
+      "the late answer counted",
+      async () => (await gateway.stats()).gateway?.late_replies === 1,
+      20_000,
+    );
+    assert.equal(responsesFor(gateway, String(response.id)).length, 1);
+    // And it is heard again, and serves.
+    await waitUntil("the instance back", async () => (await gateway.health()).ready_workers === 1);
+    assert.equal((await gateway.execute({ code: "'again'" })).instance_id, instanceId);
+  } finally {
+    await gateway.close();
+    await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: the existing clients work through a gateway unchanged: MCP and the Python package", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  try {
+    const [command, args] = supervisorCommand(["--nats", server.url, "--gateway", "--mcp"]);
+    const transport = new StdioClientTransport({
+      command,
+      args,
+      env: { ...Deno.env.toObject(), PYODIDE_LOG_LEVEL: "warning" },
+      stderr: "inherit",
+    });
+    const client = new Client({ name: "pyodide-pool-tests", version: "1.0.0" });
+    await client.connect(transport);
+    try {
+      const run = await client.callTool({
+        name: "run_python",
+        arguments: { code: "print('hi')\n6 * 7" },
+      }) as { isError?: boolean; content: { type: string; text?: string }[] };
+      assert.equal(run.isError, false, JSON.stringify(run));
+      const texts = run.content.map((c) => c.text);
+      assert.ok(texts.includes("stdout:\nhi\n"), JSON.stringify(texts));
+      assert.ok(texts.includes("result:\n42"), JSON.stringify(texts));
+    } finally {
+      await client.close();
+    }
+
+    const root = new URL("../", import.meta.url).pathname;
+    const script = [
+      "import sys",
+      "from pyodide_pool import PoolClient",
+      "with PoolClient(['--nats', sys.argv[1], '--gateway'], wait_for_workers=1) as pool:",
+      "    seen = []",
+      "    r = pool.execute('print(1)\\n6 * 7', on_output=lambda s, t: seen.append(t))",
+      "    pool.execute('x = 5', session_id='p')",
+      "    print(r.result, ''.join(seen).strip(), pool.execute('x * 2', session_id='p').result)",
+    ].join("\n");
+    const output = await new Deno.Command("python3", {
+      args: ["-c", script, server.url],
+      cwd: root,
+      env: { PYTHONPATH: `${root}clients/python`, PYODIDE_POOL_DENO: Deno.execPath() },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder();
+    assert.equal(output.code, 0, text.decode(output.stderr));
+    assert.equal(text.decode(output.stdout).trim(), "42 1 10");
+  } finally {
+    await stopSupervisor(instance);
+  }
 });
