@@ -552,6 +552,20 @@ const NATS_SCHEMES = ["nats:", "tls:"];
 /** A NATS service name, as ADR-32 allows it; it is the first token of every subject. */
 export const SERVICE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
+/**
+ * NATS URLs as logs may show them: credentials replaced by `***`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { redactedUrls } from "./config.ts";
+ * assert.deepEqual(redactedUrls(["nats://me:pw@a:4222", "b:4222"]), ["nats://***@a:4222", "b:4222"]);
+ * ```
+ */
+export function redactedUrls(urls: string[]): string[] {
+  return urls.map((url) => url.replace(/\/\/[^@/]*@/, "//***@"));
+}
+
 /** The NATS settings, checked together: each one apart from --nats needs it. */
 function checkNats(config: Config): void {
   for (const url of config.nats) {

@@ -14,7 +14,7 @@
  * @module
  */
 
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, loadConfig, redactedUrls } from "./config.ts";
 import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { notificationMessage } from "../lib/protocol.ts";
@@ -47,7 +47,11 @@ if (config.maxLineBytes < 2 * config.maxOutputBytes) {
   );
 }
 // Secrets stay out of the log.
-const logged = { ...config, natsToken: config.natsToken === undefined ? undefined : "***" };
+const logged = {
+  ...config,
+  nats: redactedUrls(config.nats),
+  natsToken: config.natsToken === undefined ? undefined : "***",
+};
 if (config.gateway) {
   log.info("starting a gateway to NATS service {service} (config: {config})", {
     service: config.natsService,

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 // @ts-types="@modelcontextprotocol/sdk/client/stdio"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { connect } from "@nats-io/transport-node";
 import type { ExecuteResult } from "../lib/protocol.ts";
 import {
   acceptedClientIds,
@@ -513,5 +514,170 @@ Deno.test("nats: the existing clients work through a gateway unchanged: MCP and 
     assert.equal(text.decode(output.stdout).trim(), "42 1 10");
   } finally {
     await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: the instances answer $SRV.PING, $SRV.INFO and $SRV.STATS as NATS's tools expect (ADR-32)", async () => {
+  await using server = await NatsServer.start();
+  const instances = [await startInstance(server), await startInstance(server)];
+  const gateway = await startGateway(server, { workers: 2 });
+  const nc = await connect({ servers: server.url });
+  try {
+    const ids = await Promise.all(instances.map(instanceIdOf));
+    await Promise.all(Array.from({ length: 4 }, () => gateway.execute({ code: "1" })));
+    const gather = async (subject: string) => {
+      const replies = [];
+      for await (const msg of await nc.requestMany(subject, "", { maxWait: 1000 })) {
+        replies.push(msg.json<Record<string, unknown>>());
+      }
+      return replies;
+    };
+    const pings = await gather("$SRV.PING.pyodide_pool");
+    assert.deepEqual(pings.map((p) => p.id).sort(), [...ids].sort());
+    for (const ping of pings) {
+      assert.equal(ping.type, "io.nats.micro.v1.ping_response");
+      assert.equal(ping.name, "pyodide_pool");
+      assert.match(String(ping.version), /^\d+\.\d+\.\d+/);
+    }
+    const info = (await nc.request(`$SRV.INFO.pyodide_pool.${ids[0]}`)).json<{
+      type: string;
+      endpoints: { name: string; subject: string; queue_group?: string }[];
+    }>();
+    assert.equal(info.type, "io.nats.micro.v1.info_response");
+    assert.deepEqual(
+      info.endpoints.find((e) => e.name === "execute"),
+      {
+        name: "execute",
+        subject: "pyodide_pool.execute",
+        queue_group: "pyodide_pool",
+        metadata: null,
+      },
+    );
+    const stats = await gather("$SRV.STATS");
+    assert.equal(stats.length, 2);
+    let served = 0;
+    for (const report of stats) {
+      assert.equal(report.type, "io.nats.micro.v1.stats_response");
+      assert.ok(!Number.isNaN(Date.parse(String(report.started))));
+      const endpoints = report.endpoints as { name: string; num_requests: number }[];
+      served += endpoints.find((e) => e.name === "execute")!.num_requests;
+    }
+    assert.equal(served, 4);
+  } finally {
+    await nc.close();
+    await gateway.close();
+    for (const instance of instances) await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: past the server's max_payload, answers and output come in chunks; a request too large for the queue group is refused, naming the limit", async () => {
+  await using server = await NatsServer.start({ maxPayload: 64 << 10 });
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1 });
+  try {
+    // An answer of about 4 messages' worth (a file in base64), and a streamed print of 3.
+    const big = await gateway.request("execute", {
+      code: "open('out.bin', 'wb').write(bytes(range(256)) * 800)\n" +
+        "print('x' * 150_000)\n'done'",
+      stream: true,
+    }, "big");
+    const result = big.result as ExecuteResult;
+    assert.equal(result.result, "'done'", JSON.stringify(big.error));
+    assert.equal(result.files[0].size, 204_800);
+    const bytes = Uint8Array.from(atob(result.files[0].content_b64!), (c) => c.charCodeAt(0));
+    assert.equal(bytes[256 * 799 + 255], 255);
+    const streamed = linesFor(gateway, "big").filter((line) => line.method === "output")
+      .map((line) => (line.params as { text: string }).text).join("");
+    assert.equal(streamed, "x".repeat(150_000) + "\n");
+
+    // A new request too large for one message: refused at once, with the limit named.
+    const files = [{ path: "in.bin", content_b64: btoa("y".repeat(100_000)) }];
+    const refused = await gateway.request("execute", { code: "1", files });
+    assert.equal(refused.error?.code, -32600, JSON.stringify(refused));
+    assert.equal(refused.error?.data?.max_payload, 64 << 10);
+    assert.match(refused.error!.message, /over the NATS server's max_payload of 65536 bytes/);
+    // A session's request goes to its own instance's subject, where chunks are put together.
+    await gateway.execute({ code: "n = 1", session_id: "s" });
+    const pinned = await gateway.execute({
+      code: "len(open('in.bin').read()) + n",
+      session_id: "s",
+      files,
+    });
+    assert.equal(pinned.result, "100001");
+    assert.equal(acceptedClientIds(instance).length, 3);
+  } finally {
+    await gateway.close();
+    await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: nats-server restarted under load: what was sent meanwhile fails cleanly, nothing hangs, the instances come back", async () => {
+  await using server = await NatsServer.start();
+  const instances = [await startInstance(server), await startInstance(server)];
+  const gateway = await startGateway(server, { workers: 2 });
+  try {
+    const outcomes: Response[] = [];
+    let stop = false;
+    const stream = async (n: number) => {
+      for (let i = 0; !stop; i++) {
+        const outcome = await gateway.request("execute", {
+          code: `import time\ntime.sleep(0.05)\n'${n}-${i}'`,
+          timeout_ms: 5000,
+        }, `l${n}-${i}`);
+        outcomes.push(outcome);
+        // As a client would: a moment before trying again.
+        if (outcome.error) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    const streams = [stream(0), stream(1), stream(2)];
+    await waitUntil("load running", () => Promise.resolve(outcomes.length >= 6));
+    // A request that finishes while NATS is away: its answer is lost with the connection,
+    // and sent again when the gateway asks after reconnecting.
+    const across = gateway.request(
+      "execute",
+      { code: "import time\ntime.sleep(0.5)\n'across'" },
+      "across",
+    );
+    await waitUntil(
+      "it runs",
+      () => Promise.resolve(instances.some((i) => acceptedClientIds(i).includes("across"))),
+    );
+    await server.stop();
+    const downAt = outcomes.length;
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await server.restart();
+    await waitUntil("both instances heard again", async () => {
+      return (await gateway.health()).instances?.length === 2;
+    }, 20_000);
+    await waitUntil(
+      "load served again",
+      () => Promise.resolve(outcomes.slice(downAt).filter((o) => o.result).length >= 6),
+      20_000,
+    );
+    stop = true;
+    await Promise.all(streams);
+    const acrossAnswer = await across;
+    assert.equal(
+      (acrossAnswer.result as ExecuteResult | undefined)?.result,
+      "'across'",
+      JSON.stringify(acrossAnswer),
+    );
+
+    const failed = outcomes.filter((o) => o.error);
+    assert.ok(failed.length > 0, "some requests were sent while NATS was away");
+    for (const { error } of failed) {
+      const clean = (error!.code === -32000 &&
+        ["nats_disconnected", "no_instances"].includes(String(error!.data?.reason))) ||
+        (error!.code === -32001 && error!.data?.reason === "unacknowledged");
+      assert.ok(clean, JSON.stringify(error));
+    }
+    for (const { id } of outcomes) assert.equal(responsesFor(gateway, String(id)).length, 1);
+    acceptedOnce(instances);
+    const health = await gateway.health();
+    assert.equal(health.status, "ok");
+    assert.equal(health.ready_workers, 2);
+  } finally {
+    await gateway.close();
+    for (const instance of instances) await stopSupervisor(instance);
   }
 });

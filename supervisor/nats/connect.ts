@@ -12,7 +12,7 @@ import {
   type NatsConnection,
   type NodeConnectionOptions,
 } from "@nats-io/transport-node";
-import type { Config } from "../config.ts";
+import { type Config, redactedUrls } from "../config.ts";
 import { logger } from "../../lib/logging.ts";
 
 const log = logger("nats");
@@ -39,8 +39,11 @@ const RECONNECT_WAIT_MS = 250;
 export function connectionOptions(config: Config, name: string): NodeConnectionOptions {
   const tlsWanted = config.nats.some((url) => url.startsWith("tls://")) ||
     config.natsCa !== undefined;
+  const { servers, user, pass, token } = credentialsInUrls(config.nats);
   return {
-    servers: config.nats,
+    servers,
+    ...(user !== undefined ? { user, pass } : {}),
+    ...(token !== undefined ? { token } : {}),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: RECONNECT_WAIT_MS,
@@ -54,10 +57,54 @@ export function connectionOptions(config: Config, name: string): NodeConnectionO
   };
 }
 
+/**
+ * The URLs without their credentials, and those credentials (the first URL's that has some):
+ * `nats://user:pass@host` gives a user and password, `nats://token@host` a token, as NATS's
+ * other clients read them.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { credentialsInUrls } from "./connect.ts";
+ * assert.deepEqual(credentialsInUrls(["nats://me:secret@a:4222", "b:4222"]), {
+ *   servers: ["nats://a:4222", "b:4222"],
+ *   user: "me",
+ *   pass: "secret",
+ *   token: undefined,
+ * });
+ * ```
+ */
+export function credentialsInUrls(urls: string[]): {
+  servers: string[];
+  user?: string;
+  pass?: string;
+  token?: string;
+} {
+  let user: string | undefined;
+  let pass: string | undefined;
+  let token: string | undefined;
+  const servers = urls.map((url) => {
+    if (!url.includes("://")) return url;
+    const parsed = new URL(url);
+    if (parsed.username === "") return url;
+    if (user === undefined && token === undefined) {
+      if (parsed.password === "") token = decodeURIComponent(parsed.username);
+      else {
+        user = decodeURIComponent(parsed.username);
+        pass = decodeURIComponent(parsed.password);
+      }
+    }
+    return `${parsed.protocol}//${parsed.host}`;
+  });
+  return { servers, user, pass, token };
+}
+
 /** Connects, retrying until a server answers; logs each disconnect and reconnect. */
 export async function connectNats(config: Config, name: string): Promise<NatsConnection> {
   const slow = setTimeout(() => {
-    log.warn("waiting for a NATS server at {servers}", { servers: config.nats.join(", ") });
+    log.warn("waiting for a NATS server at {servers}", {
+      servers: redactedUrls(config.nats).join(", "),
+    });
   }, 2000);
   let nc: NatsConnection;
   try {

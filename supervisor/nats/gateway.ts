@@ -26,7 +26,7 @@
  */
 
 import { type Msg, type NatsConnection, nuid } from "@nats-io/transport-node";
-import type { Config } from "../config.ts";
+import { type Config, redactedUrls } from "../config.ts";
 import { ErrorCode, RpcError } from "../../lib/errors.ts";
 import { logger } from "../../lib/logging.ts";
 import type {
@@ -58,6 +58,7 @@ import {
   parseReport,
   parseResendReply,
   type Reply,
+  type ResendReply,
   type ServiceSubjects,
   serviceSubjects,
 } from "./subjects.ts";
@@ -67,6 +68,8 @@ import { isNoResponders, maxPayload, messageRoom, publishBody, Reassembler } fro
 export const ACK_TIMEOUT_MS = 3000;
 /** Past the request's own deadline and --timeout-grace, how long the gateway still waits. */
 export const DEADLINE_GRACE_MS = 2000;
+/** How long the instances' answers to a lookup are gathered. */
+const LOOKUP_WAIT_MS = 500;
 /** How long a report (health, stats, packages) may take an instance. */
 const REPORT_TIMEOUT_MS = 2000;
 /** At start, how long requests wait for the first heartbeat before being routed anyway. */
@@ -81,10 +84,19 @@ type Phase = "waiting" | "offered" | "running" | "done";
 /** One request from the gateway's client to an instance, until it is answered. */
 interface RemoteCall {
   readonly task: Task;
-  /** Unique across gateways: names it to the instance (cancel, resend) and in its logs. */
-  readonly requestId: string;
-  /** Its reply subject's last token. */
-  readonly token: string;
+  /** Its number in this gateway. */
+  readonly number: number;
+  /**
+   * How many times it was offered. Each offer has its own reply subject and request id, so
+   * that what comes for an earlier one (a late refusal) cannot pass for the current one's.
+   */
+  attempt: number;
+  /** The current offer's reply subject's last token: `<number>-<attempt>`. */
+  token: string;
+  /** Unique across gateways: names the current offer to the instances (cancel, resend). */
+  requestId: string;
+  /** With a queue-group offer, the instances known then: any of them may have it. */
+  candidates: string[];
   readonly clientId: JsonRpcId;
   phase: Phase;
   /** The instance that accepted it. */
@@ -194,7 +206,25 @@ export class NatsGateway implements ServedPool {
       reconnected: () => this.#reconnected(),
       closed: () => {
         this.#connected = false;
-        this.#failWaiting(this.#notConnected("the NATS connection closed"));
+        // Closed for good (not by this gateway's own stop, which answered everything first):
+        // nothing more can come.
+        for (const call of [...this.#calls.values()]) {
+          if (call.phase === "waiting") {
+            this.#finish(call, {
+              outcome: "overloaded",
+              error: this.#notConnected("the NATS connection closed"),
+            });
+          } else {
+            this.#finish(call, {
+              outcome: "worker_died",
+              error: new RpcError(
+                ErrorCode.WorkerDied,
+                "the gateway's NATS connection closed while the request was out; it was not re-run",
+                { instance_id: call.instanceId ?? null, reason: "nats_closed" },
+              ),
+            });
+          }
+        }
       },
     });
     this.#timer = setInterval(() => {
@@ -237,8 +267,11 @@ export class NatsGateway implements ServedPool {
     const number = ++this.#nextRequest;
     const call: RemoteCall = {
       task,
-      requestId: `${this.id}-${number}`,
+      number,
+      attempt: 0,
       token: String(number),
+      requestId: `${this.id}-${number}`,
+      candidates: [],
       clientId: typeof key === "string" || typeof key === "number" || key === null
         ? key
         : String(key),
@@ -431,6 +464,11 @@ export class NatsGateway implements ServedPool {
     const elapsed = performance.now() - task.arrivedAt;
     // Whole milliseconds, as the pool sends its workers: the deadline covers the wait here.
     const remainingMs = Math.max(1, Math.round(task.timeoutMs - elapsed));
+    this.#calls.delete(call.token);
+    call.attempt++;
+    call.token = `${call.number}-${call.attempt}`;
+    call.requestId = `${this.id}-${call.token}`;
+    this.#calls.set(call.token, call);
     const request: ExecuteRequest = {
       request_id: call.requestId,
       client_id: call.clientId,
@@ -447,6 +485,9 @@ export class NatsGateway implements ServedPool {
     if (pinned === undefined && sessionId !== undefined) this.#pinning.add(sessionId);
     call.phase = "offered";
     call.viaQueue = pinned === undefined;
+    call.candidates = pinned === undefined ? [...this.#directory.values()].map((i) => i.id) : [
+      pinned,
+    ];
     if (call.viaQueue) this.#offers++;
     try {
       publishBody(
@@ -581,7 +622,7 @@ export class NatsGateway implements ServedPool {
   /** The request provably did not start: NATS found no instance, or the instance declined. */
   #notTaken(
     call: RemoteCall,
-    how: "no_responders" | "declined",
+    how: "no_responders" | "declined" | "lost",
     reason: string,
     instanceId?: string,
   ): void {
@@ -589,7 +630,7 @@ export class NatsGateway implements ServedPool {
     if (how === "no_responders") this.#counters.no_responders++;
     const { params } = call.task;
     const pinned = call.pinnedTo;
-    if (pinned !== undefined && params.session_id !== undefined) {
+    if (pinned !== undefined && params.session_id !== undefined && how !== "lost") {
       // The session's instance is gone, or leaving: the session is lost with it.
       const why = `was lost with instance ${pinned}, which ${
         how === "declined" ? `declined it (${reason})` : "is no longer connected to NATS"
@@ -635,12 +676,43 @@ export class NatsGateway implements ServedPool {
       instance: instanceId ? ` by ${instanceId}` : "",
     });
     this.#wait(call);
-    if (how === "declined") this.#pump();
+    if (how !== "no_responders") this.#pump();
   }
 
-  /** No instance acknowledged an offer in time: its fate is unknown, so it is not sent again. */
-  #unacknowledged(call: RemoteCall): void {
+  /**
+   * No instance acknowledged an offer in time (NATS was away, or the instance it went to died
+   * first). Every instance is asked whether it has the request: one that has it runs it (and
+   * one that finished it sends the answer again); when every instance that could have had it
+   * says it does not, they all refuse it from then on, and it is offered again. Otherwise its
+   * fate is unknown, and it is answered -32001, not sent again.
+   */
+  async #unacknowledged(call: RemoteCall): Promise<void> {
     if (call.phase !== "offered") return;
+    const nc = this.#nc;
+    if (nc !== undefined && this.#connected) {
+      const offer = call.attempt;
+      const answers = await this.#lookup(nc, call.requestId);
+      if (call.phase !== "offered" || call.attempt !== offer) return;
+      const holder = answers.find((a) =>
+        a.running.includes(call.requestId) || a.finished.includes(call.requestId)
+      );
+      if (holder !== undefined) {
+        this.#log.info("request {id} was not acknowledged, but instance {instance} has it", {
+          id: call.requestId,
+          instance: holder.instance_id,
+        });
+        this.#accepted(call, holder.instance_id);
+        return;
+      }
+      const answered = new Set(answers.map((a) => a.instance_id));
+      if (call.candidates.every((id) => answered.has(id))) {
+        this.#log.info("request {id} reached no instance; it is offered again", {
+          id: call.requestId,
+        });
+        this.#notTaken(call, "lost", "it reached no instance");
+        return;
+      }
+    }
     this.#endOffer(call);
     this.#finish(call, {
       outcome: "worker_died",
@@ -656,6 +728,32 @@ export class NatsGateway implements ServedPool {
       ),
     });
     this.#pump();
+  }
+
+  /** Every instance's answer about one request, gathered for LOOKUP_WAIT_MS. */
+  async #lookup(nc: NatsConnection, requestId: string): Promise<ResendReply[]> {
+    const answers: ResendReply[] = [];
+    try {
+      const replies = await nc.requestMany(
+        this.subjects.lookup,
+        encode({ request_ids: [requestId] }),
+        { maxWait: LOOKUP_WAIT_MS },
+      );
+      for await (const msg of replies) {
+        if (isNoResponders(msg)) break;
+        try {
+          answers.push(parseResendReply(msg.data));
+        } catch (error) {
+          this.#log.warn("ignored a lookup answer: {error}", { error: String(error) });
+        }
+      }
+    } catch (error) {
+      this.#log.warn("could not look request {id} up: {error}", {
+        id: requestId,
+        error: String(error),
+      });
+    }
+    return answers;
   }
 
   /** The instance running it stayed silent past every deadline: answered, and cancelled there. */
@@ -859,7 +957,7 @@ export class NatsGateway implements ServedPool {
   #notConnected(why: string): RpcError {
     return new RpcError(ErrorCode.Overloaded, `overloaded: ${why}; retry later`, {
       service: this.config.natsService,
-      servers: this.config.nats,
+      servers: redactedUrls(this.config.nats),
       reason: "nats_disconnected",
     });
   }

@@ -43,6 +43,9 @@ const KEEP_ANSWERS_MS = 30_000;
 /** The most bytes of answers kept for that. */
 const KEEP_ANSWERS_BYTES = 64 << 20;
 
+/** How long a request looked up and not found is refused, should it come after all. */
+const REFUSE_MS = 120_000;
+
 /** A request this instance accepted and runs. */
 interface Running {
   /** The pool's key for it (an object: no client id can equal it). */
@@ -61,6 +64,8 @@ export class NatsInstance {
   #slots = new Set<Subscription>();
   #running = new Map<string, Running>();
   #answers = new KeptAnswers();
+  /** Requests a gateway looked up before they came: refused if they come, so none runs twice. */
+  #refused = new Map<string, number>();
   #reader = new Reassembler((why) => this.#log.warn("dropped a chunked request: {why}", { why }));
   #leaving = false;
   #advertised = 0;
@@ -124,7 +129,8 @@ export class NatsInstance {
         this.#respond(msg, "stats", () => this.pool.statsReport());
       },
     });
-    nc.subscribe(own.resend, { callback: (_, msg) => this.#onResend(msg) });
+    nc.subscribe(own.resend, { callback: (_, msg) => this.#onResend(msg, false) });
+    nc.subscribe(subjects.lookup, { callback: (_, msg) => this.#onResend(msg, true) });
     nc.subscribe(subjects.discover, { callback: () => this.#heartbeat() });
     endpoints.start();
     this.pool.onChange(() => this.#reconcile());
@@ -247,8 +253,13 @@ export class NatsInstance {
       this.#send(reply, { kind: "error", error: this.#errorOf(error) });
       return;
     }
-    if (this.#leaving || (route === "queue" && this.pool.freeSlots() === 0)) {
-      const reason = this.#leaving ? "the instance is leaving" : "no idle worker";
+    const refused = this.#refused.has(id);
+    if (refused || this.#leaving || (route === "queue" && this.pool.freeSlots() === 0)) {
+      const reason = refused
+        ? "a gateway looked it up before it came"
+        : this.#leaving
+        ? "the instance is leaving"
+        : "no idle worker";
       this.#log.debug("declined {id} (client id {client}): {reason}", {
         id,
         client: request.client_id,
@@ -316,7 +327,12 @@ export class NatsInstance {
     }
   }
 
-  #onResend(msg: Msg): void {
+  /**
+   * `resend` (a gateway lost answers while NATS was away) or `lookup` (a gateway offered a
+   * request that no instance acknowledged): the answers kept are sent again; with `lookup`, an
+   * unknown request is refused from now on.
+   */
+  #onResend(msg: Msg, lookup: boolean): void {
     let ids: string[];
     try {
       ids = parseResendRequest(msg.data).request_ids;
@@ -324,14 +340,19 @@ export class NatsInstance {
       msg.respond(encode({ error: this.#errorOf(error) }));
       return;
     }
-    const answer: ResendReply = { finished: [], running: [], unknown: [] };
+    const answer: ResendReply = { instance_id: this.id, finished: [], running: [], unknown: [] };
+    const now = performance.now();
+    for (const [id, at] of this.#refused) if (now - at > REFUSE_MS) this.#refused.delete(id);
     for (const id of ids) {
       const kept = this.#answers.get(id);
       if (kept !== undefined) {
         answer.finished.push(id);
         this.#publish(kept.reply, kept.body);
       } else if (this.#running.has(id)) answer.running.push(id);
-      else answer.unknown.push(id);
+      else {
+        answer.unknown.push(id);
+        if (lookup) this.#refused.set(id, now);
+      }
     }
     if (answer.finished.length > 0) {
       this.#log.info("sent {count} answers again, lost while NATS was away", {

@@ -11,6 +11,7 @@
  * | `S.packages`              | queue group `S`       | the `packages` report of any instance               |
  * | `S.heartbeat`             | publish               | each instance, every second and as workers free up  |
  * | `S.discover`              | publish               | a gateway asks every instance for a heartbeat now   |
+ * | `S.lookup`                | request, all answer   | who has these requests? (an offer unacknowledged)   |
  * | `S.instance.ID.execute`   | request               | a request of a session that instance ID holds       |
  * | `S.instance.ID.cancel`    | publish               | `$/cancelRequest` for a request running on ID       |
  * | `S.instance.ID.ping`      | request               | liveness, while ID runs a gateway's requests        |
@@ -44,6 +45,7 @@ export interface ServiceSubjects {
   readonly packages: string;
   readonly heartbeat: string;
   readonly discover: string;
+  readonly lookup: string;
   /** The subjects of one instance. */
   instance(id: string): InstanceSubjects;
 }
@@ -75,6 +77,7 @@ export function serviceSubjects(service: string): ServiceSubjects {
     packages: `${service}.packages`,
     heartbeat: `${service}.heartbeat`,
     discover: `${service}.discover`,
+    lookup: `${service}.lookup`,
     instance: (id) => {
       const prefix = `${service}.instance.${id}`;
       return {
@@ -132,13 +135,21 @@ export interface CancelRequest {
   request_id: string;
 }
 
-/** `resend`: the requests a gateway still waits for, after NATS was away. */
+/**
+ * `resend`: the requests a gateway still waits for, after NATS was away. `lookup`: requests
+ * it offered that no instance acknowledged; an instance that does not know one refuses it from
+ * then on, so that the gateway may offer it again.
+ */
 export interface ResendRequest {
   request_ids: string[];
 }
 
-/** The answer to `resend`: the finished ones are sent again on their reply subjects. */
+/**
+ * The answer to `resend` and `lookup`: the finished ones are sent again on their reply
+ * subjects; `instance_id` says who answers.
+ */
 export interface ResendReply {
+  instance_id: string;
   finished: string[];
   running: string[];
   unknown: string[];
@@ -344,7 +355,12 @@ export function parseResendReply(data: Uint8Array): ResendReply {
     if (!Array.isArray(ids)) throw new ContractError(what, `${field} must be a list`);
     return ids.map((id) => token(id, what, `${field}[]`));
   };
-  return { finished: list("finished"), running: list("running"), unknown: list("unknown") };
+  return {
+    instance_id: token(value.instance_id, what, "instance_id"),
+    finished: list("finished"),
+    running: list("running"),
+    unknown: list("unknown"),
+  };
 }
 
 /** `ping`'s answer, as a gateway reads it. */
