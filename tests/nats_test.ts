@@ -501,6 +501,7 @@ Deno.test("nats: the existing clients work through a gateway unchanged: MCP and 
       "    r = pool.execute('print(1)\\n6 * 7', on_output=lambda s, t: seen.append(t))",
       "    pool.execute('x = 5', session_id='p')",
       "    print(r.result, ''.join(seen).strip(), pool.execute('x * 2', session_id='p').result)",
+      "    print(r.instance_id == pool.health()['instances'][0]['instance_id'])",
     ].join("\n");
     const output = await new Deno.Command("python3", {
       args: ["-c", script, server.url],
@@ -511,7 +512,7 @@ Deno.test("nats: the existing clients work through a gateway unchanged: MCP and 
     }).output();
     const text = new TextDecoder();
     assert.equal(output.code, 0, text.decode(output.stderr));
-    assert.equal(text.decode(output.stdout).trim(), "42 1 10");
+    assert.equal(text.decode(output.stdout).trim(), "42 1 10\nTrue");
   } finally {
     await stopSupervisor(instance);
   }
@@ -679,5 +680,56 @@ Deno.test("nats: nats-server restarted under load: what was sent meanwhile fails
   } finally {
     await gateway.close();
     for (const instance of instances) await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats: an idle instance that hangs is not handed requests once the gateway gives it up", async () => {
+  await using server = await NatsServer.start();
+  const stalled = await startInstance(server);
+  const healthy = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 2 });
+  try {
+    const stalledId = await instanceIdOf(stalled);
+    const healthyId = await instanceIdOf(healthy);
+    // Stopped while idle: its queue-group subscription stays on the server, which would hand it
+    // requests it never sees (all of them, while the healthy instance is busy and out of the group).
+    stalled.process.kill("SIGSTOP");
+    try {
+      await waitUntil("the gateway to give the stalled instance up", async () => {
+        const health = await gateway.health();
+        return health.instances?.length === 1 && health.instances[0].instance_id === healthyId;
+      }, 20_000);
+      const responses = await Promise.all(
+        Array.from(
+          { length: 6 },
+          (_, i) =>
+            gateway.request("execute", { code: `import time\ntime.sleep(0.1)\n'h${i}'` }, `h${i}`),
+        ),
+      );
+      responses.forEach((response, i) => {
+        assert.equal(
+          (response.result as ExecuteResult | undefined)?.result,
+          `'h${i}'`,
+          JSON.stringify(response.error),
+        );
+        assert.equal((response.result as ExecuteResult).instance_id, healthyId);
+      });
+    } finally {
+      stalled.process.kill("SIGCONT");
+    }
+    // Back, it is heard again and serves; it never saw the requests above.
+    await waitUntil("the stalled instance back", async () => {
+      return (await gateway.health()).instances?.some((i) => i.instance_id === stalledId) ?? false;
+    }, 20_000);
+    const where = acceptedOnce([stalled, healthy]);
+    for (let i = 0; i < 6; i++) assert.equal(where.get(`h${i}`), 1);
+    const after = await Promise.all(
+      Array.from({ length: 4 }, () => gateway.execute({ code: "import time\ntime.sleep(0.2)" })),
+    );
+    assert.ok(after.every((r) => r.status === "ok"));
+  } finally {
+    await gateway.close();
+    await stopSupervisor(stalled);
+    await stopSupervisor(healthy);
   }
 });

@@ -11,6 +11,12 @@ import { type Heartbeat, HEARTBEAT_MS } from "./subjects.ts";
 
 /** An instance gone silent this long is given up. */
 export const SILENT_LIMIT_MS = 3 * HEARTBEAT_MS;
+/**
+ * How long an instance given up for silence (or for unanswered pings) is suspected of still
+ * holding queue-group subscriptions: NATS keeps a stalled client's until it drops the client
+ * (ping_interval × ping_max, 2 min × 2 by default).
+ */
+export const SUSPECT_MS = 5 * 60_000;
 
 /** What the gateway knows of one instance, as of its last heartbeat. */
 export interface KnownInstance {
@@ -25,8 +31,11 @@ export interface KnownInstance {
 export interface DirectoryEvents {
   /** Some instance has a free worker: requests waiting for one may try again. */
   room(): void;
-  /** An instance left or went silent: its sessions are lost. */
-  gone(id: string, why: string): void;
+  /**
+   * An instance left or went silent: its sessions are lost. `silent`: given up for silence, it
+   * may be stalled rather than gone (see `suspect`).
+   */
+  gone(id: string, why: string, silent: boolean): void;
 }
 
 /**
@@ -47,6 +56,8 @@ export class InstanceDirectory {
   #instances = new Map<string, KnownInstance>();
   /** Instances that said they leave: a late heartbeat of theirs does not bring them back. */
   #left = new Set<string>();
+  /** Instances given up while perhaps still subscribed (stalled, cut off), and since when. */
+  #suspects = new Map<string, number>();
   #paused = false;
 
   constructor(private readonly events: DirectoryEvents) {}
@@ -84,6 +95,7 @@ export class InstanceDirectory {
       return;
     }
     if (this.#left.has(id)) return;
+    this.#suspects.delete(id);
     let instance = this.#instances.get(id);
     if (instance === undefined) {
       instance = { id, freeSlots: 0, readyWorkers: 0, queueDepth: 0, lastSeen: now };
@@ -97,9 +109,40 @@ export class InstanceDirectory {
   }
 
   /** The instance is gone (left, silent, or found dead); says so once. */
-  forget(id: string, why: string): void {
+  forget(id: string, why: string, { silent = false } = {}): void {
     if (!this.#instances.delete(id)) return;
-    this.events.gone(id, why);
+    this.events.gone(id, why, silent);
+  }
+
+  /**
+   * The instance stopped answering but may still be subscribed (stalled, cut off), so NATS may
+   * still hand it requests: suspected until it is heard again, or for SUSPECT_MS.
+   */
+  suspect(id: string, now = performance.now()): void {
+    if (!this.#left.has(id)) this.#suspects.set(id, now);
+  }
+
+  /**
+   * Whether some instance given up lately may still hold queue-group subscriptions: while one
+   * does, NATS may hand it requests it will never see, and the gateway sends each request to an
+   * instance it heard from instead.
+   */
+  hasSuspects(now = performance.now()): boolean {
+    for (const [id, since] of this.#suspects) {
+      if (now - since > SUSPECT_MS) this.#suspects.delete(id);
+    }
+    return this.#suspects.size > 0;
+  }
+
+  /** The instance that said it has the most idle workers (at least one), if any. */
+  roomiest(): KnownInstance | undefined {
+    let best: KnownInstance | undefined;
+    for (const instance of this.#instances.values()) {
+      if (instance.freeSlots > 0 && (!best || instance.freeSlots > best.freeSlots)) {
+        best = instance;
+      }
+    }
+    return best;
   }
 
   /** Gives up instances silent past the limit. */
@@ -110,6 +153,7 @@ export class InstanceDirectory {
         this.forget(
           instance.id,
           `sent no heartbeat for ${Math.round((now - instance.lastSeen) / 1000)} s`,
+          { silent: true },
         );
       }
     }

@@ -8,8 +8,11 @@
  * then on it runs there and nowhere else, and the gateway never sends it again. Only a request
  * that provably did not start is sent again: NATS answered "no responders" (no instance has
  * an idle worker: it waits in the gateway's queue, bounded by --max-queue, for an instance to
- * say it has room), or the instance declined it. A session's requests go to the instance that
- * holds it. Each request is answered once (task.ts):
+ * say it has room), or the instance declined it, or every instance that could have had it said
+ * it does not (and refuses it from then on). A session's requests go to the instance that holds
+ * it. While an instance given up for silence may still hold queue-group subscriptions (NATS keeps
+ * a stalled client's), requests go by name to an instance heard to have an idle worker instead.
+ * Each request is answered once (task.ts):
  *
  * - the instance's answer;
  * - -32001 when the instance running it dies: within liveness.ts's bound for an accepted
@@ -48,7 +51,7 @@ import { type Fetched, gatewayHealth, gatewayStats } from "./aggregate.ts";
 import { ask } from "./ask.ts";
 import { connectNats, watchConnection } from "./connect.ts";
 import { InstanceDirectory } from "./directory.ts";
-import { Liveness } from "./liveness.ts";
+import { Liveness, PING_TIMEOUT_MS } from "./liveness.ts";
 import {
   encode,
   type ExecuteRequest,
@@ -103,8 +106,10 @@ interface RemoteCall {
   instanceId?: string;
   /** The instance that holds its session, when known: it is sent there. */
   pinnedTo?: string;
-  /** Offered on the queue group (and counted in #offers). */
+  /** Offered for any instance to take (not pinned), and counted in #offers. */
   viaQueue: boolean;
+  /** Offered to one instance's own subject in place of the queue group (suspects, below). */
+  directed: boolean;
   /** Cancelled by the client while offered: cancelled on acceptance. */
   cancelRequested: boolean;
   /** Its queue deadline passed while offered. */
@@ -159,7 +164,7 @@ export class NatsGateway implements ServedPool {
     this.sessions = new SessionRegistry(config.sessionTtl * 1000);
     this.#directory = new InstanceDirectory({
       room: () => this.#pump(),
-      gone: (id, why) => this.#instanceGone(id, why),
+      gone: (id, why, silent) => this.#instanceGone(id, why, silent),
     });
     this.#ready = new Promise((resolve) => this.#markReady = resolve);
   }
@@ -199,11 +204,13 @@ export class NatsGateway implements ServedPool {
       subjects: this.subjects,
       connected: () => this.#connected,
       reconnectedAt: () => this.#reconnectedAt,
-      dead: (id, why) => this.#instanceDead(id, why),
+      dead: (id, why, stalled) => this.#instanceDead(id, why, stalled),
     });
     watchConnection(nc, {
       disconnected: () => this.#disconnected(),
-      reconnected: () => this.#reconnected(),
+      reconnected: () => {
+        this.#reconnected().catch((error) => this.#bug("after reconnecting", error));
+      },
       closed: () => {
         this.#connected = false;
         // Closed for good (not by this gateway's own stop, which answered everything first):
@@ -278,6 +285,7 @@ export class NatsGateway implements ServedPool {
       phase: "waiting",
       pinnedTo,
       viaQueue: false,
+      directed: false,
       cancelRequested: false,
       expired: false,
       acceptedAt: 0,
@@ -286,7 +294,7 @@ export class NatsGateway implements ServedPool {
     if (key !== undefined) this.#byKey.set(key, call);
     // The deadline covers the wait for NATS at start, too.
     task.expireInQueue(() => this.#expire(call));
-    this.#admit(call);
+    this.#admit(call).catch((error) => this.#bug("admitting a request", error));
     return task.answer;
   }
 
@@ -414,9 +422,14 @@ export class NatsGateway implements ServedPool {
     return sessionId !== undefined && call.pinnedTo === undefined && this.#pinning.has(sessionId);
   }
 
-  /** Room for one more offer on the queue group: as many as the instances said they have. */
+  /**
+   * Room for one more offer: as many as the instances said they have on the queue group; while
+   * an instance is suspected of being stalled, an instance that said it has an idle worker.
+   */
   #mayOffer(call: RemoteCall): boolean {
-    return call.pinnedTo !== undefined || this.#offers < Math.max(1, this.#directory.freeSlots());
+    if (call.pinnedTo !== undefined) return true;
+    if (this.#directory.hasSuspects()) return this.#directory.roomiest() !== undefined;
+    return this.#offers < Math.max(1, this.#directory.freeSlots());
   }
 
   /** Puts a request in the queue, or back to waiting in its place; full, it gets -32000. */
@@ -474,10 +487,21 @@ export class NatsGateway implements ServedPool {
       client_id: call.clientId,
       params: { ...task.params, timeout_ms: remainingMs },
     };
-    const body = encode(request);
     const pinned = call.pinnedTo;
+    // A stalled instance keeps its queue-group subscriptions until NATS drops it, and would
+    // swallow what NATS hands it: meanwhile, requests go to an instance heard from, by name.
+    const target = pinned ??
+      (this.#directory.hasSuspects() ? this.#directory.roomiest() : undefined)
+        ?.id;
+    const directed = pinned === undefined && target !== undefined;
+    if (directed) {
+      request.needs_idle_worker = true;
+      const known = this.#directory.get(target)!;
+      known.freeSlots = Math.max(0, known.freeSlots - 1);
+    }
+    const body = encode(request);
     // A queue group's members each take a message: a chunked one would be torn apart.
-    if (pinned === undefined && body.byteLength > messageRoom(nc)) {
+    if (target === undefined && body.byteLength > messageRoom(nc)) {
       this.#finish(call, { outcome: "rejected", error: this.#tooLarge(body.byteLength, nc) });
       return;
     }
@@ -485,14 +509,15 @@ export class NatsGateway implements ServedPool {
     if (pinned === undefined && sessionId !== undefined) this.#pinning.add(sessionId);
     call.phase = "offered";
     call.viaQueue = pinned === undefined;
-    call.candidates = pinned === undefined ? [...this.#directory.values()].map((i) => i.id) : [
-      pinned,
-    ];
+    call.directed = directed;
+    call.candidates = target === undefined
+      ? [...this.#directory.values()].map((i) => i.id)
+      : [target];
     if (call.viaQueue) this.#offers++;
     try {
       publishBody(
         nc,
-        pinned === undefined ? this.subjects.execute : this.subjects.instance(pinned).execute,
+        target === undefined ? this.subjects.execute : this.subjects.instance(target).execute,
         body,
         { reply: `${this.#inbox}.${call.token}` },
       );
@@ -503,13 +528,18 @@ export class NatsGateway implements ServedPool {
       });
       return;
     }
-    call.timer = setTimeout(() => this.#unacknowledged(call), ACK_TIMEOUT_MS);
+    call.timer = setTimeout(() => {
+      this.#unacknowledged(call).catch((error) => this.#bug("with an unacknowledged offer", error));
+    }, ACK_TIMEOUT_MS);
   }
 
   #onReply(msg: Msg): void {
     const call = this.#calls.get(msg.subject.slice(this.#inbox.length + 1));
     if (isNoResponders(msg)) {
-      if (call?.phase === "offered") this.#notTaken(call, "no_responders", "");
+      if (call?.phase !== "offered") return;
+      // Sent by name, to an instance no longer subscribed: it is gone.
+      if (call.directed) this.#directory.forget(call.candidates[0], "left NATS");
+      this.#notTaken(call, "no_responders", "");
       return;
     }
     const body = this.#reader.take(msg);
@@ -595,7 +625,7 @@ export class NatsGateway implements ServedPool {
   }
 
   #accepted(call: RemoteCall, instanceId: string): void {
-    const viaQueue = call.viaQueue;
+    const { viaQueue, directed } = call;
     const sessionId = call.task.params.session_id;
     // Pinned first, so that the session's requests waiting for it go there.
     if (sessionId !== undefined) {
@@ -610,7 +640,9 @@ export class NatsGateway implements ServedPool {
     this.stats.wait.recordMs(call.acceptedAt - call.task.arrivedAt);
     this.#liveness?.watch(instanceId);
     const known = this.#directory.get(instanceId);
-    if (known !== undefined && viaQueue) known.freeSlots = Math.max(0, known.freeSlots - 1);
+    if (known !== undefined && viaQueue && !directed) {
+      known.freeSlots = Math.max(0, known.freeSlots - 1);
+    }
     if (sessionId !== undefined && viaQueue) this.#pump();
     if (call.cancelRequested) this.#sendCancel(call);
     // The instance answers by the deadline it was sent; this is the gateway's last resort.
@@ -718,8 +750,9 @@ export class NatsGateway implements ServedPool {
       outcome: "worker_died",
       error: new RpcError(
         ErrorCode.WorkerDied,
-        `no instance acknowledged the request within ${ACK_TIMEOUT_MS} ms (the instance NATS ` +
-          "gave it to may have died, or NATS was away); it was not re-run",
+        `no instance acknowledged the request within ${ACK_TIMEOUT_MS} ms, and not every ` +
+          "instance could say it does not have it (the one NATS gave it to may have died or " +
+          "hung, or NATS was away): its fate is unknown, and it was not sent again",
         {
           instance_id: call.pinnedTo ?? null,
           reason: "unacknowledged",
@@ -819,7 +852,7 @@ export class NatsGateway implements ServedPool {
   // -------------------------------------------------------------------------------------------
 
   /** Liveness gave up on an instance: what it ran is lost, and not run again. */
-  #instanceDead(id: string, why: string): void {
+  #instanceDead(id: string, why: string, stalled: boolean): void {
     const lost = [...this.#calls.values()].filter((c) =>
       c.phase === "running" && c.instanceId === id
     );
@@ -839,12 +872,24 @@ export class NatsGateway implements ServedPool {
         ),
       });
     }
+    if (stalled) this.#directory.suspect(id);
     this.#directory.forget(id, why);
   }
 
   /** An instance left or went silent: its sessions are lost; with none left, nothing waits. */
-  #instanceGone(id: string, why: string): void {
+  #instanceGone(id: string, why: string, silent: boolean): void {
     this.#log.info("instance {id} {why}", { id, why });
+    const nc = this.#nc;
+    if (silent && nc !== undefined) {
+      // Gone, or stalled? One that exited has no subscriptions left: NATS says so at once.
+      ask(nc, this.subjects.instance(id).ping, new Uint8Array(), PING_TIMEOUT_MS).then(
+        (outcome) => {
+          if (outcome.kind !== "no_responders" && outcome.kind !== "answer") {
+            this.#directory.suspect(id);
+          }
+        },
+      );
+    }
     this.sessions.loseWorker(id, `was lost with instance ${id}, which ${why}`);
     if (this.#directory.size === 0) this.#failWaiting(this.#noInstances());
   }
@@ -944,6 +989,10 @@ export class NatsGateway implements ServedPool {
     let count = 0;
     for (const call of this.#queue) if (call.phase === "waiting") count++;
     return count;
+  }
+
+  #bug(when: string, error: unknown): void {
+    this.#log.error("unexpected error {when}: {error}", { when, error: String(error) });
   }
 
   #noInstances(): RpcError {

@@ -53,8 +53,11 @@ interface Running {
   reply: string;
 }
 
-/** How a request reached the instance. */
-type Route = "queue" | "session";
+/**
+ * How a request reached the instance: the queue group, or its own subject (a session's request,
+ * or one a gateway sent it directly while another instance may be stalled).
+ */
+type Route = "queue" | "own";
 
 export class NatsInstance {
   readonly subjects: ServiceSubjects;
@@ -105,8 +108,8 @@ export class NatsInstance {
     });
     endpoints.add("execute", subjects.execute, subjects.queue);
     endpoints.add("packages", subjects.packages, subjects.queue);
-    endpoints.add("session_execute", own.execute);
-    nc.subscribe(own.execute, { callback: (_, msg) => this.#onRequest(msg, "session") });
+    endpoints.add("execute_direct", own.execute);
+    nc.subscribe(own.execute, { callback: (_, msg) => this.#onRequest(msg, "own") });
     nc.subscribe(subjects.packages, {
       queue: subjects.queue,
       callback: (_, msg) => {
@@ -116,7 +119,7 @@ export class NatsInstance {
     nc.subscribe(own.cancel, { callback: (_, msg) => this.#onCancel(msg) });
     nc.subscribe(own.ping, {
       callback: (_, msg) => {
-        msg.respond(encode({ instance_id: this.id }));
+        this.#reply(msg, encode({ instance_id: this.id }));
       },
     });
     nc.subscribe(own.health, {
@@ -227,7 +230,7 @@ export class NatsInstance {
       });
       return;
     }
-    const body = route === "session" ? this.#reader.take(msg) : msg.data;
+    const body = route === "own" ? this.#reader.take(msg) : msg.data;
     if (body === undefined) return;
     let request: ExecuteRequest;
     let params: ExecuteParams;
@@ -254,7 +257,8 @@ export class NatsInstance {
       return;
     }
     const refused = this.#refused.has(id);
-    if (refused || this.#leaving || (route === "queue" && this.pool.freeSlots() === 0)) {
+    const needsIdle = route === "queue" || request.needs_idle_worker === true;
+    if (refused || this.#leaving || (needsIdle && this.pool.freeSlots() === 0)) {
       const reason = refused
         ? "a gateway looked it up before it came"
         : this.#leaving
@@ -271,7 +275,7 @@ export class NatsInstance {
     this.#log.debug("accepted {id} (client id {client}) from the {route}", {
       id,
       client: request.client_id,
-      route: route === "queue" ? "queue group" : "session's subject",
+      route: route === "queue" ? "queue group" : "instance's own subject",
     });
     this.#send(reply, { kind: "accepted", instance_id: this.id });
     this.#run(id, params, reply, route);
@@ -302,7 +306,7 @@ export class NatsInstance {
     this.#answers.keep(id, reply, body);
     this.#publish(reply, body);
     this.#endpoints?.record(
-      route === "queue" ? "execute" : "session_execute",
+      route === "queue" ? "execute" : "execute_direct",
       performance.now() - started,
       answer.kind === "error" ? answer.error.message : undefined,
     );
@@ -337,7 +341,7 @@ export class NatsInstance {
     try {
       ids = parseResendRequest(msg.data).request_ids;
     } catch (error) {
-      msg.respond(encode({ error: this.#errorOf(error) }));
+      this.#reply(msg, encode({ error: this.#errorOf(error) }));
       return;
     }
     const answer: ResendReply = { instance_id: this.id, finished: [], running: [], unknown: [] };
@@ -359,7 +363,7 @@ export class NatsInstance {
         count: answer.finished.length,
       });
     }
-    msg.respond(encode(answer));
+    this.#reply(msg, encode(answer));
   }
 
   /** Answers a report request with the report, or the error it failed with. */
@@ -370,11 +374,26 @@ export class NatsInstance {
     } catch (error) {
       body = encode({ error: this.#errorOf(error) });
     }
+    if (!this.#reply(msg, body)) {
+      // Too large for one message, say: the error fits.
+      this.#reply(
+        msg,
+        encode({ error: this.#errorOf(new Error(`the ${what} report could not be sent`)) }),
+      );
+    }
+  }
+
+  /** Answers a request; false (logged) when it could not be sent. */
+  #reply(msg: Msg, body: Uint8Array): boolean {
     try {
       msg.respond(body);
+      return true;
     } catch (error) {
-      this.#log.warn("could not answer {what}: {error}", { what, error: String(error) });
-      msg.respond(encode({ error: this.#errorOf(error) }));
+      this.#log.warn("could not answer on {subject}: {error}", {
+        subject: msg.subject,
+        error: String(error),
+      });
+      return false;
     }
   }
 

@@ -31,8 +31,11 @@ export interface LivenessContext {
   connected(): boolean;
   /** When the gateway last reconnected (ms, monotonic; -Infinity if it never did). */
   reconnectedAt(): number;
-  /** The instance is dead, and why: its running requests get -32001. */
-  dead(id: string, why: string): void;
+  /**
+   * The instance is dead, and why: its running requests get -32001. `stalled`: it stopped
+   * answering, but may still be subscribed.
+   */
+  dead(id: string, why: string, stalled: boolean): void;
 }
 
 export class Liveness {
@@ -89,6 +92,7 @@ export class Liveness {
           this.context.dead(
             id,
             "left NATS: nothing subscribes to its subjects any more (it exited, or lost its connection)",
+            false,
           );
           return;
         }
@@ -98,7 +102,7 @@ export class Liveness {
       }
       if (miss !== undefined && ++misses >= MAX_MISSES) {
         this.#watched.delete(id);
-        this.context.dead(id, `stopped answering: ${miss}, ${misses} times in a row`);
+        this.context.dead(id, `stopped answering: ${miss}, ${misses} times in a row`, true);
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, PING_INTERVAL_MS));

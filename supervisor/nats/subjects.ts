@@ -106,6 +106,11 @@ export interface ExecuteRequest {
   /** The client's own id at the gateway, for the instance's logs only. */
   client_id: JsonRpcId;
   params: unknown;
+  /**
+   * Sent to the instance's own subject in place of the queue group (while some instance may be
+   * stalled): decline it unless a worker is idle, as on the queue group.
+   */
+  needs_idle_worker?: boolean;
 }
 
 /** What an instance sends on an `execute` request's reply subject. */
@@ -222,6 +227,7 @@ export function parseExecuteRequest(data: Uint8Array): ExecuteRequest {
     request_id: token(value.request_id, what, "request_id"),
     client_id: clientId,
     params: value.params,
+    needs_idle_worker: value.needs_idle_worker === true,
   };
 }
 
