@@ -41,14 +41,15 @@ import type {
   PackagesReport,
   StatsReport,
 } from "../../lib/protocol.ts";
-import { timeoutResult } from "../failures.ts";
 import type { ServedPool } from "../pool_api.ts";
 import { SessionRegistry } from "../sessions.ts";
 import { PoolStats } from "../stats.ts";
-import { type Answer, type OutputListener, type RequestOutcome, Task } from "../task.ts";
+import { type Answer, type OutputListener, Task } from "../task.ts";
 import { TaskQueue } from "../task_queue.ts";
 import { type Fetched, gatewayHealth, gatewayStats } from "./aggregate.ts";
 import { ask } from "./ask.ts";
+import * as answers from "./gateway_answers.ts";
+import { answerOf } from "./gateway_answers.ts";
 import { connectNats, watchConnection } from "./connect.ts";
 import { InstanceDirectory } from "./directory.ts";
 import { Liveness, PING_TIMEOUT_MS } from "./liveness.ts";
@@ -117,16 +118,6 @@ interface RemoteCall {
   acceptedAt: number;
   timer?: ReturnType<typeof setTimeout>;
 }
-
-const OUTCOMES: Record<number, RequestOutcome> = {
-  [ErrorCode.Overloaded]: "overloaded",
-  [ErrorCode.WorkerDied]: "worker_died",
-  [ErrorCode.ShuttingDown]: "shutting_down",
-  [ErrorCode.Cancelled]: "cancelled",
-  [ErrorCode.SessionNotFound]: "session_not_found",
-  [ErrorCode.AnswerTooLarge]: "answer_too_large",
-  [ErrorCode.InternalError]: "internal_error",
-};
 
 export class NatsGateway implements ServedPool {
   readonly stats = new PoolStats();
@@ -216,21 +207,12 @@ export class NatsGateway implements ServedPool {
         // Closed for good (not by this gateway's own stop, which answered everything first):
         // nothing more can come.
         for (const call of [...this.#calls.values()]) {
-          if (call.phase === "waiting") {
-            this.#finish(call, {
-              outcome: "overloaded",
-              error: this.#notConnected("the NATS connection closed"),
-            });
-          } else {
-            this.#finish(call, {
-              outcome: "worker_died",
-              error: new RpcError(
-                ErrorCode.WorkerDied,
-                "the gateway's NATS connection closed while the request was out; it was not re-run",
-                { instance_id: call.instanceId ?? null, reason: "nats_closed" },
-              ),
-            });
-          }
+          this.#finish(
+            call,
+            call.phase === "waiting"
+              ? answerOf(this.#notConnected("the NATS connection closed"))
+              : answers.connectionClosed(call.instanceId),
+          );
         }
       },
     });
@@ -258,11 +240,7 @@ export class NatsGateway implements ServedPool {
   }
 
   #take(params: ExecuteParams, key: unknown, onOutput?: OutputListener): Promise<ExecuteResult> {
-    if (!this.#accepting) {
-      throw new RpcError(ErrorCode.ShuttingDown, "the pool is shutting down", {
-        reason: "shutdown",
-      });
-    }
+    if (!this.#accepting) throw answers.shuttingDown();
     let pinnedTo: string | undefined;
     if (params.session_id !== undefined) {
       pinnedTo = this.sessions.workerOf(params.session_id, params.tenant);
@@ -303,14 +281,11 @@ export class NatsGateway implements ServedPool {
     await this.#ready;
     if (call.phase !== "waiting") return;
     if (!this.#connected) {
-      this.#finish(call, {
-        outcome: "overloaded",
-        error: this.#notConnected("not connected to NATS"),
-      });
+      this.#finish(call, answerOf(this.#notConnected("not connected to NATS")));
       return;
     }
     if (call.pinnedTo === undefined && this.#directory.size === 0) {
-      this.#finish(call, { outcome: "overloaded", error: this.#noInstances() });
+      this.#finish(call, answerOf(this.#noInstances()));
       return;
     }
     if (this.#queue.size === 0 && !this.#blocked(call) && this.#mayOffer(call)) this.#offer(call);
@@ -322,12 +297,7 @@ export class NatsGateway implements ServedPool {
     if (call === undefined || call.phase === "done") return false;
     switch (call.phase) {
       case "waiting":
-        this.#finish(call, {
-          outcome: "cancelled",
-          error: new RpcError(ErrorCode.Cancelled, "cancelled by the client before it ran", {
-            id: call.clientId,
-          }),
-        });
+        this.#finish(call, answers.cancelledBeforeRun(call.clientId));
         break;
       case "offered":
         call.cancelRequested = true;
@@ -377,10 +347,10 @@ export class NatsGateway implements ServedPool {
     const outcome = await ask(nc, this.subjects.packages, new Uint8Array(), REPORT_TIMEOUT_MS);
     if (outcome.kind === "answer") return parseReport<PackagesReport>(outcome.msg.data, "packages");
     if (outcome.kind === "no_responders") throw this.#noInstances();
-    throw new RpcError(ErrorCode.Overloaded, "no instance answered the packages request", {
-      reason: outcome.kind === "timeout" ? `no answer within ${REPORT_TIMEOUT_MS} ms` : "failed",
-      service: this.config.natsService,
-    });
+    throw answers.noPackagesAnswer(
+      this.config.natsService,
+      outcome.kind === "timeout" ? `no answer within ${REPORT_TIMEOUT_MS} ms` : "failed",
+    );
   }
 
   async shutdown(graceMs: number, { drainQueue = false } = {}): Promise<void> {
@@ -389,21 +359,21 @@ export class NatsGateway implements ServedPool {
     const deadline = performance.now() + graceMs;
     if (!drainQueue) {
       this.#markReady();
-      this.#failWaiting(this.#shuttingDown("the request never ran"));
+      this.#failWaiting(answers.shuttingDown("the request never ran"));
     }
     while (this.#calls.size > 0 && performance.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     for (const call of [...this.#calls.values()]) {
       if (call.phase === "running") this.#sendCancel(call);
-      this.#finish(call, {
-        outcome: "shutting_down",
-        error: this.#shuttingDown(
+      this.#finish(
+        call,
+        answerOf(answers.shuttingDown(
           call.phase === "waiting"
             ? "the request never ran"
             : "the gateway stopped before the request finished; it was cancelled",
-        ),
-      });
+        )),
+      );
     }
     clearInterval(this.#timer);
     this.#liveness?.stop();
@@ -436,19 +406,10 @@ export class NatsGateway implements ServedPool {
   #wait(call: RemoteCall): void {
     call.phase = "waiting";
     if (this.#queue.has(call) || this.#queue.push(call)) return;
-    this.#finish(call, {
-      outcome: "overloaded",
-      error: new RpcError(
-        ErrorCode.Overloaded,
-        "overloaded: every instance is busy and the gateway's queue is full; retry later",
-        {
-          queue_depth: this.#waitingCount(),
-          max_queue: this.config.maxQueue,
-          instances: this.#directory.size,
-          reason: "all_busy",
-        },
-      ),
-    });
+    this.#finish(
+      call,
+      answers.allBusy(this.#waitingCount(), this.config.maxQueue, this.#directory.size),
+    );
   }
 
   /** Offers waiting requests, oldest first, as far as the instances have room. */
@@ -502,7 +463,7 @@ export class NatsGateway implements ServedPool {
     const body = encode(request);
     // A queue group's members each take a message: a chunked one would be torn apart.
     if (target === undefined && body.byteLength > messageRoom(nc)) {
-      this.#finish(call, { outcome: "rejected", error: this.#tooLarge(body.byteLength, nc) });
+      this.#finish(call, answers.tooLarge(body.byteLength, maxPayload(nc)));
       return;
     }
     const sessionId = task.params.session_id;
@@ -522,10 +483,10 @@ export class NatsGateway implements ServedPool {
         { reply: `${this.#inbox}.${call.token}` },
       );
     } catch (error) {
-      this.#finish(call, {
-        outcome: "overloaded",
-        error: this.#notConnected(`could not send the request: ${(error as Error).message}`),
-      });
+      this.#finish(
+        call,
+        answerOf(this.#notConnected(`could not send the request: ${(error as Error).message}`)),
+      );
       return;
     }
     call.timer = setTimeout(() => {
@@ -552,16 +513,7 @@ export class NatsGateway implements ServedPool {
         error: String(error),
       });
       if (call !== undefined && call.phase !== "waiting") {
-        this.#finish(call, {
-          outcome: "internal_error",
-          error: new RpcError(
-            ErrorCode.InternalError,
-            `Internal error: the instance's answer broke the NATS contract (${
-              (error as Error).message
-            })`,
-            { instance_id: call.instanceId ?? null, reason: (error as Error).message },
-          ),
-        });
+        this.#finish(call, answers.brokenAnswer(call.instanceId, (error as Error).message));
       }
       return;
     }
@@ -603,10 +555,7 @@ export class NatsGateway implements ServedPool {
           this.sessions.lose([sessionId], call.instanceId ?? call.pinnedTo ?? "", message);
           this.sessions.reported(sessionId);
         }
-        this.#finish(call, {
-          outcome: OUTCOMES[code] ?? "rejected",
-          error: new RpcError(code, message, data),
-        });
+        this.#finish(call, answerOf(new RpcError(code, message, data)));
         return;
       }
     }
@@ -669,37 +618,19 @@ export class NatsGateway implements ServedPool {
       }`;
       this.sessions.lose([params.session_id], pinned, why);
       this.sessions.reported(params.session_id);
-      this.#finish(call, {
-        outcome: "session_not_found",
-        error: new RpcError(
-          ErrorCode.SessionNotFound,
-          `session ${JSON.stringify(params.session_id)} ${why}`,
-          {
-            session_id: params.session_id,
-            instance_id: pinned,
-            reason: why,
-            hint:
-              "its namespace is gone; start again, or keep state client-side with return_session",
-          },
-        ),
-      });
+      this.#finish(call, answers.sessionLost(params.session_id, pinned, why));
       return;
     }
     if (call.cancelRequested) {
-      this.#finish(call, {
-        outcome: "cancelled",
-        error: new RpcError(ErrorCode.Cancelled, "cancelled by the client before it ran", {
-          id: call.clientId,
-        }),
-      });
+      this.#finish(call, answers.cancelledBeforeRun(call.clientId));
       return;
     }
     if (call.expired) {
-      this.#finish(call, { result: this.#neverRan(call) });
+      this.#finish(call, { result: answers.neverRan(call.task.timeoutMs) });
       return;
     }
     if (this.#directory.size === 0) {
-      this.#finish(call, { outcome: "overloaded", error: this.#noInstances() });
+      this.#finish(call, answerOf(this.#noInstances()));
       return;
     }
     this.#log.debug("request {id} was not taken ({how}{instance}); it waits", {
@@ -746,26 +677,13 @@ export class NatsGateway implements ServedPool {
       }
     }
     this.#endOffer(call);
-    this.#finish(call, {
-      outcome: "worker_died",
-      error: new RpcError(
-        ErrorCode.WorkerDied,
-        `no instance acknowledged the request within ${ACK_TIMEOUT_MS} ms, and not every ` +
-          "instance could say it does not have it (the one NATS gave it to may have died or " +
-          "hung, or NATS was away): its fate is unknown, and it was not sent again",
-        {
-          instance_id: call.pinnedTo ?? null,
-          reason: "unacknowledged",
-          ack_timeout_ms: ACK_TIMEOUT_MS,
-        },
-      ),
-    });
+    this.#finish(call, answers.unacknowledged(call.pinnedTo, ACK_TIMEOUT_MS));
     this.#pump();
   }
 
   /** Every instance's answer about one request, gathered for LOOKUP_WAIT_MS. */
   async #lookup(nc: NatsConnection, requestId: string): Promise<ResendReply[]> {
-    const answers: ResendReply[] = [];
+    const found: ResendReply[] = [];
     try {
       const replies = await nc.requestMany(
         this.subjects.lookup,
@@ -775,7 +693,7 @@ export class NatsGateway implements ServedPool {
       for await (const msg of replies) {
         if (isNoResponders(msg)) break;
         try {
-          answers.push(parseResendReply(msg.data));
+          found.push(parseResendReply(msg.data));
         } catch (error) {
           this.#log.warn("ignored a lookup answer: {error}", { error: String(error) });
         }
@@ -786,36 +704,28 @@ export class NatsGateway implements ServedPool {
         error: String(error),
       });
     }
-    return answers;
+    return found;
   }
 
   /** The instance running it stayed silent past every deadline: answered, and cancelled there. */
   #overdue(call: RemoteCall): void {
     if (call.phase !== "running") return;
     this.#sendCancel(call);
-    const ranMs = performance.now() - call.acceptedAt;
-    const result = timeoutResult(
-      `instance ${call.instanceId} did not answer within the request's ${call.task.timeoutMs} ms ` +
-        `+ ${this.config.timeoutGrace} s grace + ${DEADLINE_GRACE_MS} ms; it was cancelled there`,
-      "",
-      ranMs,
+    const result = answers.overdue(
+      call.instanceId!,
+      call.task.timeoutMs,
+      this.config.timeoutGrace,
+      DEADLINE_GRACE_MS,
+      performance.now() - call.acceptedAt,
     );
-    this.#finish(call, { result: { ...result, instance_id: call.instanceId } });
+    this.#finish(call, { result });
   }
 
   /** The queue deadline passed: a request that never started is answered `timeout`. */
   #expire(call: RemoteCall): void {
-    if (call.phase === "waiting") this.#finish(call, { result: this.#neverRan(call) });
-    else if (call.phase === "offered") call.expired = true;
-  }
-
-  #neverRan(call: RemoteCall): ExecuteResult {
-    return timeoutResult(
-      `timed out after ${call.task.timeoutMs} ms waiting for an instance with an idle worker; ` +
-        "it never ran",
-      "",
-      call.task.timeoutMs,
-    );
+    if (call.phase === "waiting") {
+      this.#finish(call, { result: answers.neverRan(call.task.timeoutMs) });
+    } else if (call.phase === "offered") call.expired = true;
   }
 
   /** Answers the request (once) and forgets it. */
@@ -862,16 +772,7 @@ export class NatsGateway implements ServedPool {
       why,
       count: lost.length,
     });
-    for (const call of lost) {
-      this.#finish(call, {
-        outcome: "worker_died",
-        error: new RpcError(
-          ErrorCode.WorkerDied,
-          `instance ${id} ${why} while running this request; it was not re-run`,
-          { instance_id: id, reason: "instance_lost", detail: why },
-        ),
-      });
-    }
+    for (const call of lost) this.#finish(call, answers.instanceLost(id, why));
     if (stalled) this.#directory.suspect(id);
     this.#directory.forget(id, why);
   }
@@ -927,15 +828,7 @@ export class NatsGateway implements ServedPool {
           const { unknown } = parseResendReply(outcome.msg.data);
           for (const call of calls) {
             if (!unknown.includes(call.requestId) || call.phase !== "running") continue;
-            this.#finish(call, {
-              outcome: "worker_died",
-              error: new RpcError(
-                ErrorCode.WorkerDied,
-                `instance ${id} no longer knows the request (lost while NATS was away); it was ` +
-                  "not re-run",
-                { instance_id: id, reason: "lost_in_outage" },
-              ),
-            });
+            this.#finish(call, answers.lostInOutage(id));
           }
         } catch (error) {
           this.#log.warn("instance {id}'s resend answer: {error}", { id, error: String(error) });
@@ -981,7 +874,7 @@ export class NatsGateway implements ServedPool {
   #failWaiting(error: RpcError): void {
     for (const call of [...this.#calls.values()]) {
       if (call.phase !== "waiting") continue;
-      this.#finish(call, { outcome: OUTCOMES[error.code] ?? "rejected", error });
+      this.#finish(call, answerOf(error));
     }
   }
 
@@ -996,39 +889,10 @@ export class NatsGateway implements ServedPool {
   }
 
   #noInstances(): RpcError {
-    return new RpcError(
-      ErrorCode.Overloaded,
-      `overloaded: no instance of NATS service ${this.config.natsService} is connected`,
-      { service: this.config.natsService, instances: 0, reason: "no_instances" },
-    );
+    return answers.noInstances(this.config.natsService);
   }
 
   #notConnected(why: string): RpcError {
-    return new RpcError(ErrorCode.Overloaded, `overloaded: ${why}; retry later`, {
-      service: this.config.natsService,
-      servers: redactedUrls(this.config.nats),
-      reason: "nats_disconnected",
-    });
-  }
-
-  #shuttingDown(detail: string): RpcError {
-    return new RpcError(ErrorCode.ShuttingDown, `the pool is shutting down; ${detail}`, {
-      reason: "shutdown",
-    });
-  }
-
-  #tooLarge(bytes: number, nc: NatsConnection): RpcError {
-    const limit = maxPayload(nc);
-    return new RpcError(
-      ErrorCode.InvalidRequest,
-      `Invalid Request: the request is ${bytes} bytes, over the NATS server's max_payload of ` +
-        `${limit} bytes`,
-      {
-        bytes,
-        max_payload: limit,
-        hint: "send less (files, session_bytes), or raise max_payload in the NATS server's " +
-          "configuration (up to 64 MB); answers larger than it are sent in chunks",
-      },
-    );
+    return answers.notConnected(why, this.config.natsService, redactedUrls(this.config.nats));
   }
 }
