@@ -9,8 +9,22 @@
 
 import { Supervisor } from "./supervisor_process.ts";
 
-/** The nats-server binary: $NATS_SERVER, else nats-server on PATH (the Debian package). */
-const BINARY = Deno.env.get("NATS_SERVER") ?? "nats-server";
+/**
+ * The nats-server binary: $NATS_SERVER, else nats-server on PATH, else where the Debian package
+ * puts it (/usr/sbin, which a user's PATH may lack).
+ */
+const BINARY = Deno.env.get("NATS_SERVER") ??
+  (onPath("nats-server") ? "nats-server" : "/usr/sbin/nats-server");
+
+function onPath(name: string): boolean {
+  return (Deno.env.get("PATH") ?? "").split(":").some((dir) => {
+    try {
+      return Deno.statSync(`${dir}/${name}`).isFile;
+    } catch {
+      return false;
+    }
+  });
+}
 
 /** A free TCP port on 127.0.0.1 (free a moment ago). */
 function freePort(): number {
