@@ -314,6 +314,8 @@ export interface ExecuteResult {
   session_moved?: { dropped: string[] };
   duration_ms: number;
   worker_id: string;
+  /** The instance that ran it, when the pool serves a NATS service (--nats). */
+  instance_id?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,6 +362,8 @@ export interface WorkerHealth {
   fs_bytes: number | null;
   /** The server-held sessions it holds. */
   sessions: string[];
+  /** Through a NATS gateway: the instance the worker belongs to (worker ids repeat across them). */
+  instance_id?: string;
 }
 
 /** The `health` result: the pool and each worker, without asking the workers. */
@@ -374,6 +378,24 @@ export interface HealthReport {
   use_pool: boolean;
   queue_depth: number;
   workers: WorkerHealth[];
+  /** An instance of a NATS service (--nats): its id. */
+  instance_id?: string;
+  /** Through a NATS gateway (--gateway): one row per instance. */
+  instances?: InstanceHealth[];
+}
+
+/** One instance of a NATS service, in a gateway's `health`. */
+export interface InstanceHealth {
+  instance_id: string;
+  /** The instance's own status; `unreachable` when it did not answer in time. */
+  status: HealthReport["status"] | "unreachable";
+  ready_workers: number;
+  pool_size: number;
+  queue_depth: number;
+  /** This gateway's requests running there now. */
+  in_flight: number;
+  /** Why it is unreachable. */
+  error?: string;
 }
 
 /** A latency histogram's summary, in milliseconds. */
@@ -407,6 +429,8 @@ export interface WorkerStats extends Partial<WorkerOwnStats> {
   state: WorkerState;
   served: number;
   error?: string;
+  /** Through a NATS gateway: the instance the worker belongs to. */
+  instance_id?: string;
 }
 
 /** The `stats` result: counters, latency percentiles and per-worker memory. */
@@ -438,6 +462,28 @@ export interface StatsReport {
   resume: LatencySummary;
   supervisor_rss_bytes: number;
   workers: WorkerStats[];
+  /** An instance of a NATS service (--nats): its id. */
+  instance_id?: string;
+  /** Through a NATS gateway (--gateway): what the gateway itself counted. */
+  gateway?: GatewayCounters;
+  /** Through a NATS gateway: each instance's own `stats`, or why it did not answer. */
+  instances?: (StatsReport | { instance_id: string; error: string })[];
+}
+
+/** A NATS gateway's own counters, in its `stats`. */
+export interface GatewayCounters {
+  /** Instances known now (their heartbeats are current). */
+  instances: number;
+  /** Answers that came for a request already answered (a lost instance's, a timed-out one's): dropped. */
+  late_replies: number;
+  /** Requests an instance refused before starting them (no room after all), sent on elsewhere. */
+  declined: number;
+  /** Dispatches that found no instance with a free worker (NATS "no responders"). */
+  no_responders: number;
+  /** Instances given up as dead while they ran requests of this gateway. */
+  instances_lost: number;
+  /** Requests queued in the gateway, waiting for a free worker on some instance. */
+  queue_depth: number;
 }
 
 /** One package in the `packages` result. */

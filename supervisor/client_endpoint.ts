@@ -12,11 +12,12 @@ import { logger } from "../lib/logging.ts";
 import { parseExecuteParams } from "../lib/protocol.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
 import { ANSWER_LIMIT_HINT } from "./failures.ts";
-import type { Pool } from "./pool.ts";
+import type { PoolApi } from "./pool_api.ts";
 
 export interface ClientEndpointOptions {
   config: Config;
-  pool: Pool;
+  /** The local pool, or the NATS gateway. */
+  pool: PoolApi;
   /** Called when a client asks the pool to shut down. */
   requestShutdown: (reason: string) => void;
   /** Sends a notification to the client (streamed output). */
@@ -41,7 +42,7 @@ export function createClientServer(
         : undefined;
       return pool.execute(request, id, onOutput);
     },
-    packages: () => pool.packages.describe(),
+    packages: () => pool.packagesReport(),
     health: () => pool.health(),
     stats: () => pool.statsReport(),
     shutdown: () => {

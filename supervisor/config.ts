@@ -365,6 +365,57 @@ export const SETTINGS: readonly Setting[] = [
     help: "serve Prometheus metrics and /health on http://127.0.0.1:PORT (0: any free port)",
   },
   {
+    key: "nats",
+    flag: "nats",
+    env: "PYODIDE_NATS_URL",
+    kind: "list",
+    default: [],
+    help: "comma-separated NATS server URLs (nats://host:4222, tls://host:4222): serve as an " +
+      "instance of the service --nats-service there as well as on stdin/stdout, or with " +
+      "--gateway forward to its instances (docs/operations.md, Across hosts)",
+  },
+  {
+    key: "natsService",
+    flag: "nats-service",
+    env: "PYODIDE_NATS_SERVICE",
+    kind: "string",
+    default: "pyodide_pool",
+    help: "the NATS service's name: its subjects start with it (letters, digits, _ and -)",
+  },
+  {
+    key: "gateway",
+    flag: "gateway",
+    env: "PYODIDE_GATEWAY",
+    kind: "bool",
+    default: false,
+    help: "with --nats: start no workers, and serve stdin/stdout (or MCP) by forwarding every " +
+      "request to the service's instances",
+  },
+  {
+    key: "natsCreds",
+    flag: "nats-creds",
+    env: "PYODIDE_NATS_CREDS",
+    kind: "string",
+    default: undefined,
+    help: "NATS credentials file (a user JWT and its NKey seed, from nsc)",
+  },
+  {
+    key: "natsToken",
+    flag: "nats-token",
+    env: "PYODIDE_NATS_TOKEN",
+    kind: "string",
+    default: undefined,
+    help: "NATS authentication token (prefer the environment variable: flags show in ps)",
+  },
+  {
+    key: "natsCa",
+    flag: "nats-ca",
+    env: "PYODIDE_NATS_CA",
+    kind: "string",
+    default: undefined,
+    help: "CA certificate file (PEM) to verify the NATS server's TLS certificate with",
+  },
+  {
     key: "logLevel",
     flag: "log-level",
     env: "PYODIDE_LOG_LEVEL",
@@ -424,6 +475,15 @@ export interface Config {
   mcp: boolean;
   logLevel: "debug" | "info" | "warning" | "error";
   logFormat: "text" | "json";
+  /** NATS server URLs; none: no NATS. */
+  nats: string[];
+  /** The NATS service's name (ADR-32: letters, digits, _ and -). */
+  natsService: string;
+  /** Forward to the service's instances instead of running workers (needs `nats`). */
+  gateway: boolean;
+  natsCreds: string | undefined;
+  natsToken: string | undefined;
+  natsCa: string | undefined;
   isolation: Isolation;
   maxParkedMb: number;
   maxRecoveriesPerMinute: number;
@@ -485,6 +545,77 @@ function convert(setting: Setting, raw: unknown, source: string): unknown {
       }
       return value;
     }
+  }
+}
+
+/** A NATS server URL's schemes: plain, or TLS required. A bare host:port is plain. */
+const NATS_SCHEMES = ["nats:", "tls:"];
+/** A NATS service name, as ADR-32 allows it; it is the first token of every subject. */
+export const SERVICE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * NATS URLs as logs may show them: credentials replaced by `***`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { redactedUrls } from "./config.ts";
+ * assert.deepEqual(redactedUrls(["nats://me:pw@a:4222", "b:4222"]), ["nats://***@a:4222", "b:4222"]);
+ * ```
+ */
+export function redactedUrls(urls: string[]): string[] {
+  return urls.map((url) => url.replace(/\/\/[^@/]*@/, "//***@"));
+}
+
+/** The NATS settings, checked together: each one apart from --nats needs it. */
+function checkNats(config: Config): void {
+  for (const url of config.nats) {
+    const parsed = URL.canParse(url) ? new URL(url) : undefined;
+    const hostPort = /^[A-Za-z0-9.\-\[\]:]+:\d+$/.test(url);
+    if (!hostPort && (!parsed || !NATS_SCHEMES.includes(parsed.protocol) || !parsed.hostname)) {
+      throw new ConfigError(
+        `invalid nats: ${JSON.stringify(url)} is not a NATS URL such as nats://host:4222 or ` +
+          "tls://host:4222",
+      );
+    }
+  }
+  if (!SERVICE_NAME.test(config.natsService)) {
+    throw new ConfigError(
+      `invalid natsService: ${JSON.stringify(config.natsService)} must be 1-64 letters, ` +
+        "digits, _ or - (it starts every subject of the service)",
+    );
+  }
+  if (config.nats.length === 0) {
+    const given = [
+      ["gateway", config.gateway],
+      ["natsCreds", config.natsCreds],
+      ["natsToken", config.natsToken],
+      ["natsCa", config.natsCa],
+    ].filter(([, value]) => value !== undefined && value !== false);
+    if (given.length > 0) {
+      throw new ConfigError(
+        `invalid ${given[0][0]}: it needs a NATS server (--nats URL or PYODIDE_NATS_URL)`,
+      );
+    }
+  }
+  if (config.natsCreds !== undefined && config.natsToken !== undefined) {
+    throw new ConfigError(
+      "invalid natsToken: give a credentials file (natsCreds) or a token, not both",
+    );
+  }
+  for (const [key, path] of [["natsCreds", config.natsCreds], ["natsCa", config.natsCa]]) {
+    if (path === undefined) continue;
+    try {
+      Deno.statSync(path);
+    } catch (error) {
+      throw new ConfigError(`invalid ${key}: cannot read ${path}: ${(error as Error).message}`);
+    }
+  }
+  if (config.gateway && config.metricsPort !== undefined) {
+    throw new ConfigError(
+      "invalid metricsPort: a gateway has no workers to measure; serve metrics from the " +
+        "instances (their --metrics-port)",
+    );
   }
 }
 
@@ -614,5 +745,6 @@ export function loadConfig(
       `invalid execTimeout: ${result.execTimeout} s exceeds maxExecTimeout ${result.maxExecTimeout} s`,
     );
   }
+  checkNats(result);
   return { config: Object.freeze(result), configFile };
 }

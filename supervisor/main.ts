@@ -7,15 +7,21 @@
  * worker_process.ts (the pipe to a worker) → worker_server.ts (the worker) → back the same way;
  * lifecycle.ts keeps the workers.
  *
+ * With --nats it also serves as an instance of a NATS service (nats/instance.ts); with
+ * --gateway it has no workers, and serves its client by forwarding to those instances
+ * (nats/gateway.ts).
+ *
  * @module
  */
 
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, loadConfig, redactedUrls } from "./config.ts";
 import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { notificationMessage } from "../lib/protocol.ts";
 import { createClientServer } from "./client_endpoint.ts";
+import type { NatsInstance } from "./nats/instance.ts";
 import { Pool } from "./pool.ts";
+import type { ServedPool } from "./pool_api.ts";
 
 let loaded;
 try {
@@ -40,17 +46,44 @@ if (config.maxLineBytes < 2 * config.maxOutputBytes) {
     { line: config.maxLineBytes, output: config.maxOutputBytes },
   );
 }
-log.info("starting {size} workers{scaling} (config: {config})", {
-  size: config.usePool ? config.minWorkers : 0,
-  scaling: config.usePool && config.maxWorkers > config.minWorkers
-    ? `, scaling up to ${config.maxWorkers}`
-    : "",
-  config,
-});
+// Secrets stay out of the log.
+const logged = {
+  ...config,
+  nats: redactedUrls(config.nats),
+  natsToken: config.natsToken === undefined ? undefined : "***",
+};
+if (config.gateway) {
+  log.info("starting a gateway to NATS service {service} (config: {config})", {
+    service: config.natsService,
+    config: logged,
+  });
+} else {
+  log.info("starting {size} workers{scaling} (config: {config})", {
+    size: config.usePool ? config.minWorkers : 0,
+    scaling: config.usePool && config.maxWorkers > config.minWorkers
+      ? `, scaling up to ${config.maxWorkers}`
+      : "",
+    config: logged,
+  });
+}
 
-let pool: Pool;
+let pool: ServedPool;
+/** With --nats and no --gateway: this pool as an instance of the NATS service. */
+let instance: NatsInstance | undefined;
 try {
-  pool = new Pool(config);
+  if (config.gateway) {
+    // Loaded only here, as the instance below: the NATS client adds to a plain pool's memory.
+    const { NatsGateway } = await import("./nats/gateway.ts");
+    pool = new NatsGateway(config);
+  } else if (config.nats.length > 0) {
+    const { NatsInstance } = await import("./nats/instance.ts");
+    const { nuid } = await import("@nats-io/transport-node");
+    const local = new Pool(config, { instanceId: nuid.next() });
+    instance = new NatsInstance(local, config, local.instanceId!);
+    pool = local;
+  } else {
+    pool = new Pool(config);
+  }
 } catch (error) {
   if (!(error instanceof ConfigError)) throw error;
   console.error(`pyodide-pool: ${error.message}`);
@@ -74,8 +107,11 @@ function stop(reason: string, drainQueue: boolean): Promise<void> {
       log.error("shutdown took too long; exiting");
       Deno.exit(1);
     }, graceMs + 10_000);
+    // An instance first leaves the service: gateways send it nothing new.
+    await instance?.leave();
     await pool.shutdown(graceMs, { drainQueue });
     await endpoint.answered();
+    await instance?.close();
     clearTimeout(watchdog);
     log.info("stopped");
     Deno.exit(0);
@@ -121,13 +157,26 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => stop(signal, false));
 }
 
-if (config.metricsPort !== undefined) {
+if (config.metricsPort !== undefined && pool instanceof Pool) {
   // Loaded only here: prom-client would add to every supervisor's memory.
   const { serveMetrics } = await import("./metrics.ts");
   serveMetrics(pool, config.metricsPort);
 }
 
-// Requests queue while the workers start, so serving begins at once.
-pool.start();
+// Requests queue while the workers start (or the gateway finds the instances), so serving
+// begins at once.
+pool.start().catch((error) => {
+  log.error("could not start: {error}", { error: String(error) });
+  stop("start failed", false);
+});
+instance?.start().catch((error) => {
+  log.error("could not serve NATS: {error}", { error: String(error) });
+});
 await endpoint.serve();
-await stop("stdin closed", true);
+if (instance !== undefined) {
+  // The stdio client is done, but the NATS service goes on: an instance runs until a signal
+  // (or `shutdown`) stops it, also when started with no stdin at all.
+  log.info("stdin closed: serving NATS only, until SIGTERM or SIGINT");
+} else {
+  await stop("stdin closed", true);
+}

@@ -22,7 +22,7 @@ import { RpcError, toRpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import { type ExecuteResult, type PackagesReport, parseExecuteParams } from "../lib/protocol.ts";
 import packageJson from "../package.json" with { type: "json" };
-import type { Pool } from "./pool.ts";
+import type { PoolApi } from "./pool_api.ts";
 
 /** The MCP server's name and version, as clients show them; the version is package.json's. */
 export const MCP_SERVER_INFO = { name: "pyodide-pool", version: packageJson.version } as const;
@@ -52,7 +52,8 @@ export interface McpEndpoint {
 
 export interface McpEndpointOptions {
   config: Config;
-  pool: Pool;
+  /** The local pool, or the NATS gateway. */
+  pool: PoolApi;
   /** Called when stdout fails (the client went away without closing stdin). */
   onOutputClosed: (error: unknown) => void;
 }
@@ -87,7 +88,7 @@ export async function serveMcp(
   };
 }
 
-function registerTools(server: McpServer, config: Config, pool: Pool): void {
+function registerTools(server: McpServer, config: Config, pool: PoolApi): void {
   let calls = 0;
   server.registerTool("run_python", {
     title: "Run Python",
@@ -143,7 +144,7 @@ function registerTools(server: McpServer, config: Config, pool: Pool): void {
     description: "Lists the packages run_python can load with `packages`, and those already " +
       "loaded in every worker. The Python standard library needs no loading.",
     annotations: { readOnlyHint: true, openWorldHint: false },
-  }, () => packagesToTool(pool.packages.describe()));
+  }, async () => packagesToTool(await pool.packagesReport()));
 }
 
 /**

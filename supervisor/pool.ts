@@ -11,11 +11,18 @@ import type { Config } from "./config.ts";
 import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
 import { answerTooLarge } from "../lib/rpc_server.ts";
-import type { ExecuteParams, ExecuteResult, HealthReport, StatsReport } from "../lib/protocol.ts";
+import type {
+  ExecuteParams,
+  ExecuteResult,
+  HealthReport,
+  PackagesReport,
+  StatsReport,
+} from "../lib/protocol.ts";
 import { pickWorker } from "./balancer.ts";
 import { ANSWER_LIMIT_HINT, answerForFailure, timeoutResult } from "./failures.ts";
 import { WorkerLifecycle } from "./lifecycle.ts";
 import { PackageCatalog } from "./packages.ts";
+import type { ServedPool } from "./pool_api.ts";
 import { healthReport, type PoolView, statsReport } from "./reports.ts";
 import { SessionRegistry } from "./sessions.ts";
 import { PoolStats } from "./stats.ts";
@@ -25,8 +32,17 @@ import { prepareSnapshot } from "./snapshot.ts";
 import { buildWorkerCommand } from "./worker_command.ts";
 import { WorkerDeadlineError, type WorkerProcess } from "./worker_process.ts";
 
-export class Pool {
+export interface PoolOptions {
+  /**
+   * The pool serves as this instance of a NATS service (--nats): every result it returns, and
+   * its health and stats, carry the id as `instance_id`.
+   */
+  instanceId?: string;
+}
+
+export class Pool implements ServedPool {
   readonly stats = new PoolStats();
+  readonly instanceId: string | undefined;
   readonly sessions: SessionRegistry;
   readonly packages: PackageCatalog;
   #workers: WorkerLifecycle;
@@ -38,8 +54,11 @@ export class Pool {
   #log = logger("pool");
   /** What the reports read. */
   #view: PoolView;
+  #changeListeners: (() => void)[] = [];
+  #changeScheduled = false;
 
-  constructor(private readonly config: Config) {
+  constructor(private readonly config: Config, options: PoolOptions = {}) {
+    this.instanceId = options.instanceId;
     this.#queue = new TaskQueue(config.maxQueue);
     this.sessions = new SessionRegistry(
       config.sessionTtl * 1000,
@@ -61,6 +80,7 @@ export class Pool {
       workers: () => [...this.#workers.values()],
       queueDepth: () => this.#queue.size,
       accepting: () => this.#accepting,
+      instanceId: options.instanceId,
     };
   }
 
@@ -85,6 +105,14 @@ export class Pool {
 
   /** Runs one request; resolves with its result or rejects with an RpcError. */
   execute(params: ExecuteParams, key: unknown, onOutput?: OutputListener): Promise<ExecuteResult> {
+    const answer = this.#admit(params, key, onOutput);
+    const instanceId = this.instanceId;
+    return instanceId === undefined
+      ? answer
+      : answer.then((result) => ({ ...result, instance_id: instanceId }));
+  }
+
+  #admit(params: ExecuteParams, key: unknown, onOutput?: OutputListener): Promise<ExecuteResult> {
     if (!this.#accepting) {
       return Promise.reject(
         new RpcError(ErrorCode.ShuttingDown, "the pool is shutting down", { reason: "shutdown" }),
@@ -159,6 +187,44 @@ export class Pool {
     return false;
   }
 
+  /**
+   * Requests the pool could start at once: its idle workers that take work (in fresh-worker
+   * mode, the room left under --pool-size), less the requests already queued.
+   */
+  freeSlots(): number {
+    let free = 0;
+    if (this.config.usePool) {
+      for (const worker of this.#workers.values()) {
+        if (worker.state === "idle" && !worker.retiring) free++;
+      }
+    } else {
+      free = this.config.poolSize - this.#running.size;
+    }
+    return this.#accepting ? Math.max(0, free - this.#queue.size) : 0;
+  }
+
+  /**
+   * Calls `listener` after the workers or the queue may have changed (a request queued,
+   * started or answered, a worker ready), once per burst of changes: `freeSlots()` may differ.
+   */
+  onChange(listener: () => void): void {
+    this.#changeListeners.push(listener);
+  }
+
+  #changed(): void {
+    if (this.#changeScheduled || this.#changeListeners.length === 0) return;
+    this.#changeScheduled = true;
+    queueMicrotask(() => {
+      this.#changeScheduled = false;
+      for (const listener of this.#changeListeners) listener();
+    });
+  }
+
+  /** The `packages` report: the package source, what is loaded pool-wide, what exists. */
+  packagesReport(): PackagesReport {
+    return this.packages.describe();
+  }
+
   /** Pool and per-worker state, without asking the workers. */
   health(): HealthReport {
     return healthReport(this.#view);
@@ -178,6 +244,7 @@ export class Pool {
   async shutdown(graceMs: number, { drainQueue = false } = {}): Promise<void> {
     if (!this.#accepting) return;
     this.#accepting = false;
+    this.#changed();
     this.#workers.stopChecks();
     clearInterval(this.#sessionTimer);
     const deadline = performance.now() + graceMs;
@@ -207,6 +274,7 @@ export class Pool {
 
   /** Hands queued work to free workers. */
   #pump(): void {
+    this.#changed();
     if (this.#queue.size === 0) return;
     let dispatched = false;
     for (const task of this.#queue) {
@@ -260,6 +328,11 @@ export class Pool {
     const remainingMs = Math.max(1, Math.round(task.timeoutMs - (started - task.arrivedAt)));
     const deadlineMs = remainingMs + this.config.timeoutGrace * 1000;
     const { params } = task;
+    // Pinned as it starts, not once it ends: a request of the same session that comes
+    // meanwhile must wait for this worker, not start a namespace of its own on another.
+    if (params.session_id !== undefined) {
+      this.sessions.touch(params.session_id, worker.id, params.tenant);
+    }
     try {
       const packages = [...new Set([...this.packages.loaded, ...(params.packages ?? [])])];
       const result = await worker.call(

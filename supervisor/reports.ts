@@ -24,6 +24,8 @@ export interface PoolView {
   queueDepth(): number;
   /** False once shutdown started. */
   accepting(): boolean;
+  /** The pool's id as an instance of a NATS service (--nats), if it is one. */
+  readonly instanceId?: string;
 }
 
 /** Pool and per-worker state, without asking the workers. */
@@ -63,6 +65,7 @@ export function healthReport(pool: PoolView): HealthReport {
     use_pool: config.usePool,
     queue_depth: pool.queueDepth(),
     workers,
+    ...(pool.instanceId === undefined ? {} : { instance_id: pool.instanceId }),
   };
 }
 
@@ -104,5 +107,6 @@ export async function statsReport(pool: PoolView): Promise<StatsReport> {
     resume: stats.resume.summary(),
     supervisor_rss_bytes: Deno.memoryUsage().rss,
     workers,
+    ...(pool.instanceId === undefined ? {} : { instance_id: pool.instanceId }),
   };
 }

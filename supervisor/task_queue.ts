@@ -47,6 +47,11 @@ export class TaskQueue<T> {
     return first.value;
   }
 
+  /** Whether the item is queued. */
+  has(item: T): boolean {
+    return this.#items.has(item);
+  }
+
   /** Removes an item wherever it is; false if it was not queued. */
   delete(item: T): boolean {
     return this.#items.delete(item);

@@ -105,3 +105,33 @@ Deno.test("the pool scales between min and max workers, a fixed pool size withou
   );
   assert.throws(() => config(["--min-workers", "0"]), ConfigError);
 });
+
+Deno.test("the NATS settings: a URL list, a service name, and nothing of NATS without --nats", () => {
+  const c = config(["--nats", "nats://a:4222,tls://b:4222", "--gateway"]);
+  assert.deepEqual(c.nats, ["nats://a:4222", "tls://b:4222"]);
+  assert.equal(c.natsService, "pyodide_pool");
+  assert.equal(c.gateway, true);
+  assert.equal(config([], { PYODIDE_NATS_URL: "127.0.0.1:4222" }).nats[0], "127.0.0.1:4222");
+  assert.deepEqual(config([]).nats, []);
+  const cases: [string[], RegExp][] = [
+    [["--gateway"], /invalid gateway: it needs a NATS server \(--nats URL/],
+    [["--nats-token", "secret"], /invalid natsToken: it needs a NATS server/],
+    [["--nats", "http://a:4222"], /invalid nats: "http:\/\/a:4222" is not a NATS URL/],
+    [["--nats", "nats://a:4222", "--nats-service", "a.b"], /invalid natsService: "a.b"/],
+    [
+      ["--nats", "nats://a:4222", "--nats-creds", "/no/such/file"],
+      /invalid natsCreds: cannot read/,
+    ],
+    [
+      ["--nats", "nats://a:4222", "--gateway", "--metrics-port", "0"],
+      /invalid metricsPort: a gateway has no workers/,
+    ],
+  ];
+  for (const [argv, pattern] of cases) {
+    assert.throws(() => loadConfig(argv, {}), (e: Error) => {
+      assert.ok(e instanceof ConfigError, String(e));
+      assert.match(e.message, pattern);
+      return true;
+    });
+  }
+});

@@ -113,3 +113,16 @@ Deno.test("a worker replaced while its health check runs still leaves, and its s
     await sup.close();
   }
 });
+
+Deno.test("a new session's second request, sent while its first runs, waits for its worker", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "2"] });
+  // Both workers idle: without the pin taken at dispatch, the second went to the other one and
+  // ran in a namespace of its own (NameError), and the session ended up on that worker.
+  const first = sup.execute({ code: "import time\ntime.sleep(0.3)\nn = 1", session_id: "pair" });
+  const second = sup.execute({ code: "n += 1\nn", session_id: "pair" });
+  const [a, b] = await Promise.all([first, second]);
+  assert.equal(b.result, "2", JSON.stringify(b.error));
+  assert.equal(b.worker_id, a.worker_id);
+  assert.equal((await sup.execute({ code: "n", session_id: "pair" })).result, "2");
+  assert.equal((await sup.close()).code, 0);
+});

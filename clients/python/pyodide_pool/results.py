@@ -69,6 +69,9 @@ class ExecuteResult:
     """With `return_session`: the names that could not be kept."""
     session_moved: Optional[Dict[str, List[str]]] = None
     """After a session moved to a new worker: `{"dropped": [names that could not move]}`."""
+    instance_id: Optional[str] = None
+    """The instance of a NATS service that ran it (a supervisor started with `--nats`, or reached
+    through a gateway); None otherwise."""
 
     @property
     def ok(self) -> bool:
@@ -104,4 +107,5 @@ class ExecuteResult:
             session_bytes=value.get("session_bytes"),
             session_dropped=value.get("session_dropped"),
             session_moved=value.get("session_moved"),
+            instance_id=value.get("instance_id"),
         )
