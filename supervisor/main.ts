@@ -15,6 +15,7 @@ import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { notificationMessage } from "../lib/protocol.ts";
 import { createClientServer } from "./client_endpoint.ts";
+import type { HttpService } from "./http/server.ts";
 import { Pool } from "./pool.ts";
 
 let loaded;
@@ -64,6 +65,9 @@ interface Endpoint {
   answered(): Promise<void>;
 }
 
+/** How long answers already made may take to reach HTTP clients once the pool stopped. */
+const HTTP_CLOSE_GRACE_MS = 5_000;
+
 let stopping: Promise<void> | undefined;
 function stop(reason: string, drainQueue: boolean): Promise<void> {
   stopping ??= (async () => {
@@ -74,8 +78,12 @@ function stop(reason: string, drainQueue: boolean): Promise<void> {
       log.error("shutdown took too long; exiting");
       Deno.exit(1);
     }, graceMs + 10_000);
+    // New HTTP connections go elsewhere (a load balancer's next instance) from now on.
+    await http?.stopAccepting();
     await pool.shutdown(graceMs, { drainQueue });
     await endpoint.answered();
+    // Every request is answered: what is left is writing the answers out.
+    await http?.close(HTTP_CLOSE_GRACE_MS);
     clearTimeout(watchdog);
     log.info("stopped");
     Deno.exit(0);
@@ -116,6 +124,33 @@ async function mcpEndpoint(): Promise<Endpoint> {
   });
 }
 
+/** The HTTP service beside stdin/stdout (`--http`), loaded only then. */
+async function httpService(): Promise<HttpService | undefined> {
+  if (config.http === undefined) return undefined;
+  const { startHttpService } = await import("./http/server.ts");
+  try {
+    return await startHttpService({
+      config,
+      pool,
+      requestShutdown: (reason) => stop(reason, false),
+    });
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(`pyodide-pool: ${error.message}`);
+    } else if (error instanceof Deno.errors.NotCapable) {
+      console.error(
+        `pyodide-pool: cannot listen on ${config.http}: the supervisor's permission set ` +
+          "(deno.json) lets it listen on loopback, 0.0.0.0 and [::] only; bind one of those, or " +
+          `run it with --allow-net naming this address (${(error as Error).message})`,
+      );
+    } else {
+      console.error(`pyodide-pool: cannot listen on ${config.http}: ${(error as Error).message}`);
+    }
+    Deno.exit(2);
+  }
+}
+
+const http = await httpService();
 const endpoint = config.mcp ? await mcpEndpoint() : jsonRpcEndpoint();
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => stop(signal, false));
@@ -130,4 +165,12 @@ if (config.metricsPort !== undefined) {
 // Requests queue while the workers start, so serving begins at once.
 pool.start();
 await endpoint.serve();
-await stop("stdin closed", true);
+if (http === undefined) {
+  await stop("stdin closed", true);
+} else {
+  // A service's stdin is often closed from the start (/dev/null): it ends the stdio client
+  // only. The pool serves HTTP until a signal or `shutdown` stops it.
+  log.info("stdin closed; serving HTTP on {url} until SIGTERM, SIGINT or shutdown", {
+    url: http.url,
+  });
+}
