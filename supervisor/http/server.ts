@@ -24,6 +24,10 @@ import { BodyBudget } from "./body.ts";
 import { ConnectionGate, type GatedConnection } from "./connections.ts";
 import { badRequest, headerTimeoutText, overCapacityText, unauthorized } from "./responses.ts";
 import { serveRpc } from "./rpc.ts";
+import { poolMetrics } from "../metrics.ts";
+import { Cors } from "./cors.ts";
+import { McpSessions } from "./mcp.ts";
+import { StatusPage } from "./status_page.ts";
 
 const log = logger("http");
 
@@ -43,6 +47,9 @@ export interface HttpService {
   /** Waits for the requests in hand to be answered (up to `graceMs`), then closes everything. */
   close(graceMs: number): Promise<void>;
 }
+
+/** MCP sessions open at once, past which the least recently used is closed. */
+const MAX_MCP_SESSIONS = 1000;
 
 /** Routes that need no token: the page itself (it holds no data) and the probe. */
 const OPEN_ROUTES = new Set(["GET /", "HEAD /", "GET /health", "HEAD /health"]);
@@ -69,6 +76,17 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     budget,
     bodyTimeoutMs,
   };
+  // Loaded with the service: /metrics and /mcp are on whenever --http is.
+  const metrics = poolMetrics(options.pool);
+  const mcp = new McpSessions({
+    config,
+    pool: options.pool,
+    budget,
+    bodyTimeoutMs,
+    maxSessions: MAX_MCP_SESSIONS,
+  });
+  const statusPage = new StatusPage();
+  const cors = new Cors(config.httpCors);
 
   const route = async (
     request: Request,
@@ -84,6 +102,23 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     if (url.pathname === "/health") {
       if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
       return healthResponse(options.pool.health(), caller !== undefined);
+    }
+    if (url.pathname === "/mcp") {
+      if (method !== "GET" && method !== "POST" && method !== "DELETE") {
+        return notAllowed(["POST", "GET", "DELETE"]);
+      }
+      return await mcp.handle(request, caller!, connection);
+    }
+    if (url.pathname === "/metrics") {
+      if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
+      await metrics.refresh();
+      return new Response(await metrics.registry.metrics(), {
+        headers: { "content-type": metrics.registry.contentType },
+      });
+    }
+    if (url.pathname === "/" || url.pathname === "/index.html") {
+      if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
+      return await statusPage.response();
     }
     return badRequest(404, `no route ${url.pathname}`, {
       path: url.pathname,
@@ -109,12 +144,17 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
           hint: "without --http-token-file the service answers only requests for 127.0.0.1, " +
             "localhost or [::1] (a defence against DNS rebinding)",
         });
+      } else if (request.method === "OPTIONS") {
+        // A preflight carries no token: what it asks is only whether the origin may call.
+        response = cors.preflight(request);
       } else {
         const caller = tokens.check(request.headers.get("authorization"));
-        const open = OPEN_ROUTES.has(`${request.method} ${url.pathname}`);
+        const path = url.pathname === "/index.html" ? "/" : url.pathname;
+        const open = OPEN_ROUTES.has(`${request.method} ${path}`);
         response = caller === undefined && !open
           ? unauthorized()
           : await route(request, url, caller, connection);
+        response = cors.allow(request, response);
       }
     } catch (error) {
       log.error("HTTP {method} {path} failed: {error}", {
@@ -168,6 +208,9 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     close: (graceMs) =>
       closing ??= (async () => {
         await gate.stopAccepting();
+        // Every call was answered (the pool stopped first): the streams the sessions hold open
+        // would otherwise keep the server from closing.
+        await mcp.closeAll();
         const shutdown = server.shutdown();
         let timer: ReturnType<typeof setTimeout> | undefined;
         const graceEnded = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
