@@ -51,8 +51,11 @@ export interface HttpService {
 /** MCP sessions open at once, past which the least recently used is closed. */
 const MAX_MCP_SESSIONS = 1000;
 
-/** Routes that need no token: the page itself (it holds no data) and the probe. */
-const OPEN_ROUTES = new Set(["GET /", "HEAD /", "GET /health", "HEAD /health"]);
+/**
+ * The routes that need a token (when there is a token file): all but the page itself (it holds
+ * no data) and the probe (`/health`, which shows sessions only to a token).
+ */
+const GUARDED_PATHS = new Set(["/rpc", "/mcp", "/metrics"]);
 
 /**
  * Starts the service. Throws a ConfigError when the token file cannot be used, and the
@@ -101,7 +104,10 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     }
     if (url.pathname === "/health") {
       if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
-      return healthResponse(options.pool.health(), caller !== undefined);
+      const response = healthResponse(options.pool.health(), caller !== undefined);
+      // Tells the status page whether to ask for a token before it asks for more.
+      if (tokens.required) response.headers.set("x-pyodide-pool-auth", "bearer");
+      return response;
     }
     if (url.pathname === "/mcp") {
       if (method !== "GET" && method !== "POST" && method !== "DELETE") {
@@ -149,9 +155,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
         response = cors.preflight(request);
       } else {
         const caller = tokens.check(request.headers.get("authorization"));
-        const path = url.pathname === "/index.html" ? "/" : url.pathname;
-        const open = OPEN_ROUTES.has(`${request.method} ${path}`);
-        response = caller === undefined && !open
+        response = caller === undefined && GUARDED_PATHS.has(url.pathname)
           ? unauthorized()
           : await route(request, url, caller, connection);
         response = cors.allow(request, response);
