@@ -1,21 +1,20 @@
 /**
  * A real headless Chromium for tests: the system's (Debian's `chromium`, which .ci/run installs),
- * started here and driven over the DevTools protocol with playwright-core. Nothing is downloaded:
- * no browser build is reachable from here. When the browser cannot start, `launchBrowser`
- * throws an error that says why and how to install it, so a test fails rather than skips.
+ * launched and driven over the DevTools protocol with puppeteer-core. Nothing is downloaded: no
+ * browser build is reachable from here. When the browser cannot start, `launchBrowser` throws an
+ * error that says why and how to install it, so that a test fails rather than skips.
+ *
+ * puppeteer-core rather than playwright-core: playwright-core reads
+ * /proc/sys/fs/binfmt_misc/WSLInterop as it loads, which Deno allows only with --allow-all, and
+ * the test task does not grant that.
  *
  * @module
  */
 
-import { type Browser, chromium } from "playwright-core";
+import puppeteer, { type Browser } from "puppeteer-core";
 
 /** Where Chromium is looked for, first found wins (PYODIDE_POOL_CHROMIUM overrides). */
 const CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
-
-export interface RunningBrowser {
-  browser: Browser;
-  close(): Promise<void>;
-}
 
 function executable(): string {
   const chosen = Deno.env.get("PYODIDE_POOL_CHROMIUM");
@@ -32,66 +31,25 @@ function executable(): string {
 }
 
 /**
- * Starts headless Chromium with a fresh profile and connects to it. `--no-sandbox`: the tests
- * run as root, where Chromium's own sandbox refuses to start.
+ * Starts headless Chromium with a fresh profile. `--no-sandbox`: the tests run as root, where
+ * Chromium's own sandbox refuses to start.
  */
-export async function launchBrowser(): Promise<RunningBrowser> {
+export async function launchBrowser(): Promise<Browser> {
   const path = executable();
-  const profile = await Deno.makeTempDir({ prefix: "pyodide-pool-chromium-" });
-  const process = new Deno.Command(path, {
-    args: [
-      "--headless=new",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-dev-shm-usage",
-      "--no-first-run",
-      "--no-default-browser-check",
-      "--remote-debugging-address=127.0.0.1",
-      "--remote-debugging-port=0",
-      `--user-data-dir=${profile}`,
-      "about:blank",
-    ],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let log = "";
-  const decoder = new TextDecoder();
-  const reader = process.stderr.getReader();
-  const endpoint = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`Chromium (${path}) did not start within 30 s; its log:\n${log}`)),
-      30_000,
+  try {
+    return await puppeteer.launch({
+      executablePath: path,
+      headless: true,
+      // A WebSocket, not the default pipes on file descriptors 3 and 4.
+      pipe: false,
+      timeout: 30_000,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+    });
+  } catch (error) {
+    throw new Error(
+      `Chromium (${path}) could not start: ${(error as Error).message}\n` +
+        "Install Debian's chromium (`apt-get update && apt-get install -y chromium`, as .ci/run " +
+        "does), or point PYODIDE_POOL_CHROMIUM at a working Chromium",
     );
-    (async () => {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        log += decoder.decode(value, { stream: true });
-        const match = log.match(/DevTools listening on (ws:\/\/\S+)/);
-        if (match) {
-          clearTimeout(timer);
-          return resolve(match[1]);
-        }
-      }
-      clearTimeout(timer);
-      reject(new Error(`Chromium (${path}) exited before it listened; its log:\n${log}`));
-    })();
-  });
-  // Keep draining its log, so that it never blocks on a full pipe.
-  (async () => {
-    while (!(await reader.read()).done) { /* discard */ }
-  })().catch(() => {});
-  const browser = await chromium.connectOverCDP(endpoint);
-  return {
-    browser,
-    close: async () => {
-      await browser.close().catch(() => {});
-      try {
-        process.kill("SIGKILL");
-      } catch { /* gone */ }
-      await process.status;
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
-    },
-  };
+  }
 }
