@@ -571,7 +571,7 @@ const column = (flag: string) => `${flag}  `.padEnd(34);
 /** The `--help` text, generated from the settings table. */
 export function helpText(): string {
   const lines = [
-    "pyodide-pool: a pool of warm Pyodide interpreters behind JSON-RPC 2.0 on stdin/stdout.",
+    "pyodide-pool: a pool of warm Pyodide interpreters behind JSON-RPC 2.0 on stdin/stdout (and HTTP with --http).",
     "",
     "Usage: scripts/start [options]   (or: deno task start [options])",
     "",
