@@ -301,7 +301,7 @@ Deno.test("HTTP: 200 concurrent clients, each on its own connection, all answere
   });
 });
 
-Deno.test("HTTP: a full queue answers 503 with Retry-After and the JSON-RPC error", async () => {
+Deno.test("HTTP: a full queue answers 503 with Retry-After; stdio beside HTTP; SIGTERM stops it", async () => {
   const http = await HttpPool.start({ args: ["--pool-size", "1", "--max-queue", "1"] });
   try {
     const controller = new AbortController();
@@ -351,8 +351,15 @@ Deno.test("HTTP: a full queue answers 503 with Retry-After and the JSON-RPC erro
       "GET /health HTTP/1.1\r\nhost: evil.example:80\r\nconnection: close\r\n\r\n",
     );
     assert.match(rebound, /^HTTP\/1\.1 421 /);
+
+    // stdio works beside HTTP; its end ends the stdio client only, and SIGTERM stops the pool.
+    assert.equal((await http.supervisor.execute({ code: "'stdio'" })).result, "'stdio'");
+    await http.supervisor.closeInput();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal((await http.execute({ code: "'still here'" })).result?.result, "'still here'");
+    assert.match(http.supervisor.stderr, /stdin closed; serving HTTP on http:\/\/127\.0\.0\.1:\d+/);
   } finally {
-    await http.stop();
+    assert.equal((await http.stop()).code, 0);
   }
 });
 

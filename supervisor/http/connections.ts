@@ -24,7 +24,10 @@ export interface GateOptions {
   /** The loopback port of the HTTP server the gate relays to. */
   upstreamPort: number;
   maxConnections: number;
-  /** Time a connection may take to send a request's headers, from its opening or last answer. */
+  /**
+   * Time a connection may take to send a request's headers, from its opening or last answer; a
+   * connection that sent part of a request by then gets a 408, one that sent nothing is closed.
+   */
   headerTimeoutMs: number;
   /** The canned answer to a connection past the cap (a whole HTTP response). */
   overCapacity: (open: number) => string;
@@ -43,6 +46,8 @@ export class GatedConnection {
   #relayingToClient = false;
   /** Closed for want of headers: the relay writes the 408 once the server's side ended. */
   #timedOut = false;
+  /** The client sent bytes since the connection opened or since its last answer. */
+  #heardSinceAnswer = false;
   #gone = new AbortController();
 
   /** The local port of the relay's connection to the HTTP server: how the server names it. */
@@ -98,7 +103,7 @@ export class GatedConnection {
     this.#armHeaderDeadline();
     // The client's bytes go up until it ends or the connection closes; its end is passed on,
     // and the HTTP server answers what it has and closes.
-    pump(this.client, this.upstream, () => {}).then(() => {
+    pump(this.client, this.upstream, () => this.#heardSinceAnswer = true).then(() => {
       this.#gone.abort();
       closeWriteQuietly(this.upstream);
     });
@@ -112,6 +117,7 @@ export class GatedConnection {
 
   #armHeaderDeadline(): void {
     clearTimeout(this.#timer);
+    this.#heardSinceAnswer = false;
     this.#timer = setTimeout(() => this.#headersTooSlow(), this.gate.options.headerTimeoutMs);
   }
 
@@ -124,8 +130,10 @@ export class GatedConnection {
       ms: this.gate.options.headerTimeoutMs,
     });
     // The HTTP server is idle on this connection: cut it off, so that it writes nothing more;
-    // the relay then writes the 408 and closes (relay()).
-    this.#timedOut = true;
+    // the relay then writes the 408 and closes (relay()). A kept-alive connection that sent
+    // nothing since its last answer is only idle: it is closed without a word, since a 408 could
+    // cross a request the client sends just then and be taken for its answer.
+    this.#timedOut = this.#heardSinceAnswer;
     closeQuietly(this.upstream);
   }
 
