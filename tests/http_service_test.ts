@@ -109,6 +109,52 @@ Deno.test("HTTP MCP: the SDK's Streamable HTTP client lists and calls the tools"
   }
 });
 
+Deno.test("HTTP MCP: the spec's GET opens the session's event stream; DELETE ends the session", async () => {
+  const http = await pool();
+  const headers = {
+    authorization: `Bearer ${PLAIN}`,
+    "content-type": "application/json",
+    accept: "application/json, text/event-stream",
+  };
+  const init = await fetch(`${http.url}/mcp`, {
+    method: "POST",
+    headers,
+    body: JSON.stringify({
+      jsonrpc: "2.0",
+      id: 1,
+      method: "initialize",
+      params: {
+        protocolVersion: "2025-06-18",
+        capabilities: {},
+        clientInfo: { name: "raw", version: "1" },
+      },
+    }),
+  });
+  assert.equal(init.status, 200);
+  const session = init.headers.get("mcp-session-id")!;
+  assert.match(session, /^[0-9a-f-]{36}$/);
+  await init.body?.cancel();
+  const withSession = { ...headers, "mcp-session-id": session };
+  const stream = await fetch(`${http.url}/mcp`, { headers: withSession });
+  assert.equal(stream.status, 200);
+  assert.equal(stream.headers.get("content-type"), "text/event-stream");
+  await stream.body?.cancel();
+  // Without a session, GET has nothing to stream.
+  const none = await fetch(`${http.url}/mcp`, { headers });
+  assert.equal(none.status, 400);
+  await none.body?.cancel();
+  const ended = await fetch(`${http.url}/mcp`, { method: "DELETE", headers: withSession });
+  assert.equal(ended.status, 200);
+  await ended.body?.cancel();
+  const gone = await fetch(`${http.url}/mcp`, {
+    method: "POST",
+    headers: withSession,
+    body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
+  });
+  assert.equal(gone.status, 404);
+  await gone.body?.cancel();
+});
+
 Deno.test("HTTP: /health for probes (sessions only with a token), /metrics with a token", async () => {
   const http = await pool();
   await http.execute({ code: "s = 1", session_id: "h1" }, PLAIN);
