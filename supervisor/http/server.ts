@@ -26,7 +26,7 @@ import { badRequest, headerTimeoutText, overCapacityText, unauthorized } from ".
 import { serveRpc } from "./rpc.ts";
 import { poolMetrics } from "../metrics.ts";
 import { Cors } from "./cors.ts";
-import { McpSessions } from "./mcp.ts";
+import type { McpSessions } from "./mcp.ts";
 import { StatusPage } from "./status_page.ts";
 
 const log = logger("http");
@@ -79,15 +79,21 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     budget,
     bodyTimeoutMs,
   };
-  // Loaded with the service: /metrics and /mcp are on whenever --http is.
+  // From the start: the latency histograms count requests as they finish.
   const metrics = poolMetrics(options.pool);
-  const mcp = new McpSessions({
-    config,
-    pool: options.pool,
-    budget,
-    bodyTimeoutMs,
-    maxSessions: MAX_MCP_SESSIONS,
-  });
+  // On the first request to /mcp: the MCP SDK and zod cost memory a pool without MCP clients
+  // need not hold.
+  let mcp: Promise<McpSessions> | undefined;
+  const mcpSessions = () =>
+    mcp ??= import("./mcp.ts").then(({ McpSessions }) =>
+      new McpSessions({
+        config,
+        pool: options.pool,
+        budget,
+        bodyTimeoutMs,
+        maxSessions: MAX_MCP_SESSIONS,
+      })
+    );
   const statusPage = new StatusPage();
   const cors = new Cors(config.httpCors);
 
@@ -113,7 +119,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
       if (method !== "GET" && method !== "POST" && method !== "DELETE") {
         return notAllowed(["POST", "GET", "DELETE"]);
       }
-      return await mcp.handle(request, caller!, connection);
+      return await (await mcpSessions()).handle(request, caller!, connection);
     }
     if (url.pathname === "/metrics") {
       if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
@@ -214,7 +220,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
         await gate.stopAccepting();
         // Every call was answered (the pool stopped first): the streams the sessions hold open
         // would otherwise keep the server from closing.
-        await mcp.closeAll();
+        await (await mcp)?.closeAll();
         const shutdown = server.shutdown();
         let timer: ReturnType<typeof setTimeout> | undefined;
         const graceEnded = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
