@@ -13,10 +13,11 @@ import { waitUntil } from "./helpers/processes.ts";
 const ALICE = "alice-token-0123456789abcdef";
 const PLAIN = "plain-token-0123456789abcdef";
 
+let tokensPath = "";
 async function tokenFile(): Promise<string> {
-  const path = await Deno.makeTempFile({ suffix: ".tokens" });
-  await Deno.writeTextFile(path, `# test tokens\nalice:${ALICE}\n${PLAIN}\n`);
-  return path;
+  tokensPath = await Deno.makeTempFile({ suffix: ".tokens" });
+  await Deno.writeTextFile(tokensPath, `# test tokens\nalice:${ALICE}\n${PLAIN}\n`);
+  return tokensPath;
 }
 
 let shared: Promise<HttpPool> | undefined;
@@ -376,6 +377,30 @@ Deno.test("HTTP: a public address without a token file refuses to start (exit 2)
     new TextDecoder().decode(stderr),
     /refusing to serve HTTP on 0\.0\.0\.0:0 without --http-token-file/,
   );
+});
+
+Deno.test("HTTP: SIGHUP reads the token file again; a bad one leaves the old tokens", async () => {
+  const http = await pool();
+  const fresh = "fresh-token-0123456789abcdef";
+  const reloads = () => http.supervisor.stderr.match(/HTTP tokens (not )?reloaded/g)?.length ?? 0;
+  const status = async (token: string) => {
+    const response = await http.rpc({ jsonrpc: "2.0", id: 1, method: "health" }, token);
+    await response.body?.cancel();
+    return response.status;
+  };
+  await Deno.writeTextFile(tokensPath, `alice:${ALICE}\n${fresh}\n`);
+  http.supervisor.process.kill("SIGHUP");
+  await waitUntil("the reload", () => Promise.resolve(reloads() === 1), 5_000);
+  assert.equal(await status(fresh), 200);
+  assert.equal(await status(PLAIN), 401);
+  assert.equal(await status(ALICE), 200);
+  // A file that cannot be used: said on stderr (without the tokens), and the old ones stay.
+  await Deno.writeTextFile(tokensPath, `short\n`);
+  http.supervisor.process.kill("SIGHUP");
+  await waitUntil("the failed reload", () => Promise.resolve(reloads() === 2), 5_000);
+  assert.match(http.supervisor.stderr, /HTTP tokens not reloaded, the old ones stay: .*line 1/);
+  assert.equal(await status(fresh), 200);
+  assert.ok(!http.supervisor.stderr.includes(fresh));
 });
 
 Deno.test({

@@ -64,9 +64,25 @@ const GUARDED_PATHS = new Set(["/rpc", "/mcp", "/metrics"]);
 export function startHttpService(options: HttpServiceOptions): HttpService {
   const { config } = options;
   const address = parseListenAddress(config.http!);
-  const tokens = config.httpTokenFile === undefined
+  let tokens = config.httpTokenFile === undefined
     ? Tokens.none()
     : Tokens.load(config.httpTokenFile);
+  const reloadTokens = () => {
+    if (config.httpTokenFile === undefined) return;
+    try {
+      tokens = Tokens.load(config.httpTokenFile);
+      log.info("HTTP tokens reloaded: {count} from {path}", {
+        count: tokens.entries.length,
+        path: config.httpTokenFile,
+      });
+    } catch (error) {
+      log.error("HTTP tokens not reloaded, the old ones stay: {error}", {
+        error: (error as Error).message,
+      });
+    }
+  };
+  // Tokens change without a restart: SIGHUP reads the file again.
+  if (config.httpTokenFile !== undefined) Deno.addSignalListener("SIGHUP", reloadTokens);
   const listener = Deno.listen({ hostname: address.hostname, port: address.port });
   const budget = new BodyBudget(8 * config.maxLineBytes);
   const bodyTimeoutMs = config.httpBodyTimeout * 1000;
@@ -218,6 +234,9 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     close: (graceMs) =>
       closing ??= (async () => {
         await gate.stopAccepting();
+        if (config.httpTokenFile !== undefined) {
+          Deno.removeSignalListener("SIGHUP", reloadTokens);
+        }
         // Every call was answered (the pool stopped first): the streams the sessions hold open
         // would otherwise keep the server from closing.
         await (await mcp)?.closeAll();
