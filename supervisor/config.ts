@@ -381,7 +381,7 @@ export const SETTINGS: readonly Setting[] = [
     kind: "string",
     default: undefined,
     help: "file of HTTP bearer tokens, one a line, each optionally named as a tenant " +
-      "(name:token); with it every HTTP route but / and /health needs a token",
+      "(name:token); with it every HTTP route but / and /health needs a token; SIGHUP reads it again",
   },
   {
     key: "httpInsecure",

@@ -102,6 +102,13 @@ Deno.test("status page: workers, charts, and a run from the form, in headless Ch
       await page.$eval("#figures img", (img) => img.getAttribute("src") ?? ""),
       /^data:image\/png;base64,iVBOR/,
     );
+    // The page as a person sees it after a run, kept as the test's artefact.
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    await page.screenshot({
+      path: new URL("status_page.png", ARTIFACTS).pathname as `${string}.png`,
+      fullPage: true,
+    });
+
     // Python's output is text, never markup.
     await page.locator("#code").fill("print('<img src=x onerror=alert(1)>')");
     await page.locator("#packages").fill("");
@@ -112,11 +119,6 @@ Deno.test("status page: workers, charts, and a run from the form, in headless Ch
     );
     assert.equal((await page.$$("#stdout img")).length, 0);
 
-    await Deno.mkdir(ARTIFACTS, { recursive: true });
-    await page.screenshot({
-      path: new URL("status_page.png", ARTIFACTS).pathname as `${string}.png`,
-      fullPage: true,
-    });
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
