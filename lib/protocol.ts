@@ -145,6 +145,11 @@ const PACKAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 /** Session ids and tenants: 1-128 printable ASCII characters. */
 const NAME = /^[\x21-\x7e]{1,128}$/;
 
+/** Whether `value` may be a session id or a tenant: 1-128 printable ASCII characters. */
+export function isName(value: unknown): value is string {
+  return typeof value === "string" && NAME.test(value);
+}
+
 /** Why a relative file path is unsafe, or undefined if it is safe. */
 export function unsafePathReason(path: string): string | undefined {
   if (path === "") return "is empty";

@@ -163,8 +163,8 @@ export class RpcServer {
    */
   async serve(input: AsyncIterable<Uint8Array>, writer: LineWriter): Promise<void> {
     for await (const frame of readFrames(input, this.options.maxLineBytes)) {
-      const pending = this.handleFrame(frame).then((response) => {
-        if (response !== undefined) writer.write(this.#lineOf(response));
+      const pending = this.answer(frame).then((answer) => {
+        if (answer !== undefined) writer.write(answer.line);
       });
       this.#inFlight.add(pending);
       pending.finally(() => this.#inFlight.delete(pending));
@@ -225,6 +225,18 @@ export class RpcServer {
         ),
       ));
     }
+  }
+
+  /**
+   * Answers one frame, as `serve` would write it: the response (or batch), and the line that
+   * carries it, within `maxAnswerBytes`; undefined for notifications. For transports that
+   * carry one message per exchange (HTTP).
+   */
+  async answer(
+    frame: Frame,
+  ): Promise<{ line: string; response: ResponseMessage | ResponseMessage[] } | undefined> {
+    const response = await this.handleFrame(frame);
+    return response === undefined ? undefined : { line: this.#lineOf(response), response };
   }
 
   /** Resolves when every request received so far has been answered. */

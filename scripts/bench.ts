@@ -2,7 +2,8 @@
  * The pool's benchmark: starts the real supervisor, drives it over stdio as a client, and
  * prints a table of warm latency, throughput, cold start, pool vs fresh worker, large payloads
  * and memory (issue 7's targets), then the isolation modes side by side and sessions parked and
- * resumed by image size (issue 13's targets), each target beside what this run measured.
+ * resumed by image size (issue 13's targets), each target beside what this run measured, and the
+ * HTTP service against stdio (bench_http.ts, issue 18).
  *
  *     deno task bench            # table on stdout
  *     deno task bench --json     # the same figures as JSON
@@ -16,6 +17,7 @@ import { Int32Histogram } from "../supervisor/stats.ts";
 import { encodeBase64 } from "../tests/helpers/base64.ts";
 import { procStatus, statusBytes } from "../tests/helpers/processes.ts";
 import { crashCosts } from "./bench_crash.ts";
+import { httpVersusStdio } from "./bench_http.ts";
 import { compareModes, sessionsBySize } from "./bench_isolation.ts";
 import { memoryPeaks } from "./bench_memory.ts";
 
@@ -224,6 +226,11 @@ const modes = await compareModes({
 const sessions = await sessionsBySize([1, 5, 10, 25, 50], 5, progress);
 const crashes = await crashCosts({ rounds: 4, progress });
 const memoryLoads = await memoryPeaks(progress);
+const overHttp = await httpVersusStdio({
+  requests: Number(options.requests),
+  throughputRequests: Number(options["throughput-requests"]),
+  progress,
+});
 
 const mb = (bytes: number) => bytes / (1 << 20);
 const workerRss = stats.workers.map((w) => mb(w.rss_bytes ?? NaN));
@@ -331,6 +338,7 @@ const report = {
   isolation: { modes, sessions, targets: isolationTargets },
   crashes: { ...crashes, process_start_alone_ms: snapshotStartMs, targets: crashTargets },
   memory_outside_the_heap: memoryLoads,
+  http: overHttp,
 };
 
 if (options.json) {
@@ -457,4 +465,20 @@ if (options.json) {
   console.log(
     `${"one read of the resident memory (us)".padEnd(width)}  ${f(memoryLoads.rss_read_us, 1)}`,
   );
+  console.log("\nHTTP (--http) and stdio, one pool of 2 workers, interleaved");
+  const latencyOf = (l: { p50_ms: number; p90_ms: number; p99_ms: number }) =>
+    `${f(l.p50_ms, 3)} / ${f(l.p90_ms, 3)} / ${f(l.p99_ms, 3)}`;
+  const httpRows: [string, string][] = [
+    ["execute over stdio, p50 / p90 / p99 (ms)", latencyOf(overHttp.stdio)],
+    ["execute over HTTP keep-alive, p50 / p90 / p99 (ms)", latencyOf(overHttp.http_keep_alive)],
+    [
+      `throughput, ${overHttp.http_clients} HTTP clients (req/s)`,
+      f(overHttp.http_requests_per_second, 0),
+    ],
+    [
+      `throughput, ${overHttp.http_clients} in flight on stdio (req/s)`,
+      f(overHttp.stdio_in_flight_requests_per_second, 0),
+    ],
+  ];
+  for (const [k, v] of httpRows) console.log(`${k.padEnd(width)}  ${v}`);
 }

@@ -9,7 +9,7 @@
 import type { Config } from "./config.ts";
 import { ErrorCode, invalidParams, RpcError } from "../lib/errors.ts";
 import { logger } from "../lib/logging.ts";
-import { parseExecuteParams } from "../lib/protocol.ts";
+import { type JsonRpcId, parseExecuteParams } from "../lib/protocol.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
 import { ANSWER_LIMIT_HINT } from "./failures.ts";
 import type { PoolApi } from "./pool_api.ts";
@@ -22,25 +22,61 @@ export interface ClientEndpointOptions {
   requestShutdown: (reason: string) => void;
   /** Sends a notification to the client (streamed output). */
   notify: (method: string, params: Record<string, unknown>) => void;
+  /**
+   * The tenant every `execute` of this client runs for (an HTTP token's name): a request may
+   * leave `tenant` out or name this one. Unset: the request says.
+   */
+  tenant?: string;
+  /**
+   * The key the pool knows a request by, to cancel it (default: its JSON-RPC id). Clients that
+   * share the pool through one endpoint (HTTP) need keys unique across them, since their ids
+   * are not.
+   */
+  requestKey?: (id: JsonRpcId) => unknown;
+  /** Aborted when the client went away: its requests still queued or running are cancelled. */
+  signal?: AbortSignal;
 }
 
 const log = logger("client");
 
+/** A request whose client went away before it was sent to the pool. */
+function cancelledError(id: JsonRpcId): RpcError {
+  return new RpcError(ErrorCode.Cancelled, "cancelled: the client went away before it ran", {
+    id,
+  });
+}
+
 /** Builds the JSON-RPC server that faces the client. */
 export function createClientServer(
-  { config, pool, requestShutdown, notify }: ClientEndpointOptions,
+  { config, pool, requestShutdown, notify, tenant, requestKey, signal }: ClientEndpointOptions,
 ): RpcServer {
   let shuttingDown = false;
   let pausedBefore = false;
+  const keyOf = requestKey ?? ((id: JsonRpcId) => id);
   return new RpcServer({
-    execute: (params, { id }) => {
-      const request = parseExecuteParams(params);
+    execute: async (params, { id }) => {
+      let request = parseExecuteParams(params);
+      if (tenant !== undefined) {
+        if (request.tenant !== undefined && request.tenant !== tenant) {
+          throw invalidParams("tenant", `must be "${tenant}" (or left out): the token names it`);
+        }
+        request = { ...request, tenant };
+      }
       // Output notifications carry the client's own request id, and precede the result.
       const onOutput = request.stream
         ? ({ stream, text }: { stream: string; text: string }) =>
           notify("output", { id, stream, text })
         : undefined;
-      return pool.execute(request, id, onOutput);
+      const key = keyOf(id);
+      if (signal === undefined) return await pool.execute(request, key, onOutput);
+      if (signal.aborted) throw cancelledError(id);
+      const cancel = () => pool.cancel(key);
+      signal.addEventListener("abort", cancel, { once: true });
+      try {
+        return await pool.execute(request, key, onOutput);
+      } finally {
+        signal.removeEventListener("abort", cancel);
+      }
     },
     packages: () => pool.packagesReport(),
     health: () => pool.health(),
@@ -88,7 +124,9 @@ export function createClientServer(
         });
         return;
       }
-      if (!pool.cancel(id)) log.debug("$/cancelRequest {id}: nothing queued with that id", { id });
+      if (!pool.cancel(keyOf(id))) {
+        log.debug("$/cancelRequest {id}: nothing queued with that id", { id });
+      }
     },
     onUnexpectedError: (method, error) =>
       log.error("unexpected error in {method}: {error}", { method, error: String(error) }),

@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { parse as parseJsonc, type ParseError, printParseErrorCode } from "jsonc-parser";
 import { type Isolation, ISOLATIONS } from "../lib/protocol.ts";
 import { WORKER_DEFAULTS } from "../lib/worker_protocol.ts";
+import { parseListenAddress } from "./http/address.ts";
 
 type Kind = "int" | "seconds" | "bool" | "string" | "list" | "enum";
 
@@ -416,6 +417,71 @@ export const SETTINGS: readonly Setting[] = [
     help: "CA certificate file (PEM) to verify the NATS server's TLS certificate with",
   },
   {
+    key: "http",
+    flag: "http",
+    env: "PYODIDE_HTTP",
+    kind: "string",
+    default: undefined,
+    help: "also serve JSON-RPC (POST /rpc), MCP (/mcp), /health, /metrics and a status page (/) " +
+      "over HTTP on HOST:PORT, e.g. 127.0.0.1:8080 (port 0: any free port); a host other than " +
+      "loopback needs --http-token-file (or --http-insecure); see docs/operations.md",
+  },
+  {
+    key: "httpTokenFile",
+    flag: "http-token-file",
+    env: "PYODIDE_HTTP_TOKEN_FILE",
+    kind: "string",
+    default: undefined,
+    help: "file of HTTP bearer tokens, one a line, each optionally named as a tenant " +
+      "(name:token); with it every HTTP route but / and /health needs a token; SIGHUP reads it again",
+  },
+  {
+    key: "httpInsecure",
+    flag: "http-insecure",
+    env: "PYODIDE_HTTP_INSECURE",
+    kind: "bool",
+    default: false,
+    help: "let --http bind a non-loopback address without a token file (anyone who reaches " +
+      "the port can run code)",
+  },
+  {
+    key: "httpCors",
+    flag: "http-cors",
+    env: "PYODIDE_HTTP_CORS",
+    kind: "list",
+    default: [],
+    help:
+      "comma-separated origins (or *) whose web pages may call the HTTP routes; none by default",
+  },
+  {
+    key: "httpMaxConnections",
+    flag: "http-max-connections",
+    env: "PYODIDE_HTTP_MAX_CONNECTIONS",
+    kind: "int",
+    default: 256,
+    min: 1,
+    help: "HTTP connections open at once; past it a new connection gets 503 and is closed",
+  },
+  {
+    key: "httpHeaderTimeout",
+    flag: "http-header-timeout",
+    env: "PYODIDE_HTTP_HEADER_TIMEOUT",
+    kind: "seconds",
+    default: 10,
+    min: 0.1,
+    help: "seconds an HTTP connection may take to send a request's headers, from its opening " +
+      "or its previous answer (also the keep-alive idle time); past it, 408 and closed",
+  },
+  {
+    key: "httpBodyTimeout",
+    flag: "http-body-timeout",
+    env: "PYODIDE_HTTP_BODY_TIMEOUT",
+    kind: "seconds",
+    default: 30,
+    min: 0.1,
+    help: "seconds an HTTP request may take to send its body once its headers came; past it, 408",
+  },
+  {
     key: "logLevel",
     flag: "log-level",
     env: "PYODIDE_LOG_LEVEL",
@@ -473,6 +539,18 @@ export interface Config {
   allowShutdown: boolean;
   /** Serve MCP (tools run_python, list_packages) instead of the JSON-RPC methods. */
   mcp: boolean;
+  /** `HOST:PORT` of the HTTP service (supervisor/http/); off when undefined. */
+  http: string | undefined;
+  httpTokenFile: string | undefined;
+  /** Allow a non-loopback `http` bind without a token file. */
+  httpInsecure: boolean;
+  /** Origins allowed to call the HTTP routes from a web page (CORS); `*` for any. */
+  httpCors: string[];
+  httpMaxConnections: number;
+  /** Seconds. */
+  httpHeaderTimeout: number;
+  /** Seconds. */
+  httpBodyTimeout: number;
   logLevel: "debug" | "info" | "warning" | "error";
   logFormat: "text" | "json";
   /** NATS server URLs; none: no NATS. */
@@ -625,7 +703,7 @@ const column = (flag: string) => `${flag}  `.padEnd(34);
 /** The `--help` text, generated from the settings table. */
 export function helpText(): string {
   const lines = [
-    "pyodide-pool: a pool of warm Pyodide interpreters behind JSON-RPC 2.0 on stdin/stdout.",
+    "pyodide-pool: a pool of warm Pyodide interpreters behind JSON-RPC 2.0 on stdin/stdout (and HTTP with --http).",
     "",
     "Usage: scripts/start [options]   (or: deno task start [options])",
     "",
@@ -746,5 +824,33 @@ export function loadConfig(
     );
   }
   checkNats(result);
+  checkHttp(result);
   return { config: Object.freeze(result), configFile };
+}
+
+/** `--http`'s address is valid, and a bind past loopback has tokens or was said to be insecure. */
+function checkHttp(config: Config): void {
+  for (const origin of config.httpCors) {
+    if (origin !== "*" && !/^https?:\/\/[^/\s]+$/.test(origin)) {
+      throw new ConfigError(
+        `invalid httpCors: ${
+          JSON.stringify(origin)
+        } is not an origin such as https://app.example.com, or *`,
+      );
+    }
+  }
+  if (config.http === undefined) return;
+  let address;
+  try {
+    address = parseListenAddress(config.http);
+  } catch (error) {
+    throw new ConfigError(`invalid http: ${(error as Error).message}`);
+  }
+  if (!address.loopback && config.httpTokenFile === undefined && !config.httpInsecure) {
+    throw new ConfigError(
+      `refusing to serve HTTP on ${config.http} without --http-token-file: anyone who can reach ` +
+        "that address could run code in the pool. Give a token file (PYODIDE_HTTP_TOKEN_FILE), " +
+        "bind a loopback address (127.0.0.1), or pass --http-insecure to accept the risk",
+    );
+  }
 }

@@ -9,7 +9,7 @@
  *
  * With --nats it also serves as an instance of a NATS service (nats/instance.ts); with
  * --gateway it has no workers, and serves its client by forwarding to those instances
- * (nats/gateway.ts).
+ * (nats/gateway.ts). With --http it also serves HTTP (http/server.ts), on either.
  *
  * @module
  */
@@ -19,6 +19,7 @@ import { chunksOf, LineWriter } from "../lib/framing.ts";
 import { configureLogging, logger } from "../lib/logging.ts";
 import { notificationMessage } from "../lib/protocol.ts";
 import { createClientServer } from "./client_endpoint.ts";
+import type { HttpService } from "./http/server.ts";
 import type { NatsInstance } from "./nats/instance.ts";
 import { Pool } from "./pool.ts";
 import type { ServedPool } from "./pool_api.ts";
@@ -97,6 +98,9 @@ interface Endpoint {
   answered(): Promise<void>;
 }
 
+/** How long answers already made may take to reach HTTP clients once the pool stopped. */
+const HTTP_CLOSE_GRACE_MS = 5_000;
+
 let stopping: Promise<void> | undefined;
 function stop(reason: string, drainQueue: boolean): Promise<void> {
   stopping ??= (async () => {
@@ -107,11 +111,13 @@ function stop(reason: string, drainQueue: boolean): Promise<void> {
       log.error("shutdown took too long; exiting");
       Deno.exit(1);
     }, graceMs + 10_000);
-    // An instance first leaves the service: gateways send it nothing new.
-    await instance?.leave();
+    // An instance first leaves the service: gateways send it nothing new; and new HTTP
+    // connections go elsewhere (a load balancer's next instance) from now on.
+    await Promise.all([instance?.leave(), http?.stopAccepting()]);
     await pool.shutdown(graceMs, { drainQueue });
     await endpoint.answered();
-    await instance?.close();
+    // Every request is answered: what is left is writing the answers out.
+    await Promise.all([instance?.close(), http?.close(HTTP_CLOSE_GRACE_MS)]);
     clearTimeout(watchdog);
     log.info("stopped");
     Deno.exit(0);
@@ -152,7 +158,28 @@ async function mcpEndpoint(): Promise<Endpoint> {
   });
 }
 
+/** The HTTP service beside stdin/stdout (`--http`), loaded only then. */
+async function httpService(): Promise<HttpService | undefined> {
+  if (config.http === undefined) return undefined;
+  const { startHttpService } = await import("./http/server.ts");
+  try {
+    return await startHttpService({
+      config,
+      pool,
+      requestShutdown: (reason) => stop(reason, false),
+    });
+  } catch (error) {
+    console.error(
+      error instanceof ConfigError
+        ? `pyodide-pool: ${error.message}`
+        : `pyodide-pool: cannot listen on ${config.http}: ${(error as Error).message}`,
+    );
+    Deno.exit(2);
+  }
+}
+
 const endpoint = config.mcp ? await mcpEndpoint() : jsonRpcEndpoint();
+const http = await httpService();
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => stop(signal, false));
 }
@@ -173,10 +200,13 @@ instance?.start().catch((error) => {
   log.error("could not serve NATS: {error}", { error: String(error) });
 });
 await endpoint.serve();
-if (instance !== undefined) {
-  // The stdio client is done, but the NATS service goes on: an instance runs until a signal
-  // (or `shutdown`) stops it, also when started with no stdin at all.
-  log.info("stdin closed: serving NATS only, until SIGTERM or SIGINT");
-} else {
+if (instance === undefined && http === undefined) {
   await stop("stdin closed", true);
+} else {
+  // A service's stdin is often closed from the start (/dev/null): it ends the stdio client
+  // only. The pool goes on serving NATS and HTTP until a signal or `shutdown` stops it.
+  log.info("stdin closed; serving{nats}{http} until SIGTERM, SIGINT or shutdown", {
+    nats: instance === undefined ? "" : " NATS",
+    http: http === undefined ? "" : ` HTTP on ${http.url}`,
+  });
 }

@@ -64,8 +64,7 @@ const log = logger("mcp");
 export async function serveMcp(
   { config, pool, onOutputClosed }: McpEndpointOptions,
 ): Promise<McpEndpoint> {
-  const server = new McpServer(MCP_SERVER_INFO, { instructions: instructions(config) });
-  registerTools(server, config, pool);
+  const server = createMcpServer({ config, pool });
   const transport = new StdioServerTransport(process.stdin, process.stdout, {
     maxBufferSize: config.maxLineBytes,
   });
@@ -88,8 +87,27 @@ export async function serveMcp(
   };
 }
 
-function registerTools(server: McpServer, config: Config, pool: PoolApi): void {
-  let calls = 0;
+export interface McpServerOptions {
+  config: Config;
+  pool: PoolApi;
+  /** The tenant every run is for (an HTTP token's name); unset, runs are for no one. */
+  tenant?: string;
+}
+
+/**
+ * The MCP server with the pool's tools, for any transport: stdin/stdout here (`--mcp`), or
+ * one per Streamable HTTP session (supervisor/http/mcp.ts).
+ */
+export function createMcpServer(options: McpServerOptions): McpServer {
+  const server = new McpServer(MCP_SERVER_INFO, { instructions: instructions(options.config) });
+  registerTools(server, options);
+  return server;
+}
+
+/** Tool calls so far, in every server: each call's key for the pool is unique in the process. */
+let calls = 0;
+
+function registerTools(server: McpServer, { config, pool, tenant }: McpServerOptions): void {
   server.registerTool("run_python", {
     title: "Run Python",
     description: "Runs Python code in a sandboxed Pyodide interpreter and returns its stdout, " +
@@ -120,6 +138,7 @@ function registerTools(server: McpServer, config: Config, pool: PoolApi): void {
     try {
       // The same validation as the JSON-RPC execute, so the limits are identical.
       params = parseExecuteParams(args);
+      if (tenant !== undefined) params = { ...params, tenant };
     } catch (error) {
       return rpcErrorResult(toRpcError(error));
     }

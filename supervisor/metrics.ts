@@ -35,8 +35,29 @@ const BUCKETS = [
   30,
 ];
 
-/** Builds the registry for `pool`; its numbers are refreshed by `refresh()` before a scrape. */
-export function poolMetrics(pool: Pool): { registry: Registry; refresh(): Promise<void> } {
+/** What a scrape reads: the registry, and the refresh that brings it up to date. */
+export interface PoolMetrics {
+  registry: Registry;
+  refresh(): Promise<void>;
+}
+
+const built = new WeakMap<Pool, PoolMetrics>();
+
+/**
+ * The registry for `pool`; its numbers are refreshed by `refresh()` before a scrape. One per
+ * pool, for `--metrics-port` and `--http` alike: the histograms are fed by the pool's one
+ * `onRecord` hook each, which a second registry would take from the first.
+ */
+export function poolMetrics(pool: Pool): PoolMetrics {
+  let metrics = built.get(pool);
+  if (metrics === undefined) {
+    metrics = buildMetrics(pool);
+    built.set(pool, metrics);
+  }
+  return metrics;
+}
+
+function buildMetrics(pool: Pool): PoolMetrics {
   const registry = new Registry();
   const registers = [registry];
   const counter = (name: string, help: string, label: string) =>

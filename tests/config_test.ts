@@ -135,3 +135,26 @@ Deno.test("the NATS settings: a URL list, a service name, and nothing of NATS wi
     });
   }
 });
+
+Deno.test("--http: HOST:PORT, and a public address needs a token file or --http-insecure", () => {
+  assert.equal(config(["--http", "127.0.0.1:8080"]).http, "127.0.0.1:8080");
+  assert.equal(config([], { PYODIDE_HTTP: "localhost:0" }).http, "localhost:0");
+  assert.equal(config(["--http", "[::1]:80"]).httpMaxConnections, 256);
+  for (const bad of ["8080", "127.0.0.1", "127.0.0.1:99999", "example.com:80", "300.1.1.1:80"]) {
+    assert.throws(() => config(["--http", bad]), ConfigError, bad);
+  }
+  assert.throws(
+    () => config(["--http", "0.0.0.0:8080"]),
+    /refusing to serve HTTP on 0\.0\.0\.0:8080 without --http-token-file/,
+  );
+  assert.equal(config(["--http", "0.0.0.0:8080", "--http-insecure"]).httpInsecure, true);
+  assert.equal(
+    config(["--http", "[::]:8080"], { PYODIDE_HTTP_TOKEN_FILE: "/etc/tokens" }).httpTokenFile,
+    "/etc/tokens",
+  );
+  assert.deepEqual(
+    config(["--http-cors", "https://a.example,http://b.example:8080"]).httpCors,
+    ["https://a.example", "http://b.example:8080"],
+  );
+  assert.throws(() => config(["--http", "127.0.0.1:0", "--http-cors", "a.example"]), /httpCors/);
+});

@@ -143,6 +143,11 @@ export class Supervisor {
     return health.workers.map((w) => w.pid);
   }
 
+  /** Closes stdin, and does not wait. */
+  async closeInput(): Promise<void> {
+    await this.#writer.close().catch(() => {});
+  }
+
   /** Closes stdin and waits for the exit. */
   async close(): Promise<Deno.CommandStatus> {
     await this.#writer.close().catch(() => {});
