@@ -24,6 +24,7 @@ import {
 } from "./helpers/nats_server.ts";
 import { type Response, type Supervisor, supervisorCommand } from "./helpers/supervisor_process.ts";
 import { waitUntil } from "./helpers/processes.ts";
+import { HttpPool, parseEvents } from "./helpers/http_pool.ts";
 
 /**
  * The bound this project states for a request running on an instance that is SIGKILLed:
@@ -731,5 +732,42 @@ Deno.test("nats: an idle instance that hangs is not handed requests once the gat
     await gateway.close();
     await stopSupervisor(stalled);
     await stopSupervisor(healthy);
+  }
+});
+
+Deno.test("nats: a gateway serves HTTP as a local pool does: /rpc with its events, /health, and /metrics saying why it is empty", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await HttpPool.start({
+    args: ["--nats", server.url, "--gateway"],
+    waitForWorkers: 1,
+  });
+  try {
+    const response = await gateway.rpc(
+      {
+        jsonrpc: "2.0",
+        id: 7,
+        method: "execute",
+        params: { code: "print('a')\nprint('b')\n6 * 7", stream: true },
+      },
+      undefined,
+      { accept: "text/event-stream" },
+    );
+    const events = parseEvents(await response.text()) as Record<string, unknown>[];
+    const outputs = events.filter((e) => e.method === "output");
+    assert.equal(outputs.map((e) => (e.params as { text: string }).text).join(""), "a\nb\n");
+    const last = events.at(-1) as { id: number; result: ExecuteResult };
+    assert.equal(last.id, 7);
+    assert.equal(last.result.result, "42");
+    assert.equal(last.result.instance_id, await instanceIdOf(instance));
+    const health = await fetch(`${gateway.url}/health`);
+    assert.equal(health.status, 200);
+    assert.ok(((await health.json()) as { ready_workers: number }).ready_workers >= 1);
+    const metrics = await fetch(`${gateway.url}/metrics`);
+    assert.equal(metrics.status, 200);
+    assert.match(await metrics.text(), /^# a NATS gateway has no workers of its own/);
+  } finally {
+    await gateway.stop();
+    await stopSupervisor(instance);
   }
 });

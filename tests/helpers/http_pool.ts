@@ -15,6 +15,8 @@ export interface HttpPoolOptions {
   env?: Record<string, string>;
   /** `--http` (default 127.0.0.1:0). */
   address?: string;
+  /** Ready workers to wait for (default: the pool size; a gateway's are its instances'). */
+  waitForWorkers?: number;
 }
 
 export class HttpPool {
@@ -24,6 +26,7 @@ export class HttpPool {
     const supervisor = await Supervisor.start({
       args: [...(options.args ?? []), "--http", options.address ?? "127.0.0.1:0"],
       env: { PYODIDE_LOG_LEVEL: "info", ...options.env },
+      waitForWorkers: options.waitForWorkers,
     });
     const url = await waitFor("the HTTP URL in the log", () => {
       return Promise.resolve(supervisor.stderr.match(/HTTP on (http:\/\/\S+?): POST/)?.[1]);
