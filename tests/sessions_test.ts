@@ -113,3 +113,39 @@ Deno.test("a worker replaced while its health check runs still leaves, and its s
     await sup.close();
   }
 });
+
+Deno.test("a session the renewal drops past --max-parked-mb is reported lost, not moved blank", async () => {
+  // --worker-max-rss-mb below a worker's resident memory: the worker asks to be replaced after
+  // its first request's answer, when the limit of 1 has already started its renewal. The
+  // renewal parks the session, which holds more than --max-parked-mb: it is dropped there, and
+  // the worker leaves before it serves another request.
+  const sup = await Supervisor.start({
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-request-limit",
+      "1",
+      "--max-parked-mb",
+      "1",
+      "--worker-max-rss-mb",
+      "128",
+    ],
+  });
+  try {
+    const made = await sup.execute({
+      code: "import os\ndata = os.urandom(4_000_000)\nlen(data)",
+      session_id: "big",
+    });
+    assert.equal(made.result, "4000000");
+    await waitUntil("w2 alone", async () => {
+      const h = await sup.health();
+      return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1;
+    });
+    assert.equal((await sup.stats()).resets.renewal, 1, "the renewal ran");
+    const after = await sup.request("execute", { code: "len(data)", session_id: "big" });
+    assert.equal(after.error?.code, -32004, JSON.stringify(after));
+    assert.match(after.error!.message, /--max-parked-mb/);
+  } finally {
+    await sup.close();
+  }
+});
