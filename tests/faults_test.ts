@@ -132,6 +132,30 @@ Deno.test("with the image, the request limit renews the interpreter in place; th
   await closeAndCheck(sup);
 });
 
+Deno.test("a worker killed while its replacement starts is replaced once", async () => {
+  // --worker-max-rss-mb below a worker's resident memory: the worker asks to be replaced after
+  // its first request. Killed before the replacement is ready, it must not get a second one.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-max-rss-mb", "128"],
+  });
+  const [pid] = await sup.workerPids();
+  await sup.execute({ code: "1" });
+  await waitFor("the replacement starting", async () => {
+    const h = await sup.health();
+    return h.workers.length === 2 ? true : undefined;
+  });
+  Deno.kill(pid, "SIGKILL");
+  await waitFor("w2 ready", async () => {
+    const h = await sup.health();
+    return h.workers.some((w) => w.id === "w2" && w.state === "idle") ? true : undefined;
+  });
+  // A second replacement would have been spawned at the kill, and be ready about as soon.
+  await new Promise((r) => setTimeout(r, 3000));
+  const { workers } = await sup.health();
+  assert.deepEqual(workers.map((w) => w.id), ["w2"]);
+  await closeAndCheck(sup);
+});
+
 Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],
