@@ -377,6 +377,9 @@ export class WorkerLifecycle {
       return;
     }
     stats.restarts.add(neverReady ? "start_failed" : exit.reason ?? "crashed");
+    // Its replacement is starting already (it reached its limit, or asked for one): another
+    // would make two workers of one. If that one fails to start, its own exit brings the next.
+    if (worker.recycling) return this.context.dispatch();
     if (neverReady) this.#startFailures++;
     // Backoff only while starts keep failing: a crash of a healthy worker restarts at once.
     const delay = this.#startFailures === 0
