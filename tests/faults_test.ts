@@ -156,6 +156,40 @@ Deno.test("a worker killed while its replacement starts is replaced once", async
   await closeAndCheck(sup);
 });
 
+Deno.test("a renewal that parks a large session is not cut short by the health check's timeout", async () => {
+  // The renewal parks the live session, compressing it past --max-parked-mb: seconds for a
+  // few hundred MB, like the move of the same sessions at a recycle, which had 30 s. Killed
+  // at --health-check-timeout, the worker would take every session with it.
+  const sup = await Supervisor.start({
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-request-limit",
+      "2",
+      "--max-parked-mb",
+      "32",
+      "--health-check-timeout",
+      "0.5",
+    ],
+  });
+  const [pid] = await sup.workerPids();
+  await sup.execute({ code: "kept = 1", session_id: "small" });
+  const made = await sup.execute({
+    code: "big = bytes(range(256)) * (300 << 12)\nlen(big)",
+    session_id: "big",
+    timeout_ms: 60_000,
+  });
+  assert.equal(made.result, String(300 << 20));
+  const renewed = await waitFor("the renewal", async () => {
+    const [worker] = (await sup.health()).workers;
+    return worker?.state === "idle" ? worker : undefined;
+  });
+  assert.deepEqual([renewed.pid, renewed.renewals], [pid, 1], sup.stderr);
+  const kept = await sup.execute({ code: "kept", session_id: "small" });
+  assert.equal(kept.result, "1");
+  await closeAndCheck(sup);
+});
+
 Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],
