@@ -33,6 +33,11 @@ const FIRST_BOOT_HEAD_START_MS = 2000;
  * worker whose memory or tables grew asks for its replacement itself, whatever the count.
  */
 const RENEWALS_PER_PROCESS = 9;
+/**
+ * How long each step of a session move may take (the export, the import), and a renewal, which
+ * parks the same sessions (compressing them past --max-parked-mb): seconds for a few hundred MB.
+ */
+const SESSIONS_STEP_MS = 30_000;
 /** How often the autoscaling policy looks at the pool, when it is on. */
 const SCALE_CHECK_MS = 100;
 
@@ -191,7 +196,8 @@ export class WorkerLifecycle {
     // A replacement is on its way already (the worker asked for it).
     if (worker.recycling) return;
     worker.startWork("renewing");
-    const timeoutMs = config.healthCheckTimeout * 1000;
+    // Not the health check's timeout: the renewal parks the live session, as a move would.
+    const timeoutMs = Math.max(config.healthCheckTimeout * 1000, SESSIONS_STEP_MS);
     worker.call("renew", {}, timeoutMs)
       .then(({ restore_ms }) => {
         worker.countRenewal();
@@ -291,11 +297,11 @@ export class WorkerLifecycle {
       try {
         // A session moves pickled (`--isolation none`, which reports the names it dropped) or
         // as its memory image (which drops nothing).
-        const { sessions: moving } = await worker.call("export_sessions", {}, 30_000);
+        const { sessions: moving } = await worker.call("export_sessions", {}, SESSIONS_STEP_MS);
         const { failed } = await successor.call(
           "import_sessions",
           { sessions: moving },
-          30_000,
+          SESSIONS_STEP_MS,
         );
         const dropped = Object.fromEntries(
           Object.entries(moving).map(([id, entry]) => [id, entry.dropped ?? []]),
