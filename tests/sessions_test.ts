@@ -149,3 +149,27 @@ Deno.test("a session the renewal drops past --max-parked-mb is reported lost, no
     await sup.close();
   }
 });
+
+Deno.test("a session the renewal drops past --max-parked-mb is reported lost once", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "2", "--max-parked-mb", "1"],
+  });
+  try {
+    await sup.execute({ code: "1" });
+    // The second request reaches the limit: the renewal parks the session, too large to keep.
+    await sup.execute({ code: "import os\ndata = os.urandom(4_000_000)", session_id: "big" });
+    await waitUntil("the renewal", async () => (await sup.stats()).resets.renewal === 1);
+    const again = "try:\n    data\nexcept NameError:\n    data = b'new'\nlen(data)";
+    const told = await sup.request("execute", { code: again, session_id: "big" });
+    assert.equal(told.error?.code, -32004, JSON.stringify(told));
+    // Told once: the id names a new session from then on.
+    const restarted = await sup.request("execute", { code: again, session_id: "big" });
+    assert.equal(
+      (restarted.result as ExecuteResult | undefined)?.result,
+      "3",
+      JSON.stringify(restarted),
+    );
+  } finally {
+    await sup.close();
+  }
+});
