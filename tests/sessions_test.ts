@@ -173,3 +173,17 @@ Deno.test("a session the renewal drops past --max-parked-mb is reported lost onc
     await sup.close();
   }
 });
+
+Deno.test("a session does not expire while its own request runs past --session-ttl", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--session-ttl", "1"] });
+  try {
+    await sup.execute({ code: "n = 5", session_id: "long" });
+    // Expiry looks every half TTL: it comes while this request runs.
+    const slow = await sup.execute({ code: "import time\ntime.sleep(2.5)\nn", session_id: "long" });
+    assert.equal(slow.result, "5");
+    const next = await sup.request("execute", { code: "n", session_id: "long" });
+    assert.equal((next.result as ExecuteResult | undefined)?.result, "5", JSON.stringify(next));
+  } finally {
+    await sup.close();
+  }
+});
