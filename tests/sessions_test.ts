@@ -187,3 +187,38 @@ Deno.test("a session does not expire while its own request runs past --session-t
     await sup.close();
   }
 });
+
+Deno.test("a session that expires while it moves to a worker's successor is not kept there", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "1", "--session-ttl", "2"],
+  });
+  try {
+    await sup.execute({ code: "n = 5", session_id: "s" });
+    // Renewals 2 to 9, then the tenth limit recycles w1: w2 starts.
+    for (let i = 1; i < 10; i++) {
+      await sup.execute({ code: "1" });
+      await waitUntil("idle", async () => (await sup.health()).workers[0].state === "idle");
+    }
+    let running = true;
+    const long = sup.execute({ code: "import time\ntime.sleep(6)\nn", session_id: "s" })
+      .finally(() => running = false);
+    await waitUntil("w2 ready", async () => {
+      const { workers } = await sup.health();
+      return workers.some((w) => w.id === "w2" && w.state === "idle");
+    });
+    assert.ok(running, "w2 was ready while w1 still ran the session's request");
+    // w2 takes this one; the session's move to w2 waits for it, and the session expires then.
+    const busy = sup.execute({ code: "import time\ntime.sleep(10)\n'w2'" });
+    assert.equal((await long).result, "5");
+    assert.equal((await busy).worker_id, "w2");
+    await waitUntil("w1 gone", async () => (await sup.health()).workers.length === 1);
+    const told = await sup.request("execute", { code: "n", session_id: "s" });
+    assert.equal(told.error?.code, -32004, JSON.stringify(told));
+    // The id names a new session now: the expired one's state must not come back.
+    const fresh = await sup.request("execute", { code: "n", session_id: "s" });
+    const result = fresh.result as ExecuteResult | undefined;
+    assert.equal(result?.error?.type, "NameError", JSON.stringify(fresh));
+  } finally {
+    await sup.close();
+  }
+});
