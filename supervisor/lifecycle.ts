@@ -307,6 +307,13 @@ export class WorkerLifecycle {
           Object.entries(moving).map(([id, entry]) => [id, entry.dropped ?? []]),
         );
         sessions.move(worker.id, successor.id, dropped, failed);
+        // Those forgotten meanwhile (expired while the move waited for the successor) must not
+        // stay there: a new session of the same id would resume them.
+        const kept = new Set(sessions.idsOn(successor.id));
+        for (const id of Object.keys(moving)) {
+          if (id in failed || kept.has(id)) continue;
+          successor.call("drop_session", { session_id: id }, SESSIONS_STEP_MS).catch(() => {});
+        }
         this.#log.info("moved {n} sessions from {old} to {new}", {
           n: Object.keys(moving).length,
           old: worker.id,
