@@ -78,6 +78,9 @@ const python = new PythonHost({
   onFatal: (message) => onFatal(message),
   // Runs come only once the server below is set up, and so does this.
   onInterpreterReplaced: (reason) => log.warn("interpreter replaced: {reason}", { reason }),
+  // Written before the call's answer, so that the supervisor forgets them before it moves the
+  // worker's sessions.
+  onSessionsLost: (lost) => notifyLost(lost),
 });
 
 const [
@@ -138,12 +141,7 @@ function askToBeRecycled(reason: RecycleReason, rssBytes = Deno.memoryUsage().rs
  * answer: the answer's own write is a few promise steps away, all run before a timer.
  */
 function settled(id: JsonRpcId, settled: SettledMessage): void {
-  if (settled.lost.length > 0) {
-    const byReason = Map.groupBy(settled.lost, (lost) => lost.reason);
-    for (const [reason, lost] of byReason) {
-      notify("sessions_lost", { session_ids: lost.map((l) => l.sessionId), reason });
-    }
-  }
+  notifyLost(settled.lost);
   if (settled.overgrown) askToBeRecycled("table_grown");
   if (settled.recovered) {
     const now = performance.now();
@@ -173,6 +171,13 @@ function settled(id: JsonRpcId, settled: SettledMessage): void {
       fs_bytes: settled.fsBytes,
     });
   });
+}
+
+/** Tells the supervisor which sessions this worker dropped, by reason. */
+function notifyLost(lost: SettledMessage["lost"]): void {
+  for (const [reason, sessions] of Map.groupBy(lost, (l) => l.reason)) {
+    notify("sessions_lost", { session_ids: sessions.map((l) => l.sessionId), reason });
+  }
 }
 
 function sessionIdOf(params: unknown): string {

@@ -33,6 +33,11 @@ const FIRST_BOOT_HEAD_START_MS = 2000;
  * worker whose memory or tables grew asks for its replacement itself, whatever the count.
  */
 const RENEWALS_PER_PROCESS = 9;
+/**
+ * How long each step of a session move may take (the export, the import), and a renewal, which
+ * parks the same sessions (compressing them past --max-parked-mb): seconds for a few hundred MB.
+ */
+const SESSIONS_STEP_MS = 30_000;
 /** How often the autoscaling policy looks at the pool, when it is on. */
 const SCALE_CHECK_MS = 100;
 
@@ -191,7 +196,8 @@ export class WorkerLifecycle {
     // A replacement is on its way already (the worker asked for it).
     if (worker.recycling) return;
     worker.startWork("renewing");
-    const timeoutMs = config.healthCheckTimeout * 1000;
+    // Not the health check's timeout: the renewal parks the live session, as a move would.
+    const timeoutMs = Math.max(config.healthCheckTimeout * 1000, SESSIONS_STEP_MS);
     worker.call("renew", {}, timeoutMs)
       .then(({ restore_ms }) => {
         worker.countRenewal();
@@ -291,16 +297,23 @@ export class WorkerLifecycle {
       try {
         // A session moves pickled (`--isolation none`, which reports the names it dropped) or
         // as its memory image (which drops nothing).
-        const { sessions: moving } = await worker.call("export_sessions", {}, 30_000);
+        const { sessions: moving } = await worker.call("export_sessions", {}, SESSIONS_STEP_MS);
         const { failed } = await successor.call(
           "import_sessions",
           { sessions: moving },
-          30_000,
+          SESSIONS_STEP_MS,
         );
         const dropped = Object.fromEntries(
           Object.entries(moving).map(([id, entry]) => [id, entry.dropped ?? []]),
         );
         sessions.move(worker.id, successor.id, dropped, failed);
+        // Those forgotten meanwhile (expired while the move waited for the successor) must not
+        // stay there: a new session of the same id would resume them.
+        const kept = new Set(sessions.idsOn(successor.id));
+        for (const id of Object.keys(moving)) {
+          if (id in failed || kept.has(id)) continue;
+          successor.call("drop_session", { session_id: id }, SESSIONS_STEP_MS).catch(() => {});
+        }
         this.#log.info("moved {n} sessions from {old} to {new}", {
           n: Object.keys(moving).length,
           old: worker.id,
@@ -377,6 +390,9 @@ export class WorkerLifecycle {
       return;
     }
     stats.restarts.add(neverReady ? "start_failed" : exit.reason ?? "crashed");
+    // Its replacement is starting already (it reached its limit, or asked for one): another
+    // would make two workers of one. If that one fails to start, its own exit brings the next.
+    if (worker.recycling) return this.context.dispatch();
     if (neverReady) this.#startFailures++;
     // Backoff only while starts keep failing: a crash of a healthy worker restarts at once.
     const delay = this.#startFailures === 0

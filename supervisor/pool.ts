@@ -384,9 +384,19 @@ export class Pool implements ServedPool {
     }
   }
 
-  /** Forgets sessions unused past the TTL and frees their namespaces in the workers. */
+  /**
+   * Forgets sessions unused past the TTL and frees their namespaces in the workers. A session
+   * whose request runs or waits is in use: dropped in its worker, it would be dropped after that
+   * request, which registers it again at its end, and its next request would find it blank.
+   */
   #expireSessions(): void {
-    for (const { id, workerId } of this.sessions.expire()) this.#dropInWorker(id, workerId);
+    const inUse = new Set<string>();
+    for (const task of [...this.#running.values(), ...this.#queue]) {
+      if (task.params.session_id !== undefined) inUse.add(task.params.session_id);
+    }
+    for (const { id, workerId } of this.sessions.expire(performance.now(), inUse)) {
+      this.#dropInWorker(id, workerId);
+    }
   }
 
   /** Written before any later request to that worker, which therefore finds the id free. */

@@ -122,15 +122,21 @@ export class SessionRegistry {
     return dropped;
   }
 
-  /** Sessions idle past the TTL: forgotten here, to be dropped by their workers. */
-  expire(now = performance.now()): { id: string; workerId: string }[] {
+  /**
+   * Sessions idle past the TTL: forgotten here, to be dropped by their workers. A session that a
+   * request running or waiting names (`inUse`) is not idle.
+   */
+  expire(
+    now = performance.now(),
+    inUse: ReadonlySet<string> = new Set(),
+  ): { id: string; workerId: string }[] {
     // A claim whose first request never finished.
     for (const [id, claim] of this.#claims) {
       if (now - claim.at >= this.ttlMs) this.#claims.delete(id);
     }
     const expired: { id: string; workerId: string }[] = [];
     for (const [id, session] of this.#sessions) {
-      if (now - session.lastUsedAt < this.ttlMs) continue;
+      if (now - session.lastUsedAt < this.ttlMs || inUse.has(id)) continue;
       expired.push({ id, workerId: session.workerId });
       this.#forget(id, `expired after ${Math.round(this.ttlMs / 1000)} s without use`);
     }

@@ -132,6 +132,64 @@ Deno.test("with the image, the request limit renews the interpreter in place; th
   await closeAndCheck(sup);
 });
 
+Deno.test("a worker killed while its replacement starts is replaced once", async () => {
+  // --worker-max-rss-mb below a worker's resident memory: the worker asks to be replaced after
+  // its first request. Killed before the replacement is ready, it must not get a second one.
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-max-rss-mb", "128"],
+  });
+  const [pid] = await sup.workerPids();
+  await sup.execute({ code: "1" });
+  await waitFor("the replacement starting", async () => {
+    const h = await sup.health();
+    return h.workers.length === 2 ? true : undefined;
+  });
+  Deno.kill(pid, "SIGKILL");
+  await waitFor("w2 ready", async () => {
+    const h = await sup.health();
+    return h.workers.some((w) => w.id === "w2" && w.state === "idle") ? true : undefined;
+  });
+  // A second replacement would have been spawned at the kill, and be ready about as soon.
+  await new Promise((r) => setTimeout(r, 3000));
+  const { workers } = await sup.health();
+  assert.deepEqual(workers.map((w) => w.id), ["w2"]);
+  await closeAndCheck(sup);
+});
+
+Deno.test("a renewal that parks a large session is not cut short by the health check's timeout", async () => {
+  // The renewal parks the live session, compressing it past --max-parked-mb: seconds for a
+  // few hundred MB, like the move of the same sessions at a recycle, which had 30 s. Killed
+  // at --health-check-timeout, the worker would take every session with it.
+  const sup = await Supervisor.start({
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-request-limit",
+      "2",
+      "--max-parked-mb",
+      "32",
+      "--health-check-timeout",
+      "0.5",
+    ],
+  });
+  const [pid] = await sup.workerPids();
+  await sup.execute({ code: "kept = 1", session_id: "small" });
+  const made = await sup.execute({
+    code: "big = bytes(range(256)) * (300 << 12)\nlen(big)",
+    session_id: "big",
+    timeout_ms: 60_000,
+  });
+  assert.equal(made.result, String(300 << 20));
+  const renewed = await waitFor("the renewal", async () => {
+    const [worker] = (await sup.health()).workers;
+    return worker?.state === "idle" ? worker : undefined;
+  });
+  assert.deepEqual([renewed.pid, renewed.renewals], [pid, 1], sup.stderr);
+  const kept = await sup.execute({ code: "kept", session_id: "small" });
+  assert.equal(kept.result, "1");
+  await closeAndCheck(sup);
+});
+
 Deno.test("the health check replaces a hung (SIGSTOPped) worker", async () => {
   const sup = await Supervisor.start({
     args: ["--pool-size", "1", "--health-check-interval", "0.5", "--health-check-timeout", "1"],

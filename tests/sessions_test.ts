@@ -126,3 +126,112 @@ Deno.test("a new session's second request, sent while its first runs, waits for 
   assert.equal((await sup.execute({ code: "n", session_id: "pair" })).result, "2");
   assert.equal((await sup.close()).code, 0);
 });
+
+Deno.test("a session the renewal drops past --max-parked-mb is reported lost, not moved blank", async () => {
+  // --worker-max-rss-mb below a worker's resident memory: the worker asks to be replaced after
+  // its first request's answer, when the limit of 1 has already started its renewal. The
+  // renewal parks the session, which holds more than --max-parked-mb: it is dropped there, and
+  // the worker leaves before it serves another request.
+  const sup = await Supervisor.start({
+    args: [
+      "--pool-size",
+      "1",
+      "--worker-request-limit",
+      "1",
+      "--max-parked-mb",
+      "1",
+      "--worker-max-rss-mb",
+      "128",
+    ],
+  });
+  try {
+    const made = await sup.execute({
+      code: "import os\ndata = os.urandom(4_000_000)\nlen(data)",
+      session_id: "big",
+    });
+    assert.equal(made.result, "4000000");
+    await waitUntil("w2 alone", async () => {
+      const h = await sup.health();
+      return h.workers.length === 1 && h.workers[0].id === "w2" && h.ready_workers === 1;
+    });
+    assert.equal((await sup.stats()).resets.renewal, 1, "the renewal ran");
+    const after = await sup.request("execute", { code: "len(data)", session_id: "big" });
+    assert.equal(after.error?.code, -32004, JSON.stringify(after));
+    assert.match(after.error!.message, /--max-parked-mb/);
+  } finally {
+    await sup.close();
+  }
+});
+
+Deno.test("a session the renewal drops past --max-parked-mb is reported lost once", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "2", "--max-parked-mb", "1"],
+  });
+  try {
+    await sup.execute({ code: "1" });
+    // The second request reaches the limit: the renewal parks the session, too large to keep.
+    await sup.execute({ code: "import os\ndata = os.urandom(4_000_000)", session_id: "big" });
+    await waitUntil("the renewal", async () => (await sup.stats()).resets.renewal === 1);
+    const again = "try:\n    data\nexcept NameError:\n    data = b'new'\nlen(data)";
+    const told = await sup.request("execute", { code: again, session_id: "big" });
+    assert.equal(told.error?.code, -32004, JSON.stringify(told));
+    // Told once: the id names a new session from then on.
+    const restarted = await sup.request("execute", { code: again, session_id: "big" });
+    assert.equal(
+      (restarted.result as ExecuteResult | undefined)?.result,
+      "3",
+      JSON.stringify(restarted),
+    );
+  } finally {
+    await sup.close();
+  }
+});
+
+Deno.test("a session does not expire while its own request runs past --session-ttl", async () => {
+  const sup = await Supervisor.start({ args: ["--pool-size", "1", "--session-ttl", "1"] });
+  try {
+    await sup.execute({ code: "n = 5", session_id: "long" });
+    // Expiry looks every half TTL: it comes while this request runs.
+    const slow = await sup.execute({ code: "import time\ntime.sleep(2.5)\nn", session_id: "long" });
+    assert.equal(slow.result, "5");
+    const next = await sup.request("execute", { code: "n", session_id: "long" });
+    assert.equal((next.result as ExecuteResult | undefined)?.result, "5", JSON.stringify(next));
+  } finally {
+    await sup.close();
+  }
+});
+
+Deno.test("a session that expires while it moves to a worker's successor is not kept there", async () => {
+  const sup = await Supervisor.start({
+    args: ["--pool-size", "1", "--worker-request-limit", "1", "--session-ttl", "2"],
+  });
+  try {
+    await sup.execute({ code: "n = 5", session_id: "s" });
+    // Renewals 2 to 9, then the tenth limit recycles w1: w2 starts.
+    for (let i = 1; i < 10; i++) {
+      await sup.execute({ code: "1" });
+      await waitUntil("idle", async () => (await sup.health()).workers[0].state === "idle");
+    }
+    let running = true;
+    const long = sup.execute({ code: "import time\ntime.sleep(6)\nn", session_id: "s" })
+      .finally(() => running = false);
+    await waitUntil("w2 ready", async () => {
+      const { workers } = await sup.health();
+      return workers.some((w) => w.id === "w2" && w.state === "idle");
+    });
+    assert.ok(running, "w2 was ready while w1 still ran the session's request");
+    // w2 takes this one; the session's move to w2 waits for it, and the session expires then.
+    const busy = sup.execute({ code: "import time\ntime.sleep(10)\n'w2'" });
+    assert.equal((await long).result, "5");
+    assert.equal((await busy).worker_id, "w2");
+    await waitUntil("w1 gone", async () => (await sup.health()).workers.length === 1);
+    const told = await sup.request("execute", { code: "n", session_id: "s" });
+    assert.equal(told.error?.code, -32004, JSON.stringify(told));
+    // The id names a new session now: the expired one's state must not come back.
+    const fresh = await sup.request("execute", { code: "n", session_id: "s" });
+    const result = fresh.result as ExecuteResult | undefined;
+    assert.equal(result?.error?.type, "NameError", JSON.stringify(fresh));
+  } finally {
+    await sup.close();
+  }
+});

@@ -165,6 +165,11 @@ export interface ReturnedMessage {
   value: string;
   /** Set when the Python function raised. */
   error?: string;
+  /**
+   * Sessions the call dropped (the renewal's park past the limit, a crash between runs), and
+   * why: reported before the call's answer, since the worker may leave before another run.
+   */
+  lost?: { sessionId: string; reason: string }[];
 }
 
 /** A chunk of output, for streaming. */

@@ -66,6 +66,8 @@ export interface PythonHostOptions {
   onFatal: (message: string) => void;
   /** Called when a fresh interpreter replaced one whose isolation reset failed. */
   onInterpreterReplaced: (reason: string) => void;
+  /** Called, before the call resolves, with the sessions a call (`call`) dropped. */
+  onSessionsLost: (lost: { sessionId: string; reason: string }[]) => void;
 }
 
 export interface RunReport extends RunOutcome {
@@ -174,7 +176,8 @@ export class PythonHost {
       const seq = ++this.#seq;
       const returned = new Promise<ReturnedMessage>((resolve) => this.#calls.set(seq, resolve));
       this.#post({ type: "call", seq, fn, arg });
-      const { value, error } = await returned;
+      const { value, error, lost } = await returned;
+      if (lost?.length) this.options.onSessionsLost(lost);
       if (error !== undefined) throw new Error(`${fn} failed: ${error}`);
       return value;
     });

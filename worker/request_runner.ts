@@ -14,7 +14,13 @@ import { failsAfterAnswer } from "./failpoints.ts";
 import type { FsQuota } from "./fs_quota.ts";
 import type { FsWatch } from "./fs_watch.ts";
 import type { ImagedInterpreter } from "./image/interpreter_image.ts";
-import type { CallMessage, FromThread, InitMessage, RunMessage } from "./messages.ts";
+import type {
+  CallMessage,
+  FromThread,
+  InitMessage,
+  ReturnedMessage,
+  RunMessage,
+} from "./messages.ts";
 import {
   type CodeEnd,
   crashEnd,
@@ -131,7 +137,10 @@ export class RequestRunner {
 
   /** Calls a session function, or renews the interpreter, between runs; posts what it returned. */
   async call({ seq, fn, arg }: CallMessage): Promise<void> {
-    const { send, tenancy, crashes } = this.#parts;
+    const { tenancy, crashes } = this.#parts;
+    // What the call dropped goes with its answer: the worker may leave before its next run.
+    const send = (message: ReturnedMessage) =>
+      this.#parts.send({ ...message, lost: tenancy.takeDropped() });
     if (this.#broken || !this.#recoveredBetweenRuns()) return;
     if (fn === "renew") {
       // Without the memory image there is nothing to renew from: the supervisor replaces the
