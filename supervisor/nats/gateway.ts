@@ -51,7 +51,7 @@ import { ask } from "./ask.ts";
 import * as answers from "./gateway_answers.ts";
 import { answerOf } from "./gateway_answers.ts";
 import { connectNats, watchConnection } from "./connect.ts";
-import { InstanceDirectory } from "./directory.ts";
+import { InstanceDirectory, SUSPECT_CHECK_MS } from "./directory.ts";
 import { Liveness, PING_TIMEOUT_MS } from "./liveness.ts";
 import {
   encode,
@@ -135,6 +135,8 @@ export class NatsGateway implements ServedPool {
   #queue: TaskQueue<RemoteCall>;
   /** Requests offered on the queue group and not yet accepted or refused. */
   #offers = 0;
+  /** Suspects being asked about (#checkSuspect). */
+  #checking = new Set<string>();
   /** Sessions whose first request is offered: the others wait for its instance. */
   #pinning = new Set<string>();
   #nextRequest = 0;
@@ -216,8 +218,13 @@ export class NatsGateway implements ServedPool {
         }
       },
     });
+    let suspectsCheckedAt = performance.now();
     this.#timer = setInterval(() => {
       this.#directory.sweep();
+      if (performance.now() - suspectsCheckedAt >= SUSPECT_CHECK_MS) {
+        suspectsCheckedAt = performance.now();
+        for (const id of this.#directory.suspects()) this.#checkSuspect(id);
+      }
       this.#pump();
     }, RETRY_MS);
     nc.publish(this.subjects.discover);
@@ -781,18 +788,32 @@ export class NatsGateway implements ServedPool {
   #instanceGone(id: string, why: string, silent: boolean): void {
     this.#log.info("instance {id} {why}", { id, why });
     const nc = this.#nc;
-    if (silent && nc !== undefined) {
-      // Gone, or stalled? One that exited has no subscriptions left: NATS says so at once.
-      ask(nc, this.subjects.instance(id).ping, new Uint8Array(), PING_TIMEOUT_MS).then(
-        (outcome) => {
-          if (outcome.kind !== "no_responders" && outcome.kind !== "answer") {
-            this.#directory.suspect(id);
-          }
-        },
-      );
+    if (silent) {
+      // Gone, or stalled? Suspected at once: until the ping below says, a queue-group offer may
+      // go to a stalled instance's subscriptions, and since it is no longer a candidate, the
+      // lookup of that offer would not wait for it, and the request would run twice. One that
+      // exited has no subscriptions left: NATS says so at once.
+      this.#directory.suspect(id);
+      this.#checkSuspect(id);
     }
     this.sessions.loseWorker(id, `was lost with instance ${id}, which ${why}`);
     if (this.#directory.size === 0) this.#failWaiting(this.#noInstances());
+  }
+
+  /**
+   * Asks NATS whether a suspect still holds subscriptions: "no responders" clears it (it exited,
+   * or NATS dropped it); an answer or silence leaves it suspected until it is heard again.
+   */
+  #checkSuspect(id: string): void {
+    const nc = this.#nc;
+    if (nc === undefined || !this.#connected || this.#checking.has(id)) return;
+    this.#checking.add(id);
+    ask(nc, this.subjects.instance(id).ping, new Uint8Array(), PING_TIMEOUT_MS).then(
+      (outcome) => {
+        this.#checking.delete(id);
+        if (outcome.kind === "no_responders" && this.#connected) this.#directory.clear(id);
+      },
+    );
   }
 
   #disconnected(): void {
