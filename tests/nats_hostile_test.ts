@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { ExecuteResult } from "../lib/protocol.ts";
+import { connect, headers } from "@nats-io/transport-node";
 import {
   acceptedClientIds,
   instanceIdOf,
@@ -15,7 +15,7 @@ import {
   stopSupervisor,
 } from "./helpers/nats_server.ts";
 import type { Supervisor } from "./helpers/supervisor_process.ts";
-import { waitUntil } from "./helpers/processes.ts";
+import { procStatus, statusBytes, waitUntil } from "./helpers/processes.ts";
 
 /** Polls `probe` every 10 ms (waitUntil's 100 ms is too coarse for a 1 s window). */
 async function soon(what: string, probe: () => boolean, timeoutMs = 20_000): Promise<void> {
@@ -78,5 +78,52 @@ Deno.test("nats hostile: a request NATS hands a stalled instance just given up f
     await gateway.close();
     await stopSupervisor(stalled);
     await stopSupervisor(healthy);
+  }
+});
+
+/** Resident memory of a process, in bytes. */
+function rss(pid: number): number {
+  return statusBytes(procStatus(pid), "VmRSS");
+}
+
+Deno.test("nats hostile: chunk headers claiming a million chunks, from another client, do not blow up an instance's or the gateway's memory", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1 });
+  const nc = await connect({ servers: server.url });
+  try {
+    const instanceId = await instanceIdOf(instance);
+    // The gateway's reply subjects, as any client on the account sees them.
+    const sub = nc.subscribe("pyodide_pool.execute", { max: 1 });
+    const seen = (async () => {
+      for await (const msg of sub) return msg.reply!;
+    })();
+    await nc.flush();
+    assert.equal((await gateway.execute({ code: "1" })).result, "1");
+    const inbox = (await seen)!.replace(/\.[^.]+$/, "");
+    const before = { instance: rss(instance.process.pid), gateway: rss(gateway.process.pid) };
+    // Each message is a hundred bytes: a first chunk of a million, with nothing in it.
+    for (let i = 0; i < 64; i++) {
+      const h = headers();
+      h.set("Pyodide-Chunk", `bogus${i} 0 1000000`);
+      nc.publish(`pyodide_pool.instance.${instanceId}.execute`, new Uint8Array(), {
+        headers: h,
+        reply: `${inbox}.nobody`,
+      });
+      nc.publish(`${inbox}.x${i}`, new Uint8Array(), { headers: h });
+    }
+    await nc.flush();
+    // Both still serve, and neither holds much more than before.
+    assert.equal((await gateway.execute({ code: "2" })).result, "2");
+    const grown = {
+      instance: rss(instance.process.pid) - before.instance,
+      gateway: rss(gateway.process.pid) - before.gateway,
+    };
+    assert.ok(grown.instance < 64 << 20, `the instance grew by ${grown.instance >> 20} MB`);
+    assert.ok(grown.gateway < 64 << 20, `the gateway grew by ${grown.gateway >> 20} MB`);
+  } finally {
+    await nc.close();
+    await gateway.close();
+    await stopSupervisor(instance);
   }
 });
