@@ -88,6 +88,14 @@ export class SessionRegistry {
     if (owner.tenant !== tenant) throw notOwner(id);
   }
 
+  /**
+   * Whether `id` names a session here: held, being created, or lost and not yet reported (its
+   * next request is told so). Another tenant's counts too: its requests are refused here.
+   */
+  knows(id: string): boolean {
+    return this.#sessions.has(id) || this.#claims.has(id) || this.#tombstones.has(id);
+  }
+
   countOn(workerId: string): number {
     let count = 0;
     for (const session of this.#sessions.values()) if (session.workerId === workerId) count++;

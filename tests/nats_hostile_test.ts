@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { connect, headers } from "@nats-io/transport-node";
+import type { ExecuteResult } from "../lib/protocol.ts";
 import {
   acceptedClientIds,
   instanceIdOf,
@@ -125,5 +126,31 @@ Deno.test("nats hostile: chunk headers claiming a million chunks, from another c
     await nc.close();
     await gateway.close();
     await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats hostile: a session created through one gateway and used through a second gateway runs on the instance that holds it", async () => {
+  await using server = await NatsServer.start();
+  const instances = [await startInstance(server), await startInstance(server)];
+  const first = await startGateway(server, { workers: 2 });
+  const second = await startGateway(server, { workers: 2 });
+  try {
+    const created = await first.execute({ code: "x = 41", session_id: "shared" });
+    const holder = created.instance_id!;
+    // The holder's one worker busy with the session: the other instance is idle.
+    const busy = first.execute({ code: "import time\ntime.sleep(1.5)", session_id: "shared" });
+    await waitUntil("the holder busy", async () => {
+      const health = await first.health();
+      return health.instances?.find((i) => i.instance_id === holder)?.in_flight === 1;
+    });
+    const used = await second.request("execute", { code: "x + 1", session_id: "shared" });
+    await busy;
+    const result = used.result as ExecuteResult | undefined;
+    assert.equal(result?.instance_id, holder, JSON.stringify(used));
+    assert.equal(result?.result, "42", JSON.stringify(used));
+  } finally {
+    await first.close();
+    await second.close();
+    await Promise.all(instances.map(stopSupervisor));
   }
 });

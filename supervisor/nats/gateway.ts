@@ -61,6 +61,7 @@ import {
   parseReply,
   parseReport,
   parseResendReply,
+  parseSessionHolder,
   type Reply,
   type ResendReply,
   type ServiceSubjects,
@@ -74,6 +75,8 @@ export const ACK_TIMEOUT_MS = 3000;
 export const DEADLINE_GRACE_MS = 2000;
 /** How long the instances' answers to a lookup are gathered. */
 const LOOKUP_WAIT_MS = 500;
+/** How long the instances' answers to `sessions` are awaited (all known ones answer sooner). */
+const SESSION_LOOKUP_MS = 250;
 /** How long a report (health, stats, packages) may take an instance. */
 const REPORT_TIMEOUT_MS = 2000;
 /** At start, how long requests wait for the first heartbeat before being routed anyway. */
@@ -137,6 +140,8 @@ export class NatsGateway implements ServedPool {
   #offers = 0;
   /** Suspects being asked about (#checkSuspect). */
   #checking = new Set<string>();
+  /** Sessions being looked for on the instances (#locateSession). */
+  #locating = new Map<string, Promise<void>>();
   /** Sessions whose first request is offered: the others wait for its instance. */
   #pinning = new Set<string>();
   #nextRequest = 0;
@@ -295,8 +300,70 @@ export class NatsGateway implements ServedPool {
       this.#finish(call, answerOf(this.#noInstances()));
       return;
     }
+    await this.#locateSession(call);
+    if (call.phase !== "waiting") return;
     if (this.#queue.size === 0 && !this.#blocked(call) && this.#mayOffer(call)) this.#offer(call);
     else this.#wait(call);
+  }
+
+  /**
+   * A session this gateway does not know may be held by an instance all the same (another
+   * gateway created it, or this one restarted): the instances are asked, once for all of its
+   * requests that come meanwhile, and they go to the one that holds it rather than to whichever
+   * the queue group picks. They go on in the order they came (a promise's waiters resume in
+   * order).
+   */
+  async #locateSession(call: RemoteCall): Promise<void> {
+    const sessionId = call.task.params.session_id;
+    const nc = this.#nc;
+    if (sessionId === undefined || call.pinnedTo !== undefined || nc === undefined) return;
+    let locating = this.#locating.get(sessionId);
+    if (locating === undefined) {
+      // Its first request is being offered: the others wait for its instance (#blocked).
+      if (this.#pinning.has(sessionId)) return;
+      const { tenant } = call.task.params;
+      locating = this.#sessionHolder(nc, sessionId).then((holder) => {
+        if (holder !== undefined) this.sessions.touch(sessionId, holder, tenant);
+      }).finally(() => this.#locating.delete(sessionId));
+      this.#locating.set(sessionId, locating);
+    }
+    await locating;
+    if (call.phase !== "waiting" || call.pinnedTo !== undefined) return;
+    try {
+      call.pinnedTo = this.sessions.workerOf(sessionId, call.task.params.tenant);
+    } catch (error) {
+      this.#finish(call, answerOf(error as RpcError));
+    }
+  }
+
+  /** The instance that says it holds the session, if one does within SESSION_LOOKUP_MS. */
+  async #sessionHolder(nc: NatsConnection, sessionId: string): Promise<string | undefined> {
+    try {
+      const replies = await nc.requestMany(
+        this.subjects.sessions,
+        encode({ session_id: sessionId }),
+        {
+          strategy: "count",
+          maxMessages: Math.max(1, this.#directory.size),
+          maxWait: SESSION_LOOKUP_MS,
+        },
+      );
+      for await (const msg of replies) {
+        if (isNoResponders(msg)) break;
+        try {
+          const answer = parseSessionHolder(msg.data);
+          if (answer.held) return answer.instance_id;
+        } catch (error) {
+          this.#log.warn("ignored a sessions answer: {error}", { error: String(error) });
+        }
+      }
+    } catch (error) {
+      this.#log.warn("could not ask who holds session {id}: {error}", {
+        id: sessionId,
+        error: String(error),
+      });
+    }
+    return undefined;
   }
 
   cancel(key: unknown): boolean {

@@ -31,10 +31,12 @@ import {
   parseCancel,
   parseExecuteRequest,
   parseResendRequest,
+  parseSessionQuery,
   type Reply,
   type ResendReply,
   type ServiceSubjects,
   serviceSubjects,
+  type SessionHolder,
 } from "./subjects.ts";
 import { publishBody, Reassembler } from "./wire.ts";
 
@@ -134,6 +136,7 @@ export class NatsInstance {
     });
     nc.subscribe(own.resend, { callback: (_, msg) => this.#onResend(msg, false) });
     nc.subscribe(subjects.lookup, { callback: (_, msg) => this.#onResend(msg, true) });
+    nc.subscribe(subjects.sessions, { callback: (_, msg) => this.#onSessionQuery(msg) });
     nc.subscribe(subjects.discover, { callback: () => this.#heartbeat() });
     endpoints.start();
     this.pool.onChange(() => this.#reconcile());
@@ -364,6 +367,19 @@ export class NatsInstance {
       });
     }
     this.#reply(msg, encode(answer));
+  }
+
+  /** `sessions`: whether this instance knows the session a gateway asks about. */
+  #onSessionQuery(msg: Msg): void {
+    let sessionId: string;
+    try {
+      sessionId = parseSessionQuery(msg.data).session_id;
+    } catch (error) {
+      this.#log.warn("ignored a sessions query: {error}", { error: String(error) });
+      return;
+    }
+    const held = this.pool.sessions.knows(sessionId);
+    this.#reply(msg, encode({ instance_id: this.id, held } satisfies SessionHolder));
   }
 
   /** Answers a report request with the report, or the error it failed with. */
