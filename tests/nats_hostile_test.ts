@@ -154,3 +154,257 @@ Deno.test("nats hostile: a session created through one gateway and used through 
     await Promise.all(instances.map(stopSupervisor));
   }
 });
+
+Deno.test("nats hostile: thousands of requests queued in the gateway when nats-server dies: each answered once, soon", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1, args: ["--max-queue", "5000"] });
+  try {
+    const count = 3000;
+    const ids = Array.from({ length: count }, (_, i) => `q${i}`);
+    const answeredAt = new Map<string, number>();
+    const pending = ids.map((id) =>
+      gateway.request(
+        "execute",
+        { code: "import time\ntime.sleep(0.05)", timeout_ms: 4000 },
+        id,
+      ).then((response) => {
+        answeredAt.set(id, performance.now());
+        return response;
+      })
+    );
+    await waitUntil(
+      "the gateway's queue to fill",
+      async () => ((await gateway.stats()).gateway?.queue_depth ?? 0) > count / 2,
+    );
+    await server.stop();
+    const stoppedAt = performance.now();
+    const responses = await Promise.all(pending);
+    const last = Math.max(...answeredAt.values()) - stoppedAt;
+    // Waiting ones at once; one offered unacknowledged within 3 s; the running one by its deadline.
+    assert.ok(last < 4000 + 2000 + 1000, `the last answer came ${last} ms after the stop`);
+    const codes = new Map<string, number>();
+    for (const response of responses) {
+      const key = response.error ? String(response.error.code) : "result";
+      codes.set(key, (codes.get(key) ?? 0) + 1);
+    }
+    const lines = gateway.received.filter((line) =>
+      typeof line === "object" && line !== null && "id" in line
+    ) as { id: string }[];
+    const seen = new Map<string, number>();
+    for (const line of lines) seen.set(line.id, (seen.get(line.id) ?? 0) + 1);
+    for (const id of ids) assert.equal(seen.get(id), 1, `answers for ${id}`);
+    assert.ok((codes.get("-32000") ?? 0) > count / 2, JSON.stringify([...codes]));
+    // NATS back: the gateway serves again.
+    await server.restart();
+    await waitUntil("serving again", async () => {
+      const response = await gateway.request("execute", { code: "'back'" });
+      return (response.result as ExecuteResult | undefined)?.result === "'back'";
+    }, 30_000);
+  } finally {
+    await gateway.close();
+    await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats hostile: garbage and forgeries from another client on every subject: nothing crashes or hangs, other requests are answered once, by their own instance", async () => {
+  await using server = await NatsServer.start({ maxPayload: 128 * 1024 });
+  const instance = await startInstance(server, { poolSize: 2 });
+  const gateway = await startGateway(server, { workers: 2 });
+  const nc = await connect({ servers: server.url });
+  try {
+    const instanceId = await instanceIdOf(instance);
+    // What any client on the account sees of the gateway's requests.
+    const offers: { reply: string; body: string }[] = [];
+    nc.subscribe("pyodide_pool.execute", {
+      callback: (_, msg) => void offers.push({ reply: msg.reply!, body: msg.string() }),
+    });
+    nc.subscribe(`pyodide_pool.instance.${instanceId}.execute`, {
+      callback: (_, msg) => void offers.push({ reply: msg.reply!, body: msg.string() }),
+    });
+    await nc.flush();
+    assert.equal((await gateway.execute({ code: "1" })).result, "1");
+    const inbox = offers[0].reply.replace(/\.[^.]+$/, "");
+    const garbage = [
+      "",
+      "not json",
+      "[]",
+      "null",
+      "42",
+      '{"kind":"result"}',
+      '{"kind":"result","result":{"status":"ok","worker_id":7}}',
+      '{"kind":"output","seq":-1,"stream":"stdout","text":"x"}',
+      '{"instance_id":"../..","protocol":1,"state":"serving","free_slots":1,"ready_workers":1,"queue_depth":0}',
+      '{"request_ids":' + JSON.stringify(Array.from({ length: 10_001 }, (_, i) => `r${i}`)) + "}",
+      '{"request_ids":[{"x":1}]}',
+      '{"session_id":' + JSON.stringify("s".repeat(1000)) + "}",
+      '{"request_id":"' + "a".repeat(65) + '","params":{}}',
+      '{"request_id":"zz","params":{"code":1}}',
+      "x".repeat(120 * 1024),
+    ];
+    const subjects = [
+      "pyodide_pool.execute",
+      "pyodide_pool.packages",
+      "pyodide_pool.heartbeat",
+      "pyodide_pool.discover",
+      "pyodide_pool.lookup",
+      "pyodide_pool.sessions",
+      ...["execute", "cancel", "ping", "health", "stats", "resend"].map((verb) =>
+        `pyodide_pool.instance.${instanceId}.${verb}`
+      ),
+      `${inbox}.1-1`,
+      `${inbox}.999999-1`,
+      `${inbox}.x`,
+      "$SRV.PING",
+      "$SRV.INFO.pyodide_pool",
+      "$SRV.STATS.pyodide_pool." + instanceId,
+    ];
+    const flood = async () => {
+      for (const subject of subjects) {
+        for (const text of garbage) {
+          const reply = `_INBOX.hostile.${subject.length}`;
+          nc.publish(subject, new TextEncoder().encode(text), { reply });
+          nc.publish(subject, new TextEncoder().encode(text));
+        }
+        // Forged heartbeats: a ghost instance with room, and the real one claiming more room.
+        for (const id of ["ghost", instanceId]) {
+          nc.publish(
+            "pyodide_pool.heartbeat",
+            new TextEncoder().encode(JSON.stringify({
+              instance_id: id,
+              protocol: 1,
+              state: "serving",
+              free_slots: 1000,
+              ready_workers: 1000,
+              queue_depth: 0,
+            })),
+          );
+        }
+        await nc.flush();
+      }
+    };
+    // Requests of an honest client, during the flood.
+    const honest = Array.from(
+      { length: 8 },
+      (_, i) =>
+        gateway.request(
+          "execute",
+          { code: `import time\ntime.sleep(0.2)\nprint('o${i}')\n'r${i}'`, stream: true },
+          `h${i}`,
+        ),
+    );
+    await flood();
+    await flood();
+    const responses = await Promise.all(honest);
+    const alive = (s: Supervisor) => {
+      try {
+        s.process.kill("SIGCONT");
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    assert.ok(alive(instance) && alive(gateway), "both still run");
+    for (const s of [instance, gateway]) assert.doesNotMatch(s.stderr, /unexpected|Uncaught/);
+    responses.forEach((response, i) => {
+      const result = response.result as ExecuteResult | undefined;
+      // A forged heartbeat's ghost may be offered a request only if the queue group has no room;
+      // an honest request is answered by its own instance or refused, never by another's answer.
+      if (result !== undefined) {
+        assert.equal(result.result, `'r${i}'`, JSON.stringify(response));
+        assert.equal(result.instance_id, instanceId);
+      } else assert.ok(response.error, JSON.stringify(response));
+    });
+    const seen = new Map<unknown, number>();
+    for (const line of gateway.received as { id?: unknown }[]) {
+      if (line && typeof line === "object" && "id" in line) {
+        seen.set(line.id, (seen.get(line.id) ?? 0) + 1);
+      }
+    }
+    for (let i = 0; i < 8; i++) assert.equal(seen.get(`h${i}`), 1);
+    // Both serve on once the ghost is forgotten.
+    await new Promise((r) => setTimeout(r, 3500));
+    assert.equal((await gateway.execute({ code: "'after'" })).result, "'after'");
+    assert.equal((await instance.execute({ code: "'local'" })).result, "'local'");
+    assertAcceptedOnce([instance]);
+  } finally {
+    await nc.close();
+    await gateway.close();
+    await stopSupervisor(instance);
+  }
+});
+
+Deno.test("nats hostile: cancels racing completion, with streamed output: one answer each, all output before it and in order", async () => {
+  await using server = await NatsServer.start({ maxPayload: 4096 });
+  const instances = [await startInstance(server, { poolSize: 2 }), await startInstance(server)];
+  const gateway = await startGateway(server, { workers: 3 });
+  try {
+    const count = 30;
+    const ids = Array.from({ length: count }, (_, i) => `c${i}`);
+    const pending = ids.map((id, i) =>
+      gateway.request("execute", {
+        // Lines of growing length: some past max_payload, so chunked between plain ones.
+        code: `import time\nfor k in range(40):\n    print(f"${id}-{k}-" + "x" * (k * 150))\n` +
+          `    time.sleep(${(i % 5) * 0.002})\n'${id}'`,
+        stream: true,
+      }, id)
+    );
+    for (let i = 0; i < count; i++) {
+      setTimeout(() => gateway.cancel(ids[i]).catch(() => {}), Math.random() * 600);
+    }
+    const responses = await Promise.all(pending);
+    responses.forEach((response) => {
+      assert.ok(
+        response.result !== undefined || response.error?.code === -32003,
+        JSON.stringify(response).slice(0, 500),
+      );
+    });
+    // In the order written: each id's output lines k = 0, 1, 2... with none after its answer.
+    const next = new Map<string, number>();
+    const answered = new Set<string>();
+    for (const line of gateway.received as Record<string, unknown>[]) {
+      if (line.method === "output") {
+        const { id, text } = line.params as { id: string; text: string };
+        assert.ok(!answered.has(id), `output for ${id} after its answer`);
+        for (const printed of text.split("\n").filter((t) => t.length > 0)) {
+          const k = Number(printed.split("-")[1]);
+          assert.equal(
+            k,
+            next.get(id) ?? 0,
+            `${id}'s output out of order: ${printed.slice(0, 20)}`,
+          );
+          next.set(id, k + 1);
+        }
+      } else if (typeof line.id === "string" && ids.includes(line.id)) {
+        assert.ok(!answered.has(line.id), `two answers for ${line.id}`);
+        answered.add(line.id);
+      }
+    }
+    assert.equal(answered.size, count);
+    assertAcceptedOnce(instances);
+  } finally {
+    await gateway.close();
+    await Promise.all(instances.map(stopSupervisor));
+  }
+});
+
+Deno.test("nats hostile: the only instance SIGKILLed while idle: a request just after gets -32000 no_instances soon", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1 });
+  try {
+    assert.equal((await gateway.execute({ code: "1" })).result, "1");
+    instance.process.kill("SIGKILL");
+    await instance.process.status;
+    // nats-server has seen the connection close (its heartbeats stay silent for 3 s yet).
+    await new Promise((r) => setTimeout(r, 200));
+    const started = performance.now();
+    const response = await gateway.request("execute", { code: "2" });
+    const elapsed = performance.now() - started;
+    assert.equal(response.error?.code, -32000, JSON.stringify(response));
+    assert.equal(response.error?.data?.reason, "no_instances");
+    assert.ok(elapsed < 100, `took ${elapsed} ms`);
+  } finally {
+    await gateway.close();
+  }
+});

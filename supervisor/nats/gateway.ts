@@ -52,7 +52,7 @@ import * as answers from "./gateway_answers.ts";
 import { answerOf } from "./gateway_answers.ts";
 import { connectNats, watchConnection } from "./connect.ts";
 import { InstanceDirectory, SUSPECT_CHECK_MS } from "./directory.ts";
-import { Liveness, PING_TIMEOUT_MS } from "./liveness.ts";
+import { Liveness, PING_TIMEOUT_MS, RECONNECT_GRACE_MS } from "./liveness.ts";
 import {
   encode,
   type ExecuteRequest,
@@ -138,7 +138,7 @@ export class NatsGateway implements ServedPool {
   #queue: TaskQueue<RemoteCall>;
   /** Requests offered on the queue group and not yet accepted or refused. */
   #offers = 0;
-  /** Suspects being asked about (#checkSuspect). */
+  /** Instances being asked whether NATS still has them (#checkGone). */
   #checking = new Set<string>();
   /** Sessions being looked for on the instances (#locateSession). */
   #locating = new Map<string, Promise<void>>();
@@ -228,7 +228,7 @@ export class NatsGateway implements ServedPool {
       this.#directory.sweep();
       if (performance.now() - suspectsCheckedAt >= SUSPECT_CHECK_MS) {
         suspectsCheckedAt = performance.now();
-        for (const id of this.#directory.suspects()) this.#checkSuspect(id);
+        for (const id of this.#directory.suspects()) this.#checkGone(id);
       }
       this.#pump();
     }, RETRY_MS);
@@ -574,6 +574,12 @@ export class NatsGateway implements ServedPool {
       if (call?.phase !== "offered") return;
       // Sent by name, to an instance no longer subscribed: it is gone.
       if (call.directed) this.#directory.forget(call.candidates[0], "left NATS");
+      else {
+        // No member in the queue group, though some instance said it had room: is it gone?
+        for (const known of this.#directory.values()) {
+          if (known.freeSlots > 0) this.#checkGone(known.id);
+        }
+      }
       this.#notTaken(call, "no_responders", "");
       return;
     }
@@ -861,24 +867,37 @@ export class NatsGateway implements ServedPool {
       // lookup of that offer would not wait for it, and the request would run twice. One that
       // exited has no subscriptions left: NATS says so at once.
       this.#directory.suspect(id);
-      this.#checkSuspect(id);
+      this.#checkGone(id);
     }
     this.sessions.loseWorker(id, `was lost with instance ${id}, which ${why}`);
     if (this.#directory.size === 0) this.#failWaiting(this.#noInstances());
   }
 
   /**
-   * Asks NATS whether a suspect still holds subscriptions: "no responders" clears it (it exited,
-   * or NATS dropped it); an answer or silence leaves it suspected until it is heard again.
+   * Asks NATS whether an instance still holds subscriptions, by pinging it: "no responders"
+   * means it exited or NATS dropped it. A suspect is then cleared; an instance the directory
+   * still lists (it said it had room, yet the queue group had no member) is forgotten, so that
+   * with none left requests get -32000 at once rather than after its heartbeats' silence. An
+   * answer, or silence, changes nothing. Right after the gateway reconnects "no responders" may
+   * only mean that the instance has not reconnected yet: nothing is asked then.
    */
-  #checkSuspect(id: string): void {
+  #checkGone(id: string): void {
     const nc = this.#nc;
-    if (nc === undefined || !this.#connected || this.#checking.has(id)) return;
+    const now = performance.now();
+    if (
+      nc === undefined || !this.#connected || this.#checking.has(id) ||
+      now - this.#reconnectedAt < RECONNECT_GRACE_MS
+    ) return;
     this.#checking.add(id);
     ask(nc, this.subjects.instance(id).ping, new Uint8Array(), PING_TIMEOUT_MS).then(
       (outcome) => {
         this.#checking.delete(id);
-        if (outcome.kind === "no_responders" && this.#connected) this.#directory.clear(id);
+        if (outcome.kind !== "no_responders" || !this.#connected) return;
+        this.#directory.clear(id);
+        this.#directory.forget(
+          id,
+          "left NATS: nothing subscribes to its subjects any more (it exited, or lost its connection)",
+        );
       },
     );
   }
