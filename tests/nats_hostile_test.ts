@@ -408,3 +408,28 @@ Deno.test("nats hostile: the only instance SIGKILLed while idle: a request just 
     await gateway.close();
   }
 });
+
+Deno.test("nats hostile: lookups of made-up request ids from another client do not pile up in an instance", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const nc = await connect({ servers: server.url });
+  try {
+    const before = rss(instance.process.pid);
+    // 600 messages of 10,000 ids each, as many as one lookup may carry: 6 million ids.
+    for (let m = 0; m < 600; m++) {
+      const ids = Array.from({ length: 10_000 }, (_, i) => `made-up-${m}-${i}`);
+      nc.publish(
+        "pyodide_pool.lookup",
+        new TextEncoder().encode(JSON.stringify({ request_ids: ids })),
+      );
+      if (m % 20 === 19) await nc.flush();
+    }
+    await nc.flush();
+    assert.equal((await instance.execute({ code: "'still'" })).result, "'still'");
+    const grown = rss(instance.process.pid) - before;
+    assert.ok(grown < 256 << 20, `the instance grew by ${grown >> 20} MB`);
+  } finally {
+    await nc.close();
+    await stopSupervisor(instance);
+  }
+});
