@@ -433,3 +433,50 @@ Deno.test("nats hostile: lookups of made-up request ids from another client do n
     await stopSupervisor(instance);
   }
 });
+
+Deno.test("nats hostile: heartbeats of 20,000 made-up instances: the gateway's health and its requests stay prompt", async () => {
+  await using server = await NatsServer.start();
+  const instance = await startInstance(server);
+  const gateway = await startGateway(server, { workers: 1 });
+  const nc = await connect({ servers: server.url });
+  try {
+    const instanceId = await instanceIdOf(instance);
+    for (let i = 0; i < 20_000; i++) {
+      nc.publish(
+        "pyodide_pool.heartbeat",
+        new TextEncoder().encode(JSON.stringify({
+          instance_id: `ghost${i}`,
+          protocol: 1,
+          state: "serving",
+          free_slots: 5,
+          ready_workers: 5,
+          queue_depth: 0,
+        })),
+      );
+      if (i % 1000 === 999) await nc.flush();
+    }
+    await nc.flush();
+    let started = performance.now();
+    assert.equal((await gateway.execute({ code: "'real'" })).result, "'real'");
+    const executeMs = performance.now() - started;
+    started = performance.now();
+    const health = await gateway.health();
+    const healthMs = performance.now() - started;
+    assert.ok(executeMs < 1000, `execute took ${executeMs} ms`);
+    assert.ok(healthMs < 3000, `health took ${healthMs} ms`);
+    assert.ok(health.instances?.some((i) => i.instance_id === instanceId));
+    // Silent, they are given up (each suspected, then cleared by "no responders"): still prompt.
+    await new Promise((r) => setTimeout(r, 3500));
+    started = performance.now();
+    assert.equal((await gateway.execute({ code: "'again'" })).result, "'again'");
+    assert.ok(performance.now() - started < 1000, `took ${performance.now() - started} ms`);
+    await waitUntil(
+      "the ghosts gone",
+      async () => (await gateway.health()).instances?.length === 1,
+    );
+  } finally {
+    await nc.close();
+    await gateway.close();
+    await stopSupervisor(instance);
+  }
+});
