@@ -145,6 +145,20 @@ export class SessionRegistry {
     return expired;
   }
 
+  /**
+   * Forgets sessions idle past the TTL, and claims as old, leaving no tombstone: for a NATS
+   * gateway, which only remembers where sessions are (their instances expire them, and tell),
+   * and finds a session it forgot again by asking the instances.
+   */
+  forgetIdle(now = performance.now()): void {
+    for (const [id, claim] of this.#claims) {
+      if (now - claim.at >= this.ttlMs) this.#claims.delete(id);
+    }
+    for (const [id, session] of this.#sessions) {
+      if (now - session.lastUsedAt >= this.ttlMs) this.#sessions.delete(id);
+    }
+  }
+
   /** A worker died: its sessions are lost. */
   loseWorker(workerId: string, why: string): void {
     for (const [id, session] of this.#sessions) {

@@ -480,3 +480,23 @@ Deno.test("nats hostile: heartbeats of 20,000 made-up instances: the gateway's h
     await stopSupervisor(instance);
   }
 });
+
+Deno.test("nats hostile: a gateway forgets idle sessions and claims after --session-ttl, as a pool does", async () => {
+  await using server = await NatsServer.start();
+  const gateway = await startGateway(server, { args: ["--session-ttl", "1"] });
+  let instance: Supervisor | undefined;
+  try {
+    // Claimed for tenant "a" by a first request that never reached an instance.
+    const first = await gateway.request("execute", { code: "1", session_id: "s", tenant: "a" });
+    assert.equal(first.error?.code, -32000, JSON.stringify(first));
+    instance = await startInstance(server);
+    await waitUntil("the instance known", async () => (await gateway.health()).ready_workers === 1);
+    await new Promise((r) => setTimeout(r, 1500));
+    // Past the TTL the id is free, as in a local pool: tenant "b" may start a session with it.
+    const other = await gateway.request("execute", { code: "2", session_id: "s", tenant: "b" });
+    assert.equal((other.result as ExecuteResult | undefined)?.result, "2", JSON.stringify(other));
+  } finally {
+    await gateway.close();
+    if (instance) await stopSupervisor(instance);
+  }
+});

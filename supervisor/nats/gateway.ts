@@ -75,6 +75,8 @@ export const ACK_TIMEOUT_MS = 3000;
 export const DEADLINE_GRACE_MS = 2000;
 /** How long the instances' answers to a lookup are gathered. */
 const LOOKUP_WAIT_MS = 500;
+/** How often sessions idle past --session-ttl (and old claims) are forgotten here. */
+const SESSION_SWEEP_MS = 1000;
 /** How long the instances' answers to `sessions` are awaited (all known ones answer sooner). */
 const SESSION_LOOKUP_MS = 250;
 /** How long a report (health, stats, packages) may take an instance. */
@@ -224,11 +226,17 @@ export class NatsGateway implements ServedPool {
       },
     });
     let suspectsCheckedAt = performance.now();
+    let sessionsSweptAt = performance.now();
     this.#timer = setInterval(() => {
-      this.#directory.sweep();
-      if (performance.now() - suspectsCheckedAt >= SUSPECT_CHECK_MS) {
-        suspectsCheckedAt = performance.now();
+      const now = performance.now();
+      this.#directory.sweep(now);
+      if (now - suspectsCheckedAt >= SUSPECT_CHECK_MS) {
+        suspectsCheckedAt = now;
         for (const id of this.#directory.suspects()) this.#checkGone(id);
+      }
+      if (now - sessionsSweptAt >= SESSION_SWEEP_MS) {
+        sessionsSweptAt = now;
+        this.sessions.forgetIdle(now);
       }
       this.#pump();
     }, RETRY_MS);
