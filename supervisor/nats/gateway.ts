@@ -868,7 +868,6 @@ export class NatsGateway implements ServedPool {
   /** An instance left or went silent: its sessions are lost; with none left, nothing waits. */
   #instanceGone(id: string, why: string, silent: boolean): void {
     this.#log.info("instance {id} {why}", { id, why });
-    const nc = this.#nc;
     if (silent) {
       // Gone, or stalled? Suspected at once: until the ping below says, a queue-group offer may
       // go to a stalled instance's subscriptions, and since it is no longer a candidate, the
