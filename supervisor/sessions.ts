@@ -88,6 +88,14 @@ export class SessionRegistry {
     if (owner.tenant !== tenant) throw notOwner(id);
   }
 
+  /**
+   * Whether `id` names a session here: held, being created, or lost and not yet reported (its
+   * next request is told so). Another tenant's counts too: its requests are refused here.
+   */
+  knows(id: string): boolean {
+    return this.#sessions.has(id) || this.#claims.has(id) || this.#tombstones.has(id);
+  }
+
   countOn(workerId: string): number {
     let count = 0;
     for (const session of this.#sessions.values()) if (session.workerId === workerId) count++;
@@ -141,6 +149,20 @@ export class SessionRegistry {
       this.#forget(id, `expired after ${Math.round(this.ttlMs / 1000)} s without use`);
     }
     return expired;
+  }
+
+  /**
+   * Forgets sessions idle past the TTL, and claims as old, leaving no tombstone: for a NATS
+   * gateway, which only remembers where sessions are (their instances expire them, and tell),
+   * and finds a session it forgot again by asking the instances.
+   */
+  forgetIdle(now = performance.now()): void {
+    for (const [id, claim] of this.#claims) {
+      if (now - claim.at >= this.ttlMs) this.#claims.delete(id);
+    }
+    for (const [id, session] of this.#sessions) {
+      if (now - session.lastUsedAt >= this.ttlMs) this.#sessions.delete(id);
+    }
   }
 
   /** A worker died: its sessions are lost. */

@@ -12,11 +12,11 @@ import { type Heartbeat, HEARTBEAT_MS } from "./subjects.ts";
 /** An instance gone silent this long is given up. */
 export const SILENT_LIMIT_MS = 3 * HEARTBEAT_MS;
 /**
- * How long an instance given up for silence (or for unanswered pings) is suspected of still
- * holding queue-group subscriptions: NATS keeps a stalled client's until it drops the client
- * (ping_interval × ping_max, 2 min × 2 by default).
+ * How often the gateway asks NATS whether a suspect (below) is still subscribed. NATS keeps a
+ * stalled client's subscriptions until it drops the client (ping_interval × ping_max, 2 min × 2
+ * by default); once it has, "no responders" says so.
  */
-export const SUSPECT_MS = 5 * 60_000;
+export const SUSPECT_CHECK_MS = 5000;
 
 /** What the gateway knows of one instance, as of its last heartbeat. */
 export interface KnownInstance {
@@ -56,8 +56,8 @@ export class InstanceDirectory {
   #instances = new Map<string, KnownInstance>();
   /** Instances that said they leave: a late heartbeat of theirs does not bring them back. */
   #left = new Set<string>();
-  /** Instances given up while perhaps still subscribed (stalled, cut off), and since when. */
-  #suspects = new Map<string, number>();
+  /** Instances given up while perhaps still subscribed (stalled, cut off). */
+  #suspects = new Set<string>();
   #paused = false;
 
   constructor(private readonly events: DirectoryEvents) {}
@@ -116,10 +116,21 @@ export class InstanceDirectory {
 
   /**
    * The instance stopped answering but may still be subscribed (stalled, cut off), so NATS may
-   * still hand it requests: suspected until it is heard again, or for SUSPECT_MS.
+   * still hand it requests: suspected until it is heard again, or NATS says it holds no
+   * subscriptions any more (`clear`).
    */
-  suspect(id: string, now = performance.now()): void {
-    if (!this.#left.has(id)) this.#suspects.set(id, now);
+  suspect(id: string): void {
+    if (!this.#left.has(id)) this.#suspects.add(id);
+  }
+
+  /** The instance holds no subscriptions any more (NATS said "no responders" for it). */
+  clear(id: string): void {
+    this.#suspects.delete(id);
+  }
+
+  /** The instances suspected now. */
+  suspects(): string[] {
+    return [...this.#suspects];
   }
 
   /**
@@ -127,10 +138,7 @@ export class InstanceDirectory {
    * does, NATS may hand it requests it will never see, and the gateway sends each request to an
    * instance it heard from instead.
    */
-  hasSuspects(now = performance.now()): boolean {
-    for (const [id, since] of this.#suspects) {
-      if (now - since > SUSPECT_MS) this.#suspects.delete(id);
-    }
+  hasSuspects(): boolean {
     return this.#suspects.size > 0;
   }
 

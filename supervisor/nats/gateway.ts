@@ -37,7 +37,6 @@ import type {
   ExecuteResult,
   GatewayCounters,
   HealthReport,
-  JsonRpcId,
   PackagesReport,
   StatsReport,
 } from "../../lib/protocol.ts";
@@ -47,22 +46,29 @@ import { PoolStats } from "../stats.ts";
 import { type Answer, type OutputListener, Task } from "../task.ts";
 import { TaskQueue } from "../task_queue.ts";
 import { type Fetched, gatewayHealth, gatewayStats } from "./aggregate.ts";
-import { ask } from "./ask.ts";
 import * as answers from "./gateway_answers.ts";
 import { answerOf } from "./gateway_answers.ts";
+import {
+  type Asker,
+  askPackages,
+  askResend,
+  fetchReports,
+  lookupRequest,
+  sessionHolder,
+  unsubscribed,
+} from "./gateway_queries.ts";
 import { connectNats, watchConnection } from "./connect.ts";
-import { InstanceDirectory } from "./directory.ts";
-import { Liveness, PING_TIMEOUT_MS } from "./liveness.ts";
+import { InstanceDirectory, SUSPECT_CHECK_MS } from "./directory.ts";
+import { Liveness, RECONNECT_GRACE_MS } from "./liveness.ts";
+import { CallTable, newRemoteCall, type RemoteCall } from "./remote_call.ts";
+import { SessionPins } from "./session_pins.ts";
 import {
   encode,
   type ExecuteRequest,
   NATS_PROTOCOL,
   parseHeartbeat,
   parseReply,
-  parseReport,
-  parseResendReply,
   type Reply,
-  type ResendReply,
   type ServiceSubjects,
   serviceSubjects,
 } from "./subjects.ts";
@@ -72,52 +78,14 @@ import { isNoResponders, maxPayload, messageRoom, publishBody, Reassembler } fro
 export const ACK_TIMEOUT_MS = 3000;
 /** Past the request's own deadline and --timeout-grace, how long the gateway still waits. */
 export const DEADLINE_GRACE_MS = 2000;
-/** How long the instances' answers to a lookup are gathered. */
-const LOOKUP_WAIT_MS = 500;
-/** How long a report (health, stats, packages) may take an instance. */
-const REPORT_TIMEOUT_MS = 2000;
+/** How often sessions idle past --session-ttl (and old claims) are forgotten here. */
+const SESSION_SWEEP_MS = 1000;
 /** At start, how long requests wait for the first heartbeat before being routed anyway. */
 const DISCOVERY_MS = 500;
 /** Without word from NATS at start, requests are answered (-32000) after this long. */
 const START_WAIT_MS = 2000;
 /** How often waiting requests try again without news of room, and instances are swept. */
 const RETRY_MS = 100;
-
-type Phase = "waiting" | "offered" | "running" | "done";
-
-/** One request from the gateway's client to an instance, until it is answered. */
-interface RemoteCall {
-  readonly task: Task;
-  /** Its number in this gateway. */
-  readonly number: number;
-  /**
-   * How many times it was offered. Each offer has its own reply subject and request id, so
-   * that what comes for an earlier one (a late refusal) cannot pass for the current one's.
-   */
-  attempt: number;
-  /** The current offer's reply subject's last token: `<number>-<attempt>`. */
-  token: string;
-  /** Unique across gateways: names the current offer to the instances (cancel, resend). */
-  requestId: string;
-  /** With a queue-group offer, the instances known then: any of them may have it. */
-  candidates: string[];
-  readonly clientId: JsonRpcId;
-  phase: Phase;
-  /** The instance that accepted it. */
-  instanceId?: string;
-  /** The instance that holds its session, when known: it is sent there. */
-  pinnedTo?: string;
-  /** Offered for any instance to take (not pinned), and counted in #offers. */
-  viaQueue: boolean;
-  /** Offered to one instance's own subject in place of the queue group (suspects, below). */
-  directed: boolean;
-  /** Cancelled by the client while offered: cancelled on acceptance. */
-  cancelRequested: boolean;
-  /** Its queue deadline passed while offered. */
-  expired: boolean;
-  acceptedAt: number;
-  timer?: ReturnType<typeof setTimeout>;
-}
 
 export class NatsGateway implements ServedPool {
   readonly stats = new PoolStats();
@@ -129,14 +97,14 @@ export class NatsGateway implements ServedPool {
   #inbox = "";
   #directory: InstanceDirectory;
   #liveness: Liveness | undefined;
-  #calls = new Map<string, RemoteCall>();
-  #byKey = new Map<unknown, RemoteCall>();
+  #calls = new CallTable();
   /** Requests waiting for an instance with room (and those offered from here). */
   #queue: TaskQueue<RemoteCall>;
   /** Requests offered on the queue group and not yet accepted or refused. */
   #offers = 0;
-  /** Sessions whose first request is offered: the others wait for its instance. */
-  #pinning = new Set<string>();
+  /** Instances being asked whether NATS still has them (#checkGone). */
+  #checking = new Set<string>();
+  #pins: SessionPins;
   #nextRequest = 0;
   #accepting = true;
   #connected = false;
@@ -153,6 +121,7 @@ export class NatsGateway implements ServedPool {
     this.#queue = new TaskQueue(config.maxQueue);
     // The instances drop their sessions themselves: the gateway only forgets where they were.
     this.sessions = new SessionRegistry(config.sessionTtl * 1000);
+    this.#pins = new SessionPins(this.sessions);
     this.#directory = new InstanceDirectory({
       room: () => this.#pump(),
       gone: (id, why, silent) => this.#instanceGone(id, why, silent),
@@ -206,7 +175,7 @@ export class NatsGateway implements ServedPool {
         this.#connected = false;
         // Closed for good (not by this gateway's own stop, which answered everything first):
         // nothing more can come.
-        for (const call of [...this.#calls.values()]) {
+        for (const call of this.#calls.all()) {
           this.#finish(
             call,
             call.phase === "waiting"
@@ -216,8 +185,19 @@ export class NatsGateway implements ServedPool {
         }
       },
     });
+    let suspectsCheckedAt = performance.now();
+    let sessionsSweptAt = performance.now();
     this.#timer = setInterval(() => {
-      this.#directory.sweep();
+      const now = performance.now();
+      this.#directory.sweep(now);
+      if (now - suspectsCheckedAt >= SUSPECT_CHECK_MS) {
+        suspectsCheckedAt = now;
+        for (const id of this.#directory.suspects()) this.#checkGone(id);
+      }
+      if (now - sessionsSweptAt >= SESSION_SWEEP_MS) {
+        sessionsSweptAt = now;
+        this.sessions.forgetIdle(now);
+      }
       this.#pump();
     }, RETRY_MS);
     nc.publish(this.subjects.discover);
@@ -249,27 +229,8 @@ export class NatsGateway implements ServedPool {
     const maxMs = this.config.maxExecTimeout * 1000;
     const timeoutMs = Math.min(params.timeout_ms ?? this.config.execTimeout * 1000, maxMs);
     const task = new Task(params, key, onOutput, timeoutMs, this.stats.requests);
-    const number = ++this.#nextRequest;
-    const call: RemoteCall = {
-      task,
-      number,
-      attempt: 0,
-      token: String(number),
-      requestId: `${this.id}-${number}`,
-      candidates: [],
-      clientId: typeof key === "string" || typeof key === "number" || key === null
-        ? key
-        : String(key),
-      phase: "waiting",
-      pinnedTo,
-      viaQueue: false,
-      directed: false,
-      cancelRequested: false,
-      expired: false,
-      acceptedAt: 0,
-    };
-    this.#calls.set(call.token, call);
-    if (key !== undefined) this.#byKey.set(key, call);
+    const call = newRemoteCall(task, ++this.#nextRequest, this.id, pinnedTo);
+    this.#calls.add(call);
     // The deadline covers the wait for NATS at start, too.
     task.expireInQueue(() => this.#expire(call));
     this.#admit(call).catch((error) => this.#bug("admitting a request", error));
@@ -288,12 +249,22 @@ export class NatsGateway implements ServedPool {
       this.#finish(call, answerOf(this.#noInstances()));
       return;
     }
-    if (this.#queue.size === 0 && !this.#blocked(call) && this.#mayOffer(call)) this.#offer(call);
-    else this.#wait(call);
+    const nc = this.#nc;
+    if (nc !== undefined) {
+      const error = await this.#pins.locate(
+        call,
+        (sessionId) => sessionHolder(this.#asker(nc), sessionId, this.#directory.size),
+      );
+      if (error !== undefined) this.#finish(call, answerOf(error));
+    }
+    if (call.phase !== "waiting") return;
+    if (this.#queue.size === 0 && !this.#pins.blocked(call) && this.#mayOffer(call)) {
+      this.#offer(call);
+    } else this.#wait(call);
   }
 
   cancel(key: unknown): boolean {
-    const call = this.#byKey.get(key);
+    const call = this.#calls.byKey(key);
     if (call === undefined || call.phase === "done") return false;
     switch (call.phase) {
       case "waiting":
@@ -314,7 +285,7 @@ export class NatsGateway implements ServedPool {
     return gatewayHealth(fetched, {
       accepting: this.#accepting,
       queueDepth: this.#waitingCount(),
-      inFlight: (id) => [...this.#calls.values()].filter((c) => c.instanceId === id).length,
+      inFlight: (id) => this.#calls.acceptedBy(id).length,
     });
   }
 
@@ -344,13 +315,7 @@ export class NatsGateway implements ServedPool {
     await this.#ready;
     const nc = this.#nc;
     if (nc === undefined || !this.#connected) throw this.#notConnected("not connected to NATS");
-    const outcome = await ask(nc, this.subjects.packages, new Uint8Array(), REPORT_TIMEOUT_MS);
-    if (outcome.kind === "answer") return parseReport<PackagesReport>(outcome.msg.data, "packages");
-    if (outcome.kind === "no_responders") throw this.#noInstances();
-    throw answers.noPackagesAnswer(
-      this.config.natsService,
-      outcome.kind === "timeout" ? `no answer within ${REPORT_TIMEOUT_MS} ms` : "failed",
-    );
+    return await askPackages(this.#asker(nc), this.config.natsService);
   }
 
   async shutdown(graceMs: number, { drainQueue = false } = {}): Promise<void> {
@@ -364,7 +329,7 @@ export class NatsGateway implements ServedPool {
     while (this.#calls.size > 0 && performance.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
-    for (const call of [...this.#calls.values()]) {
+    for (const call of this.#calls.all()) {
       if (call.phase === "running") this.#sendCancel(call);
       this.#finish(
         call,
@@ -385,12 +350,6 @@ export class NatsGateway implements ServedPool {
   // -------------------------------------------------------------------------------------------
   // A request's way: waiting, offered, running, answered.
   // -------------------------------------------------------------------------------------------
-
-  /** A session's request that must wait until its first request's instance is known. */
-  #blocked(call: RemoteCall): boolean {
-    const sessionId = call.task.params.session_id;
-    return sessionId !== undefined && call.pinnedTo === undefined && this.#pinning.has(sessionId);
-  }
 
   /**
    * Room for one more offer: as many as the instances said they have on the queue group; while
@@ -417,15 +376,11 @@ export class NatsGateway implements ServedPool {
     if (!this.#connected || this.#queue.size === 0) return;
     for (const call of this.#queue) {
       if (call.phase !== "waiting") continue;
-      const sessionId = call.task.params.session_id;
-      if (sessionId !== undefined && call.pinnedTo === undefined) {
-        if (this.#pinning.has(sessionId)) continue;
-        try {
-          call.pinnedTo = this.sessions.workerOf(sessionId, call.task.params.tenant);
-        } catch (error) {
-          this.#finish(call, { outcome: "session_not_found", error: error as RpcError });
-          continue;
-        }
+      try {
+        if (!this.#pins.pin(call)) continue;
+      } catch (error) {
+        this.#finish(call, { outcome: "session_not_found", error: error as RpcError });
+        continue;
       }
       if (!this.#mayOffer(call)) continue;
       this.#offer(call);
@@ -438,11 +393,7 @@ export class NatsGateway implements ServedPool {
     const elapsed = performance.now() - task.arrivedAt;
     // Whole milliseconds, as the pool sends its workers: the deadline covers the wait here.
     const remainingMs = Math.max(1, Math.round(task.timeoutMs - elapsed));
-    this.#calls.delete(call.token);
-    call.attempt++;
-    call.token = `${call.number}-${call.attempt}`;
-    call.requestId = `${this.id}-${call.token}`;
-    this.#calls.set(call.token, call);
+    this.#calls.nextOffer(call, this.id);
     const request: ExecuteRequest = {
       request_id: call.requestId,
       client_id: call.clientId,
@@ -467,7 +418,7 @@ export class NatsGateway implements ServedPool {
       return;
     }
     const sessionId = task.params.session_id;
-    if (pinned === undefined && sessionId !== undefined) this.#pinning.add(sessionId);
+    if (pinned === undefined && sessionId !== undefined) this.#pins.offered(sessionId);
     call.phase = "offered";
     call.viaQueue = pinned === undefined;
     call.directed = directed;
@@ -500,6 +451,12 @@ export class NatsGateway implements ServedPool {
       if (call?.phase !== "offered") return;
       // Sent by name, to an instance no longer subscribed: it is gone.
       if (call.directed) this.#directory.forget(call.candidates[0], "left NATS");
+      else {
+        // No member in the queue group, though some instance said it had room: is it gone?
+        for (const known of this.#directory.values()) {
+          if (known.freeSlots > 0) this.#checkGone(known.id);
+        }
+      }
       this.#notTaken(call, "no_responders", "");
       return;
     }
@@ -568,7 +525,7 @@ export class NatsGateway implements ServedPool {
     if (call.viaQueue) {
       this.#offers--;
       const sessionId = call.task.params.session_id;
-      if (sessionId !== undefined) this.#pinning.delete(sessionId);
+      if (sessionId !== undefined) this.#pins.settled(sessionId);
     }
     call.viaQueue = false;
   }
@@ -654,7 +611,7 @@ export class NatsGateway implements ServedPool {
     const nc = this.#nc;
     if (nc !== undefined && this.#connected) {
       const offer = call.attempt;
-      const answers = await this.#lookup(nc, call.requestId);
+      const answers = await lookupRequest(this.#asker(nc), call.requestId);
       if (call.phase !== "offered" || call.attempt !== offer) return;
       const holder = answers.find((a) =>
         a.running.includes(call.requestId) || a.finished.includes(call.requestId)
@@ -679,32 +636,6 @@ export class NatsGateway implements ServedPool {
     this.#endOffer(call);
     this.#finish(call, answers.unacknowledged(call.pinnedTo, ACK_TIMEOUT_MS));
     this.#pump();
-  }
-
-  /** Every instance's answer about one request, gathered for LOOKUP_WAIT_MS. */
-  async #lookup(nc: NatsConnection, requestId: string): Promise<ResendReply[]> {
-    const found: ResendReply[] = [];
-    try {
-      const replies = await nc.requestMany(
-        this.subjects.lookup,
-        encode({ request_ids: [requestId] }),
-        { maxWait: LOOKUP_WAIT_MS },
-      );
-      for await (const msg of replies) {
-        if (isNoResponders(msg)) break;
-        try {
-          found.push(parseResendReply(msg.data));
-        } catch (error) {
-          this.#log.warn("ignored a lookup answer: {error}", { error: String(error) });
-        }
-      }
-    } catch (error) {
-      this.#log.warn("could not look request {id} up: {error}", {
-        id: requestId,
-        error: String(error),
-      });
-    }
-    return found;
   }
 
   /** The instance running it stayed silent past every deadline: answered, and cancelled there. */
@@ -734,8 +665,7 @@ export class NatsGateway implements ServedPool {
     const previous = call.phase;
     if (previous === "done") return;
     call.phase = "done";
-    this.#calls.delete(call.token);
-    if (this.#byKey.get(call.task.key) === call) this.#byKey.delete(call.task.key);
+    this.#calls.remove(call);
     this.#queue.delete(call);
     if (previous === "running") {
       this.stats.run.recordMs(performance.now() - call.acceptedAt);
@@ -763,9 +693,7 @@ export class NatsGateway implements ServedPool {
 
   /** Liveness gave up on an instance: what it ran is lost, and not run again. */
   #instanceDead(id: string, why: string, stalled: boolean): void {
-    const lost = [...this.#calls.values()].filter((c) =>
-      c.phase === "running" && c.instanceId === id
-    );
+    const lost = this.#calls.inPhase("running").filter((c) => c.instanceId === id);
     if (lost.length > 0) this.#counters.instances_lost++;
     this.#log.warn("instance {id} {why}: {count} requests running there get -32001", {
       id,
@@ -780,19 +708,43 @@ export class NatsGateway implements ServedPool {
   /** An instance left or went silent: its sessions are lost; with none left, nothing waits. */
   #instanceGone(id: string, why: string, silent: boolean): void {
     this.#log.info("instance {id} {why}", { id, why });
-    const nc = this.#nc;
-    if (silent && nc !== undefined) {
-      // Gone, or stalled? One that exited has no subscriptions left: NATS says so at once.
-      ask(nc, this.subjects.instance(id).ping, new Uint8Array(), PING_TIMEOUT_MS).then(
-        (outcome) => {
-          if (outcome.kind !== "no_responders" && outcome.kind !== "answer") {
-            this.#directory.suspect(id);
-          }
-        },
-      );
+    if (silent) {
+      // Gone, or stalled? Suspected at once: until the ping below says, a queue-group offer may
+      // go to a stalled instance's subscriptions, and since it is no longer a candidate, the
+      // lookup of that offer would not wait for it, and the request would run twice. One that
+      // exited has no subscriptions left: NATS says so at once.
+      this.#directory.suspect(id);
+      this.#checkGone(id);
     }
     this.sessions.loseWorker(id, `was lost with instance ${id}, which ${why}`);
     if (this.#directory.size === 0) this.#failWaiting(this.#noInstances());
+  }
+
+  /**
+   * Asks NATS whether an instance still holds subscriptions, by pinging it: "no responders"
+   * means it exited or NATS dropped it. A suspect is then cleared; an instance the directory
+   * still lists (it said it had room, yet the queue group had no member) is forgotten, so that
+   * with none left requests get -32000 at once rather than after its heartbeats' silence. An
+   * answer, or silence, changes nothing. Right after the gateway reconnects "no responders" may
+   * only mean that the instance has not reconnected yet: nothing is asked then.
+   */
+  #checkGone(id: string): void {
+    const nc = this.#nc;
+    const now = performance.now();
+    if (
+      nc === undefined || !this.#connected || this.#checking.has(id) ||
+      now - this.#reconnectedAt < RECONNECT_GRACE_MS
+    ) return;
+    this.#checking.add(id);
+    unsubscribed(this.#asker(nc), id).then((gone) => {
+      this.#checking.delete(id);
+      if (!gone || !this.#connected) return;
+      this.#directory.clear(id);
+      this.#directory.forget(
+        id,
+        "left NATS: nothing subscribes to its subjects any more (it exited, or lost its connection)",
+      );
+    });
   }
 
   #disconnected(): void {
@@ -811,34 +763,25 @@ export class NatsGateway implements ServedPool {
     nc.publish(this.subjects.discover);
     // Answers sent while NATS was away are lost: each instance sends its own again.
     const byInstance = new Map<string, RemoteCall[]>();
-    for (const call of this.#calls.values()) {
-      if (call.phase !== "running") continue;
+    for (const call of this.#calls.inPhase("running")) {
       byInstance.set(call.instanceId!, [...(byInstance.get(call.instanceId!) ?? []), call]);
     }
     await Promise.all([...byInstance].map(([id, calls]) => this.#resend(nc, id, calls)));
   }
 
   async #resend(nc: NatsConnection, id: string, calls: RemoteCall[]): Promise<void> {
-    const body = encode({ request_ids: calls.map((c) => c.requestId) });
-    // The instance may reconnect a moment after the gateway: a few tries.
-    for (let attempt = 0; attempt < 10; attempt++) {
-      const outcome = await ask(nc, this.subjects.instance(id).resend, body, REPORT_TIMEOUT_MS);
-      if (outcome.kind === "answer") {
-        try {
-          const { unknown } = parseResendReply(outcome.msg.data);
-          for (const call of calls) {
-            if (!unknown.includes(call.requestId) || call.phase !== "running") continue;
-            this.#finish(call, answers.lostInOutage(id));
-          }
-        } catch (error) {
-          this.#log.warn("instance {id}'s resend answer: {error}", { id, error: String(error) });
-        }
-        return;
-      }
-      if (!this.#connected) return;
-      await new Promise((resolve) => setTimeout(resolve, 300));
-    }
+    const unknown = await askResend(
+      this.#asker(nc),
+      id,
+      calls.map((c) => c.requestId),
+      () => this.#connected,
+    );
     // Liveness decides about an instance that does not answer.
+    if (unknown === undefined) return;
+    for (const call of calls) {
+      if (!unknown.includes(call.requestId) || call.phase !== "running") continue;
+      this.#finish(call, answers.lostInOutage(id));
+    }
   }
 
   /** Each instance's report, asked of all at once. */
@@ -846,36 +789,17 @@ export class NatsGateway implements ServedPool {
     await this.#ready;
     const nc = this.#nc;
     const ids = [...this.#directory.values()].map((i) => i.id);
-    return await Promise.all(ids.map(async (id): Promise<Fetched<T>> => {
-      if (nc === undefined || !this.#connected) {
-        return { instance_id: id, error: "the gateway is not connected to NATS" };
-      }
-      const subject = this.subjects.instance(id)[what];
-      const outcome = await ask(nc, subject, new Uint8Array(), REPORT_TIMEOUT_MS);
-      if (outcome.kind !== "answer") {
-        return {
-          instance_id: id,
-          error: outcome.kind === "no_responders"
-            ? "not connected to NATS"
-            : outcome.kind === "timeout"
-            ? `no answer within ${REPORT_TIMEOUT_MS} ms`
-            : outcome.error.message,
-        };
-      }
-      try {
-        return { instance_id: id, report: parseReport<T>(outcome.msg.data, what) };
-      } catch (error) {
-        return { instance_id: id, error: (error as Error).message };
-      }
-    }));
+    const asker = nc === undefined || !this.#connected ? undefined : this.#asker(nc);
+    return await fetchReports<T>(asker, ids, what);
+  }
+
+  #asker(nc: NatsConnection): Asker {
+    return { nc, subjects: this.subjects, log: this.#log };
   }
 
   /** Answers every request that has not been offered yet, or was refused and waits. */
   #failWaiting(error: RpcError): void {
-    for (const call of [...this.#calls.values()]) {
-      if (call.phase !== "waiting") continue;
-      this.#finish(call, answerOf(error));
-    }
+    for (const call of this.#calls.inPhase("waiting")) this.#finish(call, answerOf(error));
   }
 
   #waitingCount(): number {

@@ -31,10 +31,12 @@ import {
   parseCancel,
   parseExecuteRequest,
   parseResendRequest,
+  parseSessionQuery,
   type Reply,
   type ResendReply,
   type ServiceSubjects,
   serviceSubjects,
+  type SessionHolder,
 } from "./subjects.ts";
 import { publishBody, Reassembler } from "./wire.ts";
 
@@ -45,6 +47,12 @@ const KEEP_ANSWERS_BYTES = 64 << 20;
 
 /** How long a request looked up and not found is refused, should it come after all. */
 const REFUSE_MS = 120_000;
+/**
+ * The most requests refused at once. Anyone on the account may publish a lookup: without a
+ * bound, made-up ids would pile up for REFUSE_MS. A gateway's own lookups need few (one
+ * request each, refused only for one that comes after its lookup despite NATS's ordering).
+ */
+const MAX_REFUSED = 100_000;
 
 /** A request this instance accepted and runs. */
 interface Running {
@@ -134,6 +142,7 @@ export class NatsInstance {
     });
     nc.subscribe(own.resend, { callback: (_, msg) => this.#onResend(msg, false) });
     nc.subscribe(subjects.lookup, { callback: (_, msg) => this.#onResend(msg, true) });
+    nc.subscribe(subjects.sessions, { callback: (_, msg) => this.#onSessionQuery(msg) });
     nc.subscribe(subjects.discover, { callback: () => this.#heartbeat() });
     endpoints.start();
     this.pool.onChange(() => this.#reconcile());
@@ -346,7 +355,6 @@ export class NatsInstance {
     }
     const answer: ResendReply = { instance_id: this.id, finished: [], running: [], unknown: [] };
     const now = performance.now();
-    for (const [id, at] of this.#refused) if (now - at > REFUSE_MS) this.#refused.delete(id);
     for (const id of ids) {
       const kept = this.#answers.get(id);
       if (kept !== undefined) {
@@ -355,8 +363,16 @@ export class NatsInstance {
       } else if (this.#running.has(id)) answer.running.push(id);
       else {
         answer.unknown.push(id);
-        if (lookup) this.#refused.set(id, now);
+        if (lookup) {
+          this.#refused.delete(id);
+          this.#refused.set(id, now);
+        }
       }
+    }
+    // Oldest first (each id is put at the end when refused): the sweep stops at a recent one.
+    for (const [id, at] of this.#refused) {
+      if (now - at <= REFUSE_MS && this.#refused.size <= MAX_REFUSED) break;
+      this.#refused.delete(id);
     }
     if (answer.finished.length > 0) {
       this.#log.info("sent {count} answers again, lost while NATS was away", {
@@ -364,6 +380,19 @@ export class NatsInstance {
       });
     }
     this.#reply(msg, encode(answer));
+  }
+
+  /** `sessions`: whether this instance knows the session a gateway asks about. */
+  #onSessionQuery(msg: Msg): void {
+    let sessionId: string;
+    try {
+      sessionId = parseSessionQuery(msg.data).session_id;
+    } catch (error) {
+      this.#log.warn("ignored a sessions query: {error}", { error: String(error) });
+      return;
+    }
+    const held = this.pool.sessions.knows(sessionId);
+    this.#reply(msg, encode({ instance_id: this.id, held } satisfies SessionHolder));
   }
 
   /** Answers a report request with the report, or the error it failed with. */

@@ -12,6 +12,7 @@
  * | `S.heartbeat`             | publish               | each instance, every second and as workers free up  |
  * | `S.discover`              | publish               | a gateway asks every instance for a heartbeat now   |
  * | `S.lookup`                | request, all answer   | who has these requests? (an offer unacknowledged)   |
+ * | `S.sessions`              | request, all answer   | who holds this session? (one new to a gateway)      |
  * | `S.instance.ID.execute`   | request               | a request of a session that instance ID holds       |
  * | `S.instance.ID.cancel`    | publish               | `$/cancelRequest` for a request running on ID       |
  * | `S.instance.ID.ping`      | request               | liveness, while ID runs a gateway's requests        |
@@ -46,6 +47,7 @@ export interface ServiceSubjects {
   readonly heartbeat: string;
   readonly discover: string;
   readonly lookup: string;
+  readonly sessions: string;
   /** The subjects of one instance. */
   instance(id: string): InstanceSubjects;
 }
@@ -78,6 +80,7 @@ export function serviceSubjects(service: string): ServiceSubjects {
     heartbeat: `${service}.heartbeat`,
     discover: `${service}.discover`,
     lookup: `${service}.lookup`,
+    sessions: `${service}.sessions`,
     instance: (id) => {
       const prefix = `${service}.instance.${id}`;
       return {
@@ -158,6 +161,20 @@ export interface ResendReply {
   finished: string[];
   running: string[];
   unknown: string[];
+}
+
+/**
+ * `sessions`: a gateway that does not know a session (another gateway created it, or it
+ * restarted) asks who holds it before sending its request anywhere.
+ */
+export interface SessionQuery {
+  session_id: string;
+}
+
+/** The answer to `sessions`: whether this instance knows the session. */
+export interface SessionHolder {
+  instance_id: string;
+  held: boolean;
 }
 
 /** `ping`'s answer. */
@@ -367,6 +384,35 @@ export function parseResendReply(data: Uint8Array): ResendReply {
     running: list("running"),
     unknown: list("unknown"),
   };
+}
+
+/** A `sessions` query, as an instance reads it (a session id is what a client may send). */
+export function parseSessionQuery(data: Uint8Array): SessionQuery {
+  const what = "sessions query";
+  const id = decodeRecord(data, what).session_id;
+  if (typeof id !== "string" || id.length === 0 || id.length > 128) {
+    throw new ContractError(what, "session_id must be a string of 1-128 characters");
+  }
+  return { session_id: id };
+}
+
+/**
+ * The answer to `sessions`, as a gateway reads it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { encode, parseSessionHolder } from "./subjects.ts";
+ * assert.deepEqual(parseSessionHolder(encode({ instance_id: "i1", held: true })), {
+ *   instance_id: "i1",
+ *   held: true,
+ * });
+ * ```
+ */
+export function parseSessionHolder(data: Uint8Array): SessionHolder {
+  const what = "sessions answer";
+  const value = decodeRecord(data, what);
+  return { instance_id: token(value.instance_id, what, "instance_id"), held: value.held === true };
 }
 
 /** `ping`'s answer, as a gateway reads it. */

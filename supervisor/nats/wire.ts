@@ -28,6 +28,15 @@ const HEADROOM = 1024;
 const ASSEMBLY_TIMEOUT_MS = 60_000;
 /** The most bytes held in messages being put together, per reader. */
 const MAX_ASSEMBLING_BYTES = 512 << 20;
+/**
+ * The most messages being put together at once, per reader: anyone on the account can send a
+ * chunk, and each message begun costs a timer and a table whatever its chunks hold.
+ */
+const MAX_ASSEMBLIES = 1024;
+/** What a chunk costs beyond its bytes, counted against MAX_ASSEMBLING_BYTES. */
+const CHUNK_OVERHEAD = 64;
+/** The smallest chunk a sender makes but the last (messageRoom's floor). */
+const MIN_CHUNK = 1024;
 
 /** The server's largest message, as it said when the connection was made. */
 export function maxPayload(nc: NatsConnection): number {
@@ -67,8 +76,9 @@ export function publishBody(
 }
 
 interface Assembly {
-  parts: Uint8Array[];
-  received: number;
+  /** The chunks come, by index: a map, so that a count claimed reserves nothing. */
+  parts: Map<number, Uint8Array>;
+  count: number;
   bytes: number;
   timer: ReturnType<typeof setTimeout>;
 }
@@ -105,32 +115,39 @@ export class Reassembler {
     const { id, index, count } = chunk;
     let assembly = this.#assemblies.get(id);
     if (assembly === undefined) {
+      if (this.#assemblies.size >= MAX_ASSEMBLIES) {
+        this.onDropped(`more than ${MAX_ASSEMBLIES} messages were being put together`);
+        return undefined;
+      }
       assembly = {
-        parts: new Array(count),
-        received: 0,
+        parts: new Map(),
+        count,
         bytes: 0,
         timer: setTimeout(() => this.#drop(id, "its chunks stopped coming"), ASSEMBLY_TIMEOUT_MS),
       };
       this.#assemblies.set(id, assembly);
     }
-    if (index >= assembly.parts.length || assembly.parts[index] !== undefined) {
+    if (index >= assembly.count || count !== assembly.count || assembly.parts.has(index)) {
       this.#drop(id, "a chunk came twice or out of range");
       return undefined;
     }
     // A copy: the client may reuse the buffer the message's data views.
-    assembly.parts[index] = msg.data.slice();
-    assembly.received++;
-    assembly.bytes += msg.data.byteLength;
-    this.#bytes += msg.data.byteLength;
+    assembly.parts.set(index, msg.data.slice());
+    const cost = msg.data.byteLength + CHUNK_OVERHEAD;
+    assembly.bytes += cost;
+    this.#bytes += cost;
     if (this.#bytes > MAX_ASSEMBLING_BYTES) {
       this.#drop(id, `more than ${MAX_ASSEMBLING_BYTES} bytes were being put together`);
       return undefined;
     }
-    if (assembly.received < assembly.parts.length) return undefined;
+    if (assembly.parts.size < assembly.count) return undefined;
     this.#forget(id);
-    const whole = new Uint8Array(assembly.bytes);
+    let length = 0;
+    for (const part of assembly.parts.values()) length += part.byteLength;
+    const whole = new Uint8Array(length);
     let offset = 0;
-    for (const part of assembly.parts) {
+    for (let i = 0; i < assembly.count; i++) {
+      const part = assembly.parts.get(i)!;
       whole.set(part, offset);
       offset += part.byteLength;
     }
@@ -164,7 +181,10 @@ function chunkOf(
   const [id, index, count] = value.split(" ");
   const i = Number(index);
   const n = Number(count);
-  if (!id || !Number.isInteger(i) || !Number.isInteger(n) || i < 0 || n < 1 || n > 1e6) {
+  if (
+    !id || !Number.isInteger(i) || !Number.isInteger(n) || i < 0 || n < 1 ||
+    n > MAX_ASSEMBLING_BYTES / MIN_CHUNK
+  ) {
     return undefined;
   }
   return { id, index: i, count: n };
