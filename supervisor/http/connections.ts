@@ -161,13 +161,15 @@ export class GatedConnection {
 export class ConnectionGate {
   /** Open connections by the local port of their relay to the HTTP server. */
   #byUpstreamPort = new Map<number, GatedConnection>();
+  /** Connections admitted whose relay to the HTTP server is still being opened. */
+  #admitting = 0;
   #accepting: Promise<void> | undefined;
 
   constructor(readonly options: GateOptions) {}
 
-  /** Connections open now. */
+  /** Connections open now (those being admitted count: a burst must not pass the cap). */
   get open(): number {
-    return this.#byUpstreamPort.size;
+    return this.#byUpstreamPort.size + this.#admitting;
   }
 
   /** The connection an HTTP request came over, by the address the HTTP server saw. */
@@ -225,12 +227,16 @@ export class ConnectionGate {
       return refuse(client, this.options.overCapacity(this.open));
     }
     let upstream: Deno.TcpConn;
+    // The slot is taken before the wait: connections accepted meanwhile see it taken.
+    this.#admitting++;
     try {
       upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.options.upstreamPort });
     } catch (error) {
       log.warn("HTTP relay failed to connect: {error}", { error: String(error) });
       closeQuietly(client);
       return;
+    } finally {
+      this.#admitting--;
     }
     client.setNoDelay(true);
     upstream.setNoDelay(true);

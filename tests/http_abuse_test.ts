@@ -1,0 +1,33 @@
+/**
+ * `--http` against clients that misbehave on purpose, through the real supervisor on loopback:
+ * a burst of connections past `--http-max-connections`, a batch of many thousand requests, clients
+ * that never read their answers, a tenant that opens MCP sessions without end, and tokens that
+ * move between lines of the token file on a reload.
+ */
+
+import assert from "node:assert/strict";
+import { HttpPool, readUntilClosed } from "./helpers/http_pool.ts";
+
+Deno.test("HTTP abuse: a burst of connections at once does not pass --http-max-connections", async () => {
+  const http = await HttpPool.start({
+    args: ["--pool-size", "1", "--http-max-connections", "4", "--http-header-timeout", "30"],
+  });
+  try {
+    // All at once: each is accepted before the relay of the one before is connected.
+    const conns = await Promise.all(
+      Array.from({ length: 64 }, () => Deno.connect({ hostname: "127.0.0.1", port: http.port })),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const request = "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
+    const answers = await Promise.all(conns.map(async (conn) => {
+      await conn.write(new TextEncoder().encode(request)).catch(() => {});
+      return (await readUntilClosed(conn, 10_000)).slice(0, 12);
+    }));
+    const served = answers.filter((answer) => answer === "HTTP/1.1 200").length;
+    const refused = answers.filter((answer) => answer === "HTTP/1.1 503").length;
+    assert.ok(served <= 4, `${served} of 64 connections served past a cap of 4`);
+    assert.equal(served + refused, 64);
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});
