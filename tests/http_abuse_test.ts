@@ -31,3 +31,42 @@ Deno.test("HTTP abuse: a burst of connections at once does not pass --http-max-c
     assert.equal((await http.stop()).code, 0);
   }
 });
+
+Deno.test("HTTP abuse: a batch of 40,000 requests is answered in seconds, and others meanwhile", async () => {
+  const http = await HttpPool.start({ args: ["--pool-size", "1", "--max-queue", "1"] });
+  try {
+    // Within --max-line-bytes (16 MiB): about 2.7 MB. One runs, one waits, the rest are refused.
+    const batch = Array.from({ length: 40_000 }, (_, id) => ({
+      jsonrpc: "2.0",
+      id,
+      method: "execute",
+      params: { code: "1" },
+    }));
+    let slowest = 0;
+    let done = false;
+    // Meanwhile a probe asks /health: the supervisor's event loop must keep turning.
+    const probe = (async () => {
+      while (!done) {
+        const started = performance.now();
+        const response = await fetch(`${http.url}/health`);
+        await response.body?.cancel();
+        slowest = Math.max(slowest, performance.now() - started);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    })();
+    const started = performance.now();
+    const response = await http.rpc(batch);
+    const answers = await response.json();
+    const took = performance.now() - started;
+    done = true;
+    await probe;
+    assert.equal(answers.length, 40_000);
+    assert.equal(answers.filter((answer: { result?: unknown }) => answer.result).length, 2);
+    // It took over 20 s, with /health stalled as long, when each request of the batch added a
+    // listener to one AbortSignal (quadratic).
+    assert.ok(took < 10_000, `the batch took ${took.toFixed(0)} ms`);
+    assert.ok(slowest < 5_000, `/health waited ${slowest.toFixed(0)} ms`);
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});
