@@ -70,3 +70,43 @@ Deno.test("HTTP abuse: a batch of 40,000 requests is answered in seconds, and ot
     assert.equal((await http.stop()).code, 0);
   }
 });
+
+Deno.test("HTTP abuse: a batch whose answer passes the line limit is answered, streamed or not, and the pool lives", async () => {
+  const http = await HttpPool.start({ args: ["--pool-size", "1"] });
+  try {
+    // 200,000 unknown methods: a body of 9 MB, within --max-line-bytes (16 MiB), whose answer
+    // (200,000 errors) is past it. Shrinking that answer spread 200,000 sizes as arguments:
+    // a RangeError, a 500, and with events an unhandled rejection that stopped the supervisor.
+    const unknown = Array.from({ length: 200_000 }, (_, id) => ({
+      jsonrpc: "2.0",
+      id,
+      method: "nope",
+    }));
+    const plain = await http.rpc(unknown);
+    assert.equal(plain.status, 200);
+    assert.equal((await plain.json()).length, 200_000);
+
+    const streamed = await http.rpc(
+      [
+        {
+          jsonrpc: "2.0",
+          id: "s",
+          method: "execute",
+          params: { code: "print('hi')", stream: true },
+        },
+        ...unknown,
+      ],
+      undefined,
+      { accept: "text/event-stream" },
+    );
+    assert.equal(streamed.status, 200);
+    const text = await streamed.text();
+    assert.match(text, /"method":"output"/);
+    assert.match(text, /"id":199999,"error":\{"code":-32601/);
+    const health = await fetch(`${http.url}/health`);
+    assert.equal(health.status, 200);
+    await health.body?.cancel();
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});
