@@ -110,3 +110,39 @@ Deno.test("HTTP abuse: a batch whose answer passes the line limit is answered, s
     assert.equal((await http.stop()).code, 0);
   }
 });
+
+Deno.test("HTTP abuse: a client that does not read its answers is closed at --http-send-timeout", async () => {
+  const http = await HttpPool.start({
+    args: ["--pool-size", "1", "--http-send-timeout", "1", "--http-header-timeout", "3"],
+    env: { PYODIDE_LOG_LEVEL: "debug" },
+  });
+  try {
+    // An answer of 12 MB (a session's state), asked for on connections that never read: the
+    // supervisor held each whole answer, for as long as the client kept its connection.
+    const body = JSON.stringify({
+      jsonrpc: "2.0",
+      id: 1,
+      method: "execute",
+      params: { code: "import os\nx = os.urandom(9_000_000)", return_session: true },
+    });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+    await conn.write(new TextEncoder().encode(
+      "POST /rpc HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n" +
+        `content-length: ${body.length}\r\n\r\n${body}`,
+    ));
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    // What reached this side before the close, then the close (it used to deliver the whole
+    // answer, and close only at the header deadline after it).
+    const received = await readUntilClosed(conn, 10_000);
+    assert.match(received, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.ok(received.length < 12_000_000, `the whole answer came: ${received.length} chars`);
+    assert.match(
+      http.supervisor.stderr,
+      /closing 127\.0\.0\.1:\d+: it took no bytes of its answer/,
+    );
+    // Others are served.
+    assert.equal((await http.execute({ code: "1 + 1" })).result?.result, "2");
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});

@@ -226,6 +226,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     upstreamPort: server.addr.port,
     maxConnections: config.httpMaxConnections,
     headerTimeoutMs,
+    sendTimeoutMs: config.httpSendTimeout * 1000,
     overCapacity: (open) => overCapacityText(open, config.httpMaxConnections),
     headerTimedOut: () => headerTimeoutText(headerTimeoutMs),
   });
