@@ -146,3 +146,55 @@ Deno.test("HTTP abuse: a client that does not read its answers is closed at --ht
     assert.equal((await http.stop()).code, 0);
   }
 });
+
+Deno.test("HTTP abuse: a tenant that opens MCP sessions without end closes its own, not another's", async () => {
+  const alice = "alice-token-0123456789abcdef";
+  const bob = "bob-token-0123456789abcdef00";
+  const tokens = await Deno.makeTempFile({ suffix: ".tokens" });
+  await Deno.writeTextFile(tokens, `alice:${alice}\nbob:${bob}\n`);
+  const http = await HttpPool.start({ args: ["--pool-size", "1", "--http-token-file", tokens] });
+  const headers = (token: string, session?: string) => ({
+    authorization: `Bearer ${token}`,
+    "content-type": "application/json",
+    accept: "application/json, text/event-stream",
+    ...(session ? { "mcp-session-id": session, "mcp-protocol-version": "2025-06-18" } : {}),
+  });
+  const initialize = async (token: string) => {
+    const response = await fetch(`${http.url}/mcp`, {
+      method: "POST",
+      headers: headers(token),
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: {
+          protocolVersion: "2025-06-18",
+          capabilities: {},
+          clientInfo: { name: "raw", version: "1" },
+        },
+      }),
+    });
+    await response.body?.cancel();
+    assert.equal(response.status, 200);
+    return response.headers.get("mcp-session-id")!;
+  };
+  const listTools = async (token: string, session: string) => {
+    const response = await fetch(`${http.url}/mcp`, {
+      method: "POST",
+      headers: headers(token, session),
+      body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
+    });
+    await response.body?.cancel();
+    return response.status;
+  };
+  try {
+    const alices = await initialize(alice);
+    const bobsFirst = await initialize(bob);
+    // Bob opens as many as the service holds (1000), and one more.
+    for (let i = 0; i < 1000; i++) await initialize(bob);
+    assert.equal(await listTools(alice, alices), 200, "bob's sessions closed alice's");
+    assert.equal(await listTools(bob, bobsFirst), 404);
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});
