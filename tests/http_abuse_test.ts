@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { HttpPool, readUntilClosed } from "./helpers/http_pool.ts";
+import { waitUntil } from "./helpers/processes.ts";
 
 Deno.test("HTTP abuse: a burst of connections at once does not pass --http-max-connections", async () => {
   const http = await HttpPool.start({
@@ -194,6 +195,64 @@ Deno.test("HTTP abuse: a tenant that opens MCP sessions without end closes its o
     for (let i = 0; i < 1000; i++) await initialize(bob);
     assert.equal(await listTools(alice, alices), 200, "bob's sessions closed alice's");
     assert.equal(await listTools(bob, bobsFirst), 404);
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});
+
+Deno.test("HTTP abuse: after a reload moves a token to another's line, it cannot use the other's MCP session", async () => {
+  const alice = "alice-token-0123456789abcdef";
+  const bob = "bob-token-0123456789abcdef00";
+  const tokens = await Deno.makeTempFile({ suffix: ".tokens" });
+  await Deno.writeTextFile(tokens, `alice:${alice}\nbob:${bob}\n`);
+  const http = await HttpPool.start({ args: ["--pool-size", "1", "--http-token-file", tokens] });
+  const headers = (token: string, session?: string) => ({
+    authorization: `Bearer ${token}`,
+    "content-type": "application/json",
+    accept: "application/json, text/event-stream",
+    ...(session ? { "mcp-session-id": session, "mcp-protocol-version": "2025-06-18" } : {}),
+  });
+  try {
+    const state = await http.execute({ code: "secret = 'alice only'", session_id: "a1" }, alice);
+    assert.equal(state.result?.status, "ok");
+    const init = await fetch(`${http.url}/mcp`, {
+      method: "POST",
+      headers: headers(alice),
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: {
+          protocolVersion: "2025-06-18",
+          capabilities: {},
+          clientInfo: { name: "raw", version: "1" },
+        },
+      }),
+    });
+    await init.body?.cancel();
+    const session = init.headers.get("mcp-session-id")!;
+    // Alice's token is revoked: bob's is now on line 1, where alice's was.
+    await Deno.writeTextFile(tokens, `bob:${bob}\n`);
+    http.supervisor.process.kill("SIGHUP");
+    await waitUntil(
+      "the reload",
+      () => Promise.resolve(http.supervisor.stderr.includes("HTTP tokens reloaded")),
+      5_000,
+    );
+    // Bob, with alice's MCP session (its id leaked): it ran as alice, with her state.
+    const call = await fetch(`${http.url}/mcp`, {
+      method: "POST",
+      headers: headers(bob, session),
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 2,
+        method: "tools/call",
+        params: { name: "run_python", arguments: { code: "secret", session_id: "a1" } },
+      }),
+    });
+    const text = await call.text();
+    assert.equal(call.status, 404, text);
+    assert.ok(!text.includes("alice only"));
   } finally {
     assert.equal((await http.stop()).code, 0);
   }
