@@ -13,6 +13,7 @@ import { type JsonRpcId, parseExecuteParams } from "../lib/protocol.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
 import { ANSWER_LIMIT_HINT } from "./failures.ts";
 import type { PoolApi } from "./pool_api.ts";
+import { healthFor } from "./reports.ts";
 
 export interface ClientEndpointOptions {
   config: Config;
@@ -87,7 +88,7 @@ export function createClientServer(
       }
     },
     packages: () => pool.packagesReport(),
-    health: () => pool.health(),
+    health: async () => healthFor(await pool.health(), tenant, pool),
     stats: () => pool.statsReport(),
     shutdown: () => {
       if (!config.allowShutdown) {

@@ -257,3 +257,34 @@ Deno.test("HTTP abuse: after a reload moves a token to another's line, it cannot
     assert.equal((await http.stop()).code, 0);
   }
 });
+
+Deno.test("HTTP abuse: a named token sees its own session ids in health, never another tenant's", async () => {
+  const alice = "alice-token-0123456789abcdef";
+  const bob = "bob-token-0123456789abcdef00";
+  const plain = "plain-token-0123456789abcdef";
+  const tokens = await Deno.makeTempFile({ suffix: ".tokens" });
+  await Deno.writeTextFile(tokens, `alice:${alice}\nbob:${bob}\n${plain}\n`);
+  const http = await HttpPool.start({ args: ["--pool-size", "1", "--http-token-file", tokens] });
+  const sessionsSeen = async (token: string) => {
+    const probe = await (await fetch(`${http.url}/health`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).json();
+    const method = await (await http.rpc({ jsonrpc: "2.0", id: 1, method: "health" }, token))
+      .json();
+    const ids = (report: { workers: { sessions: string[] }[] }) =>
+      report.workers.flatMap((worker) => worker.sessions).sort();
+    assert.deepEqual(ids(method.result), ids(probe));
+    return ids(probe);
+  };
+  try {
+    for (const [token, id] of [[alice, "alice-acquisition-plans"], [bob, "bob-1"]]) {
+      assert.equal((await http.execute({ code: "1", session_id: id }, token)).result?.status, "ok");
+    }
+    assert.deepEqual(await sessionsSeen(alice), ["alice-acquisition-plans"]);
+    assert.deepEqual(await sessionsSeen(bob), ["bob-1"]);
+    // An unnamed token may run as any tenant: it sees them all.
+    assert.deepEqual(await sessionsSeen(plain), ["alice-acquisition-plans", "bob-1"]);
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});

@@ -30,6 +30,7 @@ import type { McpSessions } from "./mcp.ts";
 import { StatusPage } from "./status_page.ts";
 import { Pool } from "../pool.ts";
 import type { HealthReport } from "../../lib/protocol.ts";
+import { healthFor } from "../reports.ts";
 
 const log = logger("http");
 
@@ -129,7 +130,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     }
     if (url.pathname === "/health") {
       if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
-      const response = healthResponse(await options.pool.health(), caller !== undefined);
+      const response = healthResponse(await options.pool.health(), caller, options.pool);
       // Tells the status page whether to ask for a token before it asks for more.
       if (tokens.required) response.headers.set("x-pyodide-pool-auth", "bearer");
       return response;
@@ -268,11 +269,18 @@ function notAllowed(methods: string[]): Response {
   });
 }
 
-/** 200 while the pool serves (`ok`, `degraded`), 503 when it cannot; sessions only with a token. */
-function healthResponse(health: HealthReport, authorized: boolean): Response {
+/**
+ * 200 while the pool serves (`ok`, `degraded`), 503 when it cannot; sessions only with a token,
+ * and with a named token only its tenant's.
+ */
+function healthResponse(
+  health: HealthReport,
+  caller: Caller | undefined,
+  pool: HttpServiceOptions["pool"],
+): Response {
   const serving = health.status === "ok" || health.status === "degraded";
   // Session ids name other callers' state: a probe without a token does not see them.
-  const body = authorized ? health : {
+  const body = caller !== undefined ? healthFor(health, caller.tenant, pool) : {
     ...health,
     workers: health.workers.map(({ sessions: _, ...worker }) => worker),
   };
