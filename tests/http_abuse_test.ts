@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { HttpPool, readUntilClosed } from "./helpers/http_pool.ts";
+import { HttpPool, rawExchange, readUntilClosed } from "./helpers/http_pool.ts";
 import { waitUntil } from "./helpers/processes.ts";
 
 Deno.test("HTTP abuse: a burst of connections at once does not pass --http-max-connections", async () => {
@@ -284,6 +284,22 @@ Deno.test("HTTP abuse: a named token sees its own session ids in health, never a
     assert.deepEqual(await sessionsSeen(bob), ["bob-1"]);
     // An unnamed token may run as any tenant: it sees them all.
     assert.deepEqual(await sessionsSeen(plain), ["alice-acquisition-plans", "bob-1"]);
+  } finally {
+    assert.equal((await http.stop()).code, 0);
+  }
+});
+
+Deno.test("HTTP abuse: a Host header that makes no URL is a 400, not a 500 logged as an error", async () => {
+  const http = await HttpPool.start({ args: ["--pool-size", "1"] });
+  try {
+    for (const host of ["a b", "[", "%", "127.0.0.1:99999"]) {
+      const answer = await rawExchange(
+        http.port,
+        `GET /health HTTP/1.1\r\nhost: ${host}\r\nconnection: close\r\n\r\n`,
+      );
+      assert.match(answer, /^HTTP\/1\.1 400 /, host);
+    }
+    assert.doesNotMatch(http.supervisor.stderr, /\[ERR\]/);
   } finally {
     assert.equal((await http.stop()).code, 0);
   }

@@ -174,7 +174,15 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     connection.requestStarted();
     info.completed.catch(() => {}).finally(() => connection.requestEnded());
     const started = performance.now();
-    const url = new URL(request.url);
+    let url: URL;
+    try {
+      url = new URL(request.url);
+    } catch {
+      // A Host header that makes no URL ("a b", "["): the client's mistake, not the service's.
+      return badRequest(400, "the Host header is not a valid host", {
+        host: request.headers.get("host"),
+      });
+    }
     let response: Response;
     try {
       if (checkHost && !isLoopbackHost(request.headers.get("host"))) {
