@@ -1,8 +1,9 @@
 /**
  * `--http` against clients that misbehave on purpose, through the real supervisor on loopback:
- * a burst of connections past `--http-max-connections`, a batch of many thousand requests, clients
- * that never read their answers, a tenant that opens MCP sessions without end, and tokens that
- * move between lines of the token file on a reload.
+ * a burst of connections past `--http-max-connections`, batches of many thousand requests, clients
+ * that never read their answers, a tenant that opens MCP sessions without end or reads another's
+ * session ids, tokens that move between lines of the token file on a reload, a Host that makes no
+ * URL; and SIGTERM with runs, event streams and slow clients open.
  */
 
 import assert from "node:assert/strict";
@@ -303,4 +304,73 @@ Deno.test("HTTP abuse: a Host header that makes no URL is a 400, not a 500 logge
   } finally {
     assert.equal((await http.stop()).code, 0);
   }
+});
+
+Deno.test("HTTP shutdown: SIGTERM answers every request it took, running ones too, before the exit", async () => {
+  const http = await HttpPool.start({ args: ["--pool-size", "3", "--shutdown-grace", "2"] });
+  const mcpHeaders = (session?: string) => ({
+    "content-type": "application/json",
+    accept: "application/json, text/event-stream",
+    ...(session ? { "mcp-session-id": session, "mcp-protocol-version": "2025-06-18" } : {}),
+  });
+  const init = await fetch(`${http.url}/mcp`, {
+    method: "POST",
+    headers: mcpHeaders(),
+    body: JSON.stringify({
+      jsonrpc: "2.0",
+      id: 1,
+      method: "initialize",
+      params: {
+        protocolVersion: "2025-06-18",
+        capabilities: {},
+        clientInfo: { name: "raw", version: "1" },
+      },
+    }),
+  });
+  await init.body?.cancel();
+  const session = init.headers.get("mcp-session-id")!;
+  const slowly = "import time\nfor i in range(300):\n    print(i)\n    time.sleep(0.1)";
+  const running = (accept?: string) =>
+    fetch(`${http.url}/rpc`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...(accept ? { accept } : {}) },
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "execute",
+        params: { code: slowly, stream: true },
+      }),
+    }).then((response) => response.text()).catch((error) => `failed: ${error}`);
+  const plain = running();
+  const events = running("text/event-stream");
+  const tool = fetch(`${http.url}/mcp`, {
+    method: "POST",
+    headers: mcpHeaders(session),
+    body: JSON.stringify({
+      jsonrpc: "2.0",
+      id: 2,
+      method: "tools/call",
+      params: { name: "run_python", arguments: { code: slowly } },
+    }),
+  }).then((response) => response.text()).catch((error) => `failed: ${error}`);
+  // And a client that trickles its headers.
+  const slowloris = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+  await slowloris.write(new TextEncoder().encode("POST /rpc HTTP/1.1\r\nhost: 127.0.0.1\r\n"));
+  await waitUntil("three runs", async () => {
+    const health = await http.supervisor.health();
+    return health.workers.filter((worker) => worker.state === "busy").length === 3;
+  }, 10_000);
+  const started = performance.now();
+  http.supervisor.process.kill("SIGTERM");
+  const status = await http.supervisor.close();
+  const took = performance.now() - started;
+  assert.equal(status.code, 0);
+  assert.ok(took < 2000 + 5000 + 2000, `the stop took ${took.toFixed(0)} ms`);
+  // The runs were stopped at the grace's end, and said so; those answers were lost when the
+  // process exited before the gate relayed them.
+  const stopped = /the pool shut down before the request finished/;
+  assert.match(await plain, stopped);
+  assert.match(await events, stopped);
+  assert.match(await tool, stopped);
+  slowloris.close();
 });

@@ -187,6 +187,8 @@ export class GatedConnection {
 export class ConnectionGate {
   /** Open connections by the local port of their relay to the HTTP server. */
   #byUpstreamPort = new Map<number, GatedConnection>();
+  /** Waiting for `closed`. */
+  #whenClosed: (() => void)[] = [];
   /** Connections admitted whose relay to the HTTP server is still being opened. */
   #admitting = 0;
   #accepting: Promise<void> | undefined;
@@ -215,6 +217,12 @@ export class ConnectionGate {
     await this.#accepting;
   }
 
+  /** Resolves once no connection is open (each ends when the HTTP server's side ended). */
+  closed(): Promise<void> {
+    if (this.#byUpstreamPort.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#whenClosed.push(resolve));
+  }
+
   /** Closes every connection still open. */
   abortAll(): void {
     for (const connection of [...this.#byUpstreamPort.values()]) connection.abort();
@@ -223,6 +231,7 @@ export class ConnectionGate {
   forget(connection: GatedConnection): void {
     const port = connection.upstreamPort;
     if (this.#byUpstreamPort.get(port) === connection) this.#byUpstreamPort.delete(port);
+    if (this.#byUpstreamPort.size === 0) this.#whenClosed.splice(0).forEach((resolve) => resolve());
   }
 
   async #accept(): Promise<void> {

@@ -263,7 +263,9 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
         const shutdown = server.shutdown();
         let timer: ReturnType<typeof setTimeout> | undefined;
         const graceEnded = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
-        await Promise.race([shutdown, graceEnded]);
+        // The HTTP server is done once it wrote its answers to the gate, which may still be
+        // relaying them: each connection ends when its last bytes reached the client.
+        await Promise.race([shutdown.then(() => gate.closed()), graceEnded]);
         clearTimeout(timer);
         gate.abortAll();
         await shutdown;
