@@ -13,6 +13,7 @@ import { type JsonRpcId, parseExecuteParams } from "../lib/protocol.ts";
 import { RpcServer } from "../lib/rpc_server.ts";
 import { ANSWER_LIMIT_HINT } from "./failures.ts";
 import type { PoolApi } from "./pool_api.ts";
+import { healthFor } from "./reports.ts";
 
 export interface ClientEndpointOptions {
   config: Config;
@@ -53,6 +54,13 @@ export function createClientServer(
   let shuttingDown = false;
   let pausedBefore = false;
   const keyOf = requestKey ?? ((id: JsonRpcId) => id);
+  // The keys of the requests in the pool's hands, each with how many (a batch may repeat an id),
+  // cancelled when the client goes: one listener for all, since a listener each costs a batch of
+  // n requests n^2 (an AbortSignal checks a new listener against those it has).
+  const pending = new Map<unknown, number>();
+  signal?.addEventListener("abort", () => {
+    for (const [key, count] of pending) for (let i = 0; i < count; i++) pool.cancel(key);
+  }, { once: true });
   return new RpcServer({
     execute: async (params, { id }) => {
       let request = parseExecuteParams(params);
@@ -70,16 +78,17 @@ export function createClientServer(
       const key = keyOf(id);
       if (signal === undefined) return await pool.execute(request, key, onOutput);
       if (signal.aborted) throw cancelledError(id);
-      const cancel = () => pool.cancel(key);
-      signal.addEventListener("abort", cancel, { once: true });
+      pending.set(key, (pending.get(key) ?? 0) + 1);
       try {
         return await pool.execute(request, key, onOutput);
       } finally {
-        signal.removeEventListener("abort", cancel);
+        const left = pending.get(key)! - 1;
+        if (left === 0) pending.delete(key);
+        else pending.set(key, left);
       }
     },
     packages: () => pool.packagesReport(),
-    health: () => pool.health(),
+    health: async () => healthFor(await pool.health(), tenant, pool),
     stats: () => pool.statsReport(),
     shutdown: () => {
       if (!config.allowShutdown) {

@@ -482,6 +482,16 @@ export const SETTINGS: readonly Setting[] = [
     help: "seconds an HTTP request may take to send its body once its headers came; past it, 408",
   },
   {
+    key: "httpSendTimeout",
+    flag: "http-send-timeout",
+    env: "PYODIDE_HTTP_SEND_TIMEOUT",
+    kind: "seconds",
+    default: 60,
+    min: 0.1,
+    help: "seconds an HTTP client may leave the bytes sent to it unread; past it, the connection " +
+      "is closed (a client that does not read its answers cannot hold them in memory)",
+  },
+  {
     key: "logLevel",
     flag: "log-level",
     env: "PYODIDE_LOG_LEVEL",
@@ -551,6 +561,8 @@ export interface Config {
   httpHeaderTimeout: number;
   /** Seconds. */
   httpBodyTimeout: number;
+  /** Seconds. */
+  httpSendTimeout: number;
   logLevel: "debug" | "info" | "warning" | "error";
   logFormat: "text" | "json";
   /** NATS server URLs; none: no NATS. */

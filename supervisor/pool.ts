@@ -230,6 +230,10 @@ export class Pool implements ServedPool {
     return healthReport(this.#view);
   }
 
+  ownsSession(id: string, tenant: string): boolean {
+    return this.sessions.isOwnedBy(id, tenant);
+  }
+
   /** Counters, latency percentiles and per-worker memory (asked of each worker, briefly). */
   statsReport(): Promise<StatsReport> {
     return statsReport(this.#view);

@@ -26,6 +26,8 @@ export interface PoolApi {
   /** Cancels a request by its key: queued, it never runs; running, it is interrupted. */
   cancel(key: unknown): boolean;
   health(): HealthReport | Promise<HealthReport>;
+  /** Whether the server-held session `id` is `tenant`'s, to show a tenant its own sessions only. */
+  ownsSession(id: string, tenant: string): boolean;
   statsReport(): Promise<StatsReport>;
   packagesReport(): PackagesReport | Promise<PackagesReport>;
 }

@@ -8,6 +8,7 @@
 
 import type { Config } from "./config.ts";
 import type { HealthReport, StatsReport, WorkerHealth, WorkerStats } from "../lib/protocol.ts";
+import type { PoolApi } from "./pool_api.ts";
 import type { SessionRegistry } from "./sessions.ts";
 import type { PoolStats } from "./stats.ts";
 import type { WorkerProcess } from "./worker_process.ts";
@@ -66,6 +67,25 @@ export function healthReport(pool: PoolView): HealthReport {
     queue_depth: pool.queueDepth(),
     workers,
     ...(pool.instanceId === undefined ? {} : { instance_id: pool.instanceId }),
+  };
+}
+
+/**
+ * `report` as a client of `tenant` (an HTTP token's name) may see it: with its own sessions'
+ * ids only, since another tenant's ids name its state. Unset: all of them.
+ */
+export function healthFor(
+  report: HealthReport,
+  tenant: string | undefined,
+  pool: Pick<PoolApi, "ownsSession">,
+): HealthReport {
+  if (tenant === undefined) return report;
+  return {
+    ...report,
+    workers: report.workers.map((worker) => ({
+      ...worker,
+      sessions: worker.sessions.filter((id) => pool.ownsSession(id, tenant)),
+    })),
   };
 }
 

@@ -193,6 +193,12 @@ export class SessionRegistry {
     }
   }
 
+  /** Whether `id` is a live session of `tenant`'s. */
+  isOwnedBy(id: string, tenant: string): boolean {
+    const session = this.#sessions.get(id);
+    return session !== undefined && session.tenant === tenant;
+  }
+
   idsOn(workerId: string): string[] {
     return [...this.#sessions].filter(([, s]) => s.workerId === workerId).map(([id]) => id);
   }

@@ -5,7 +5,7 @@
  *
  * Tokens are compared in constant time (the SHA-256 of what was presented against the SHA-256
  * of every token, with no early exit), are never logged, and never leave this module: a caller
- * is known by its token's line number.
+ * is known by its token's name and digest.
  *
  * @module
  */
@@ -19,8 +19,9 @@ export interface Caller {
   /** The token's name: the tenant its requests run for; undefined for an unnamed token. */
   tenant?: string;
   /**
-   * Which token it was, to tie state (an MCP session) to it: `line:N` of the token file, or
-   * `anyone` when no token is needed. Never the token itself.
+   * Which token it was, to tie state (an MCP session) to it: the token's name and a digest of
+   * it, or `anyone` when no token is needed. Never the token itself, nor its line in the file:
+   * after a reload (SIGHUP) another token may be on that line, and must not inherit the state.
    */
   key: string;
 }
@@ -43,8 +44,8 @@ const digestOf = (text: string) => createHash("sha256").update(text).digest();
  * import assert from "node:assert/strict";
  * import { Tokens } from "./auth.ts";
  * const tokens = Tokens.parse("# ops\nalice:0123456789abcdef0123\nfedcba9876543210fedc\n", "tokens.txt");
- * assert.deepEqual(tokens.check("Bearer 0123456789abcdef0123"), { tenant: "alice", key: "line:2" });
- * assert.deepEqual(tokens.check("Bearer fedcba9876543210fedc"), { key: "line:3" });
+ * assert.equal(tokens.check("Bearer 0123456789abcdef0123")?.tenant, "alice");
+ * assert.equal(tokens.check("Bearer fedcba9876543210fedc")?.tenant, undefined);
  * assert.equal(tokens.check("Bearer wrong"), undefined);
  * assert.equal(tokens.check(null), undefined);
  * assert.deepEqual(Tokens.none().check(null), { key: "anyone" });
@@ -95,10 +96,12 @@ export class Tokens {
       }
       if (seen.has(token)) throw new ConfigError(`${where}: the same token is on an earlier line`);
       seen.add(token);
-      const caller: Caller = name === undefined
-        ? { key: `line:${index + 1}` }
-        : { tenant: name, key: `line:${index + 1}` };
-      entries.push({ digest: digestOf(token), caller });
+      const digest = digestOf(token);
+      // The name is part of the key: a token renamed on a reload runs for another tenant, and
+      // must not reach the state opened for the old one.
+      const key = `${name ?? ""}#${digest.toString("hex")}`;
+      const caller: Caller = name === undefined ? { key } : { tenant: name, key };
+      entries.push({ digest, caller });
     });
     if (entries.length === 0) {
       throw new ConfigError(`httpTokenFile ${path} holds no token`);

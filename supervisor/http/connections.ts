@@ -1,11 +1,11 @@
 /**
  * The HTTP service's front door at the TCP level: it accepts the connections, caps how many are
- * open, and closes those that are too slow to send a request's headers (slowloris). `Deno.serve`
- * has neither a connection cap nor a header timeout (measured on 2.9.6: a connection that sent
- * half a request line was still open after 40 s), and it cannot serve a socket it did not accept.
- * So the gate accepts each client connection itself and relays its bytes, both ways, over a
- * loopback connection to the `Deno.serve` that speaks HTTP (server.ts). The relay costs about
- * 20 us per request (measured, keep-alive).
+ * open, and closes those that are too slow to send a request's headers (slowloris) or that do not
+ * read what is sent to them. `Deno.serve` has neither a connection cap nor a header timeout
+ * (measured on 2.9.6: a connection that sent half a request line was still open after 40 s), and
+ * it cannot serve a socket it did not accept. So the gate accepts each client connection itself
+ * and relays its bytes, both ways, over a loopback connection to the `Deno.serve` that speaks HTTP
+ * (server.ts). The relay costs about 20 us per request (measured, keep-alive).
  *
  * The HTTP server tells the gate, through `opened`, when a request's headers were read (the
  * handler was called) and when its answer was sent: the header deadline runs only while the
@@ -29,6 +29,11 @@ export interface GateOptions {
    * connection that sent part of a request by then gets a 408, one that sent nothing is closed.
    */
   headerTimeoutMs: number;
+  /**
+   * Time a write to the client may wait for it to take the bytes (its window full: it does not
+   * read); past it the connection is closed, and the answers it held are dropped.
+   */
+  sendTimeoutMs: number;
   /** The canned answer to a connection past the cap (a whole HTTP response). */
   overCapacity: (open: number) => string;
   /** The canned answer to a connection too slow to send its headers. */
@@ -44,6 +49,8 @@ export class GatedConnection {
   #closed = false;
   /** Bytes relayed towards the client, mid-write. */
   #relayingToClient = false;
+  /** Runs while a write to the client waits: past it, the client is taken not to read. */
+  #sendTimer: ReturnType<typeof setTimeout> | undefined;
   /** Closed for want of headers: the relay writes the 408 once the server's side ended. */
   #timedOut = false;
   /** The client sent bytes since the connection opened or since its last answer. */
@@ -107,7 +114,13 @@ export class GatedConnection {
       this.#gone.abort();
       closeWriteQuietly(this.upstream);
     });
-    await pump(this.upstream, this.client, (writing) => this.#relayingToClient = writing);
+    await pump(this.upstream, this.client, (writing) => {
+      this.#relayingToClient = writing;
+      clearTimeout(this.#sendTimer);
+      if (writing) {
+        this.#sendTimer = setTimeout(() => this.#sendTooSlow(), this.gate.options.sendTimeoutMs);
+      }
+    });
     if (this.#timedOut) {
       await writeAll(this.client, new TextEncoder().encode(this.gate.options.headerTimedOut()))
         .catch(() => {});
@@ -137,6 +150,18 @@ export class GatedConnection {
     closeQuietly(this.upstream);
   }
 
+  /**
+   * The client took none of a write for the send timeout: it does not read its answers, and
+   * the HTTP server would hold them (and their memory) for as long as it keeps the connection.
+   */
+  #sendTooSlow(): void {
+    log.debug("closing {remote}: it took no bytes of its answer within {ms} ms", {
+      remote: this.remote,
+      ms: this.gate.options.sendTimeoutMs,
+    });
+    this.#close();
+  }
+
   /** Ends the HTTP server's side: it closes, the relay writes its last bytes, then ends. */
   #finish(): void {
     closeWriteQuietly(this.upstream);
@@ -146,6 +171,7 @@ export class GatedConnection {
     this.#closed = true;
     this.#gone.abort();
     clearTimeout(this.#timer);
+    clearTimeout(this.#sendTimer);
     closeQuietly(this.client);
     closeQuietly(this.upstream);
     this.gate.forget(this);
@@ -161,13 +187,17 @@ export class GatedConnection {
 export class ConnectionGate {
   /** Open connections by the local port of their relay to the HTTP server. */
   #byUpstreamPort = new Map<number, GatedConnection>();
+  /** Waiting for `closed`. */
+  #whenClosed: (() => void)[] = [];
+  /** Connections admitted whose relay to the HTTP server is still being opened. */
+  #admitting = 0;
   #accepting: Promise<void> | undefined;
 
   constructor(readonly options: GateOptions) {}
 
-  /** Connections open now. */
+  /** Connections open now (those being admitted count: a burst must not pass the cap). */
   get open(): number {
-    return this.#byUpstreamPort.size;
+    return this.#byUpstreamPort.size + this.#admitting;
   }
 
   /** The connection an HTTP request came over, by the address the HTTP server saw. */
@@ -187,6 +217,12 @@ export class ConnectionGate {
     await this.#accepting;
   }
 
+  /** Resolves once no connection is open (each ends when the HTTP server's side ended). */
+  closed(): Promise<void> {
+    if (this.#byUpstreamPort.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#whenClosed.push(resolve));
+  }
+
   /** Closes every connection still open. */
   abortAll(): void {
     for (const connection of [...this.#byUpstreamPort.values()]) connection.abort();
@@ -195,6 +231,7 @@ export class ConnectionGate {
   forget(connection: GatedConnection): void {
     const port = connection.upstreamPort;
     if (this.#byUpstreamPort.get(port) === connection) this.#byUpstreamPort.delete(port);
+    if (this.#byUpstreamPort.size === 0) this.#whenClosed.splice(0).forEach((resolve) => resolve());
   }
 
   async #accept(): Promise<void> {
@@ -225,12 +262,16 @@ export class ConnectionGate {
       return refuse(client, this.options.overCapacity(this.open));
     }
     let upstream: Deno.TcpConn;
+    // The slot is taken before the wait: connections accepted meanwhile see it taken.
+    this.#admitting++;
     try {
       upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.options.upstreamPort });
     } catch (error) {
       log.warn("HTTP relay failed to connect: {error}", { error: String(error) });
       closeQuietly(client);
       return;
+    } finally {
+      this.#admitting--;
     }
     client.setNoDelay(true);
     upstream.setNoDelay(true);
@@ -264,7 +305,10 @@ async function refuse(client: Deno.TcpConn, answer: string): Promise<void> {
   }
 }
 
-/** Copies `from` into `to` until `from` ends or either side fails. */
+/**
+ * Copies `from` into `to` until `from` ends or either side fails; `writing(true)` before each
+ * write (each part of a chunk `to` takes), `writing(false)` once a chunk is written.
+ */
 async function pump(
   from: Deno.TcpConn,
   to: Deno.TcpConn,
@@ -275,8 +319,11 @@ async function pump(
     for (;;) {
       const n = await from.read(buffer);
       if (n === null) break;
-      writing(true);
-      await writeAll(to, buffer.subarray(0, n));
+      let bytes = buffer.subarray(0, n);
+      while (bytes.length > 0) {
+        writing(true);
+        bytes = bytes.subarray(await to.write(bytes));
+      }
       writing(false);
     }
   } catch {

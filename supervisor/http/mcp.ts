@@ -7,7 +7,7 @@
  * its token's tenant, and the stream of server messages the spec's `GET` opens. A session is
  * usable only with the token that made it; another token is told it does not exist (404), as
  * an expired one is. Sessions unused for `--session-ttl` are closed, and past the cap the least
- * recently used goes.
+ * recently used of the token that holds the most goes.
  *
  * @module
  */
@@ -123,8 +123,8 @@ export class McpSessions {
 
   async #open(caller: Caller): Promise<WebStandardStreamableHTTPServerTransport> {
     while (this.#sessions.size >= this.options.maxSessions) {
-      const [id, session] = this.#sessions.entries().next().value!;
-      this.#close(id, session, "the least recently used past the cap");
+      const [id, session] = this.#evictable();
+      this.#close(id, session, "the least recently used of the token with the most, past the cap");
     }
     const server = createMcpServer({
       config: this.options.config,
@@ -150,6 +150,25 @@ export class McpSessions {
     transport.onerror = (error) => log.warn("MCP transport: {error}", { error: String(error) });
     await server.connect(transport);
     return transport;
+  }
+
+  /**
+   * The session to close past the cap: the least recently used of the token that holds the
+   * most. So a token that opens sessions without end closes its own, never another's (with
+   * the least recently used of all, one tenant could close every other tenant's sessions).
+   */
+  #evictable(): [string, Session] {
+    const counts = new Map<string, number>();
+    for (const { owner } of this.#sessions.values()) {
+      counts.set(owner, (counts.get(owner) ?? 0) + 1);
+    }
+    let heaviest = "";
+    let most = 0;
+    for (const [owner, count] of counts) {
+      if (count > most) [heaviest, most] = [owner, count];
+    }
+    for (const entry of this.#sessions) if (entry[1].owner === heaviest) return entry;
+    throw new Error("no MCP session to close");
   }
 
   async #close(id: string, session: Session, why: string): Promise<void> {

@@ -13,8 +13,9 @@
  * @module
  */
 
-import { ErrorCode } from "../../lib/errors.ts";
-import { notificationMessage, type ResponseMessage } from "../../lib/protocol.ts";
+import { ErrorCode, toRpcError } from "../../lib/errors.ts";
+import { logger } from "../../lib/logging.ts";
+import { errorResponse, notificationMessage, type ResponseMessage } from "../../lib/protocol.ts";
 import { type ClientEndpointOptions, createClientServer } from "../client_endpoint.ts";
 import type { Caller } from "./auth.ts";
 import { type BodyBudget, readBody } from "./body.ts";
@@ -27,6 +28,8 @@ export interface RpcRouteOptions {
   budget: BodyBudget;
   bodyTimeoutMs: number;
 }
+
+const log = logger("http");
 
 /** Seconds a client told the queue is full should wait before it tries again. */
 const RETRY_AFTER_S = 1;
@@ -94,8 +97,14 @@ export async function serveRpc(
     return answerResponse(first);
   }
   answering.then((answer) => {
-    done();
     if (answer !== undefined) events.send(answer.line);
+  }, (error) => {
+    // The status line went out with the first event: the failure is the stream's last event
+    // (a rejection left unhandled here would stop the whole supervisor).
+    log.error("HTTP POST /rpc failed while streaming: {error}", { error: String(error) });
+    events.send(JSON.stringify(errorResponse(null, toRpcError(error))));
+  }).finally(() => {
+    done();
     events.end();
   });
   return new Response(events.body, {

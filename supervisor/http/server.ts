@@ -30,6 +30,7 @@ import type { McpSessions } from "./mcp.ts";
 import { StatusPage } from "./status_page.ts";
 import { Pool } from "../pool.ts";
 import type { HealthReport } from "../../lib/protocol.ts";
+import { healthFor } from "../reports.ts";
 
 const log = logger("http");
 
@@ -129,7 +130,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     }
     if (url.pathname === "/health") {
       if (method !== "GET" && method !== "HEAD") return notAllowed(["GET"]);
-      const response = healthResponse(await options.pool.health(), caller !== undefined);
+      const response = healthResponse(await options.pool.health(), caller, options.pool);
       // Tells the status page whether to ask for a token before it asks for more.
       if (tokens.required) response.headers.set("x-pyodide-pool-auth", "bearer");
       return response;
@@ -173,7 +174,15 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     connection.requestStarted();
     info.completed.catch(() => {}).finally(() => connection.requestEnded());
     const started = performance.now();
-    const url = new URL(request.url);
+    let url: URL;
+    try {
+      url = new URL(request.url);
+    } catch {
+      // A Host header that makes no URL ("a b", "["): the client's mistake, not the service's.
+      return badRequest(400, "the Host header is not a valid host", {
+        host: request.headers.get("host"),
+      });
+    }
     let response: Response;
     try {
       if (checkHost && !isLoopbackHost(request.headers.get("host"))) {
@@ -226,6 +235,7 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
     upstreamPort: server.addr.port,
     maxConnections: config.httpMaxConnections,
     headerTimeoutMs,
+    sendTimeoutMs: config.httpSendTimeout * 1000,
     overCapacity: (open) => overCapacityText(open, config.httpMaxConnections),
     headerTimedOut: () => headerTimeoutText(headerTimeoutMs),
   });
@@ -253,7 +263,9 @@ export function startHttpService(options: HttpServiceOptions): HttpService {
         const shutdown = server.shutdown();
         let timer: ReturnType<typeof setTimeout> | undefined;
         const graceEnded = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
-        await Promise.race([shutdown, graceEnded]);
+        // The HTTP server is done once it wrote its answers to the gate, which may still be
+        // relaying them: each connection ends when its last bytes reached the client.
+        await Promise.race([shutdown.then(() => gate.closed()), graceEnded]);
         clearTimeout(timer);
         gate.abortAll();
         await shutdown;
@@ -267,11 +279,18 @@ function notAllowed(methods: string[]): Response {
   });
 }
 
-/** 200 while the pool serves (`ok`, `degraded`), 503 when it cannot; sessions only with a token. */
-function healthResponse(health: HealthReport, authorized: boolean): Response {
+/**
+ * 200 while the pool serves (`ok`, `degraded`), 503 when it cannot; sessions only with a token,
+ * and with a named token only its tenant's.
+ */
+function healthResponse(
+  health: HealthReport,
+  caller: Caller | undefined,
+  pool: HttpServiceOptions["pool"],
+): Response {
   const serving = health.status === "ok" || health.status === "degraded";
   // Session ids name other callers' state: a probe without a token does not see them.
-  const body = authorized ? health : {
+  const body = caller !== undefined ? healthFor(health, caller.tenant, pool) : {
     ...health,
     workers: health.workers.map(({ sessions: _, ...worker }) => worker),
   };

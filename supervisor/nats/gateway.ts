@@ -289,6 +289,10 @@ export class NatsGateway implements ServedPool {
     });
   }
 
+  ownsSession(id: string, tenant: string): boolean {
+    return this.sessions.isOwnedBy(id, tenant);
+  }
+
   async statsReport(): Promise<StatsReport> {
     const fetched = await this.#fetchAll<StatsReport>("stats");
     return gatewayStats(fetched, {
