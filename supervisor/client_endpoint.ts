@@ -97,6 +97,18 @@ export function createClientServer(
           hint: "start the pool with --allow-shutdown (PYODIDE_ALLOW_SHUTDOWN=true) to enable it",
         });
       }
+      // A tenant's token reaches a pool that other tenants share: stopping it is not its call.
+      if (tenant !== undefined) {
+        throw new RpcError(
+          ErrorCode.MethodNotFound,
+          "Method not found: shutdown is not for a tenant's token",
+          {
+            method: "shutdown",
+            tenant,
+            hint: "stop the pool with SIGTERM, or call shutdown with an unnamed token or on stdio",
+          },
+        );
+      }
       if (!shuttingDown) {
         shuttingDown = true;
         // After this response is written: the stop answers everything still pending.

@@ -374,3 +374,25 @@ Deno.test("HTTP shutdown: SIGTERM answers every request it took, running ones to
   assert.match(await tool, stopped);
   slowloris.close();
 });
+
+Deno.test("HTTP abuse: with --allow-shutdown, a tenant's token cannot stop the shared pool; an unnamed one can", async () => {
+  const alice = "alice-token-0123456789abcdef";
+  const admin = "admin-token-0123456789abcdef";
+  const tokens = await Deno.makeTempFile({ suffix: ".tokens" });
+  await Deno.writeTextFile(tokens, `alice:${alice}\n${admin}\n`);
+  const http = await HttpPool.start({
+    args: ["--pool-size", "1", "--allow-shutdown", "--http-token-file", tokens],
+  });
+  try {
+    const shutdown = { jsonrpc: "2.0", id: 1, method: "shutdown" };
+    const refused = await (await http.rpc(shutdown, alice)).json();
+    assert.equal(refused.error?.code, -32601, JSON.stringify(refused));
+    assert.equal(refused.error.data.tenant, "alice");
+    assert.equal((await http.execute({ code: "1 + 1" }, alice)).result?.result, "2");
+    const stopping = await (await http.rpc(shutdown, admin)).json();
+    assert.deepEqual(stopping.result, { stopping: true });
+    assert.equal((await http.supervisor.process.status).code, 0);
+  } finally {
+    await http.stop();
+  }
+});
