@@ -46,14 +46,29 @@ export function parseListenAddress(text: string): ListenAddress {
     if (v4.slice(1).some((part) => Number(part) > 255)) {
       throw new Error(`"${text}": ${host} is not an IPv4 address`);
     }
-    return { hostname: host, port, loopback: v4[1] === "127" };
+    return { hostname: host, port, loopback: isLoopbackName(host) };
   }
   if (host.startsWith("[") && host.endsWith("]") && host.includes(":")) {
     const v6 = host.slice(1, -1);
     if (!/^[0-9a-fA-F:.]+$/.test(v6)) throw new Error(`"${text}": ${host} is not an IPv6 address`);
-    return { hostname: v6, port, loopback: v6 === "::1" };
+    return { hostname: v6, port, loopback: isLoopbackName(host) };
   }
   throw new Error(
     `"${text}": the host must be an IP address or localhost (IPv6 in brackets: [::1]:8080)`,
   );
+}
+
+/**
+ * Whether a `Host` header names this machine's loopback (`localhost`, `127.x.y.z`, `[::1]`, with
+ * or without a port): what a page reached through DNS rebinding does not send.
+ */
+export function isLoopbackHost(host: string | null): boolean {
+  if (host === null) return false;
+  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
+  return isLoopbackName(name);
+}
+
+/** `localhost`, an IPv4 address in 127.0.0.0/8, or `[::1]`. */
+function isLoopbackName(name: string): boolean {
+  return name === "localhost" || name === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(name);
 }

@@ -18,7 +18,7 @@
 import { logger } from "../../lib/logging.ts";
 import type { ClientEndpointOptions } from "../client_endpoint.ts";
 import type { Config } from "../config.ts";
-import { parseListenAddress } from "./address.ts";
+import { isLoopbackHost, parseListenAddress } from "./address.ts";
 import { type Caller, Tokens } from "./auth.ts";
 import { BodyBudget } from "./body.ts";
 import { ConnectionGate, type GatedConnection } from "./connections.ts";
@@ -295,10 +295,4 @@ function healthResponse(
     workers: health.workers.map(({ sessions: _, ...worker }) => worker),
   };
   return Response.json(body, { status: serving ? 200 : 503 });
-}
-
-function isLoopbackHost(host: string | null): boolean {
-  if (host === null) return false;
-  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
-  return name === "localhost" || name === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(name);
 }
